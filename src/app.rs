@@ -1,0 +1,334 @@
+//! The subcommands: each builds the clients it needs from the config and runs one workflow.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::autoscaling::{AutoScaling, TERMINATING_TRANSITION};
+use crate::cluster::{ClusterError, Rancher1};
+use crate::config::Config;
+use crate::docker::AgentDocker;
+use crate::imds::{is_warm_pool_state, Imds, ImdsError, InstanceIdentity};
+use crate::rancher::{RancherClient, RancherError};
+use crate::register::{register, RegisterError, RegisterOutcome};
+use crate::retry;
+use crate::sqs::Sqs;
+
+/// A failure of a subcommand, shown to the operator as one readable chain.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("reading instance metadata: {0}")]
+    Imds(#[from] ImdsError),
+    #[error("registering: {0}")]
+    Register(#[from] RegisterError),
+    #[error("connecting to Rancher: {0}")]
+    Cluster(#[from] ClusterError),
+    #[error("registering: gave up after agent.register_timeout ({0:?})")]
+    RegisterTimeout(Duration),
+    #[error("{0} check(s) failed")]
+    ChecksFailed(usize),
+}
+
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// The group: from the instance tags when metadata tags are on, else from Auto Scaling.
+/// Not knowing it only costs a label, so a failure here is a warning.
+async fn resolve_group(identity: &InstanceIdentity) -> Option<String> {
+    if let Some(g) = &identity.autoscaling_group {
+        return Some(g.clone());
+    }
+    let sdk = crate::aws::sdk_config(&identity.region).await;
+    let asg = AutoScaling::new(&sdk);
+    match tokio::time::timeout(Duration::from_secs(20), asg.membership(&identity.instance_id)).await {
+        Ok(Ok(Some(m))) => Some(m.group),
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => {
+            tracing::warn!("cannot tell this instance's Auto Scaling group ({e}); the host gets no aws.autoscaling_group label");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("DescribeAutoScalingInstances did not answer within 20s; the host gets no aws.autoscaling_group label");
+            None
+        }
+    }
+}
+
+async fn connect_rancher(config: &Config, deadline: Instant) -> Result<RancherClient, ClusterError> {
+    Ok(retry::until(
+        "connecting to Rancher",
+        deadline,
+        Duration::from_secs(5),
+        RancherError::is_transient,
+        || RancherClient::connect(&config.rancher),
+    )
+    .await?)
+}
+
+/// `drover register`: the whole boot step within `agent.register_timeout`.
+pub async fn register_command(config: &Config) -> Result<(), AppError> {
+    let budget = config.agent.register_timeout;
+    let deadline = Instant::now() + budget;
+    let work = async {
+        let imds = Imds::new();
+        let identity = imds.identity(left(deadline)).await?;
+        let span = tracing::info_span!(
+            "host",
+            instance_id = %identity.instance_id,
+            host_id = tracing::field::Empty
+        );
+        async {
+            tracing::info!(
+                instance_type = %identity.instance_type,
+                zone = %identity.availability_zone,
+                "read instance identity from IMDS"
+            );
+            if let Some(state) = identity
+                .target_lifecycle_state
+                .as_deref()
+                .filter(|s| is_warm_pool_state(s))
+            {
+                tracing::info!(
+                    "target lifecycle state is {state}: the instance is in a warm pool; not registering"
+                );
+                return Ok(());
+            }
+            let group = resolve_group(&identity).await;
+            if let Some(g) = &group {
+                tracing::info!(group = %g, "instance is in an Auto Scaling group");
+            }
+            let client = connect_rancher(config, deadline).await?;
+            let cluster = Rancher1::new(client);
+            let outcome = register(config, &identity, group.as_deref(), &cluster, deadline).await?;
+            match outcome {
+                RegisterOutcome::AlreadyActive { host_id } => {
+                    tracing::info!(host_id = %host_id, "already registered; nothing changed")
+                }
+                RegisterOutcome::Registered { host_id, .. } => {
+                    tracing::info!(host_id = %host_id, "registered")
+                }
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    };
+    // Every step already watches the deadline; this is the hard stop should one not.
+    match tokio::time::timeout_at(deadline + Duration::from_secs(5), work).await {
+        Ok(result) => result,
+        Err(_) => Err(AppError::RegisterTimeout(budget)),
+    }
+}
+
+/// One line of `drover check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mark {
+    Ok,
+    Fail,
+    Skip,
+    Warn,
+}
+
+impl Mark {
+    fn label(&self) -> &'static str {
+        match self {
+            Mark::Ok => "ok",
+            Mark::Fail => "FAIL",
+            Mark::Skip => "skip",
+            Mark::Warn => "warn",
+        }
+    }
+}
+
+fn line(mark: Mark, name: &str, detail: impl std::fmt::Display) -> Mark {
+    println!("{:<5} {:<12} {}", mark.label(), name, detail);
+    mark
+}
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(15);
+
+async fn bounded<T>(fut: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(CHECK_TIMEOUT, fut).await.ok()
+}
+
+/// `drover check`: one line per dependency; fails when any check fails.
+pub async fn check_command(config: &Config) -> Result<(), AppError> {
+    let mut marks = vec![line(
+        Mark::Ok,
+        "config",
+        format!("{} is valid", config.path.display()),
+    )];
+
+    let imds = Imds::new();
+    let identity = match bounded(imds.identity(Duration::from_secs(10))).await {
+        Some(Ok(id)) => {
+            marks.push(line(
+                Mark::Ok,
+                "imds",
+                format!(
+                    "{} ({}, {}), target lifecycle state {}",
+                    id.instance_id,
+                    id.instance_type,
+                    id.availability_zone,
+                    id.target_lifecycle_state.as_deref().unwrap_or("not set yet")
+                ),
+            ));
+            Some(id)
+        }
+        Some(Err(e)) => {
+            marks.push(line(Mark::Fail, "imds", e));
+            None
+        }
+        None => {
+            marks.push(line(Mark::Fail, "imds", "no answer within 15s"));
+            None
+        }
+    };
+
+    marks.push(match bounded(AgentDocker::probe()).await {
+        Some(Ok((d, version))) => line(Mark::Ok, "docker", format!("{} at {}", version, d.host())),
+        Some(Err(e)) => line(Mark::Fail, "docker", e),
+        None => line(Mark::Fail, "docker", "no answer within 15s"),
+    });
+
+    let rancher = async {
+        let client = RancherClient::connect(&config.rancher).await?;
+        let project = client.project().await?;
+        Ok::<_, RancherError>((client.api(), project))
+    };
+    marks.push(match bounded(rancher).await {
+        Some(Ok((api, project))) => line(
+            Mark::Ok,
+            "rancher",
+            format!(
+                "{} API {}, key works in project {} ({})",
+                config.rancher.url,
+                api.path(),
+                project.id,
+                project.name.as_deref().unwrap_or("unnamed")
+            ),
+        ),
+        Some(Err(e)) => line(Mark::Fail, "rancher", e),
+        None => line(Mark::Fail, "rancher", "no answer within 15s"),
+    });
+
+    let region = identity.as_ref().map(|i| i.region.clone()).unwrap_or_default();
+    let sdk = crate::aws::sdk_config(&region).await;
+
+    marks.push(match &config.lifecycle.queue_url {
+        None => line(Mark::Skip, "sqs", "lifecycle.queue_url not set"),
+        Some(url) => match bounded(Sqs::new(&sdk).queue_depth(url)).await {
+            Some(Ok(depth)) => line(
+                Mark::Ok,
+                "sqs",
+                format!("{url} readable, about {depth} message(s) waiting"),
+            ),
+            Some(Err(e)) => line(Mark::Fail, "sqs", e),
+            None => line(Mark::Fail, "sqs", "no answer within 15s"),
+        },
+    });
+
+    marks.push(match &identity {
+        None => line(Mark::Fail, "autoscaling", "needs the instance id from IMDS"),
+        Some(id) => check_autoscaling(config, &sdk, id).await,
+    });
+
+    let pager = &config.pager;
+    marks.push(match (&pager.pagerduty_routing_key, &pager.webhook_url) {
+        (None, None) => line(
+            Mark::Warn,
+            "pager",
+            "no pager configured: failures will only be logged",
+        ),
+        (key, hook) => line(
+            Mark::Ok,
+            "pager",
+            format!(
+                "PagerDuty {}; webhook {}",
+                if key.is_some() {
+                    format!("routing key set, events to {}", pager.pagerduty_url)
+                } else {
+                    "not set".into()
+                },
+                hook.as_ref()
+                    .map(|u| format!("to {}", u.host_str().unwrap_or("?")))
+                    .unwrap_or_else(|| "not set".into())
+            ),
+        ),
+    });
+
+    let failed = marks.iter().filter(|m| **m == Mark::Fail).count();
+    if failed > 0 {
+        Err(AppError::ChecksFailed(failed))
+    } else {
+        Ok(())
+    }
+}
+
+async fn check_autoscaling(
+    config: &Config,
+    sdk: &aws_config::SdkConfig,
+    identity: &InstanceIdentity,
+) -> Mark {
+    let asg = AutoScaling::new(sdk);
+    let membership = match bounded(asg.membership(&identity.instance_id)).await {
+        Some(Ok(m)) => m,
+        Some(Err(e)) => return line(Mark::Fail, "autoscaling", e),
+        None => return line(Mark::Fail, "autoscaling", "no answer within 15s"),
+    };
+    let Some(m) = membership else {
+        return line(
+            Mark::Ok,
+            "autoscaling",
+            format!(
+                "DescribeAutoScalingInstances allowed; {} is in no group",
+                identity.instance_id
+            ),
+        );
+    };
+    let hooks = match bounded(asg.hooks(&m.group)).await {
+        Some(Ok(h)) => h,
+        Some(Err(e)) => return line(Mark::Fail, "autoscaling", e),
+        None => return line(Mark::Fail, "autoscaling", "no answer within 15s"),
+    };
+    let terminating: Vec<_> = hooks
+        .iter()
+        .filter(|h| h.transition == TERMINATING_TRANSITION)
+        .collect();
+    let wanted = config.lifecycle.hook_name.as_deref();
+    let chosen = match wanted {
+        Some(name) => terminating.iter().find(|h| h.name == name),
+        None => terminating.first(),
+    };
+    match (chosen, wanted) {
+        (Some(h), _) => line(
+            Mark::Ok,
+            "autoscaling",
+            format!(
+                "group {} ({}), termination hook {:?} with heartbeat timeout {}s",
+                m.group,
+                m.lifecycle_state.as_deref().unwrap_or("?"),
+                h.name,
+                h.heartbeat_timeout_secs.unwrap_or(3600)
+            ),
+        ),
+        (None, Some(name)) => line(
+            Mark::Fail,
+            "autoscaling",
+            format!(
+                "group {} has no termination hook named {name:?} (lifecycle.hook_name)",
+                m.group
+            ),
+        ),
+        (None, None) => line(
+            Mark::Warn,
+            "autoscaling",
+            format!(
+                "group {} has no EC2_INSTANCE_TERMINATING hook: Auto Scaling will not wait for drover",
+                m.group
+            ),
+        ),
+    }
+}

@@ -1,0 +1,108 @@
+//! Auto Scaling calls about this instance's group and its lifecycle hooks.
+
+use aws_sdk_autoscaling::error::ProvideErrorMetadata;
+use aws_sdk_autoscaling::Client;
+
+use crate::aws::describe;
+
+pub const TERMINATING_TRANSITION: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
+
+#[derive(Debug, thiserror::Error)]
+#[error("Auto Scaling {operation}: {detail}")]
+pub struct AutoScalingError {
+    pub operation: &'static str,
+    /// The service's error code (`ValidationError`, `AccessDenied`, ...), when it answered.
+    pub code: Option<String>,
+    pub message: Option<String>,
+    pub detail: String,
+}
+
+impl AutoScalingError {
+    fn from_sdk<E>(operation: &'static str, err: aws_sdk_autoscaling::error::SdkError<E>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let (code, message) = match err.as_service_error() {
+            Some(service) => (
+                service.code().map(str::to_string),
+                service.message().map(str::to_string),
+            ),
+            None => (None, None),
+        };
+        AutoScalingError {
+            operation,
+            code,
+            message,
+            detail: describe(&err),
+        }
+    }
+}
+
+/// Where the instance stands in its group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMembership {
+    pub group: String,
+    pub lifecycle_state: Option<String>,
+}
+
+/// A lifecycle hook of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleHook {
+    pub name: String,
+    pub transition: String,
+    pub heartbeat_timeout_secs: Option<i32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AutoScaling {
+    client: Client,
+}
+
+impl AutoScaling {
+    pub fn new(config: &aws_config::SdkConfig) -> AutoScaling {
+        AutoScaling {
+            client: Client::new(config),
+        }
+    }
+
+    /// `DescribeAutoScalingInstances` for one instance; `None` when it is in no group.
+    pub async fn membership(&self, instance_id: &str) -> Result<Option<GroupMembership>, AutoScalingError> {
+        let out = self
+            .client
+            .describe_auto_scaling_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(|e| AutoScalingError::from_sdk("DescribeAutoScalingInstances", e))?;
+        Ok(out
+            .auto_scaling_instances()
+            .iter()
+            .find(|i| i.instance_id() == Some(instance_id))
+            .and_then(|i| {
+                i.auto_scaling_group_name().map(|g| GroupMembership {
+                    group: g.to_string(),
+                    lifecycle_state: i.lifecycle_state().map(str::to_string),
+                })
+            }))
+    }
+
+    /// `DescribeLifecycleHooks` for a group.
+    pub async fn hooks(&self, group: &str) -> Result<Vec<LifecycleHook>, AutoScalingError> {
+        let out = self
+            .client
+            .describe_lifecycle_hooks()
+            .auto_scaling_group_name(group)
+            .send()
+            .await
+            .map_err(|e| AutoScalingError::from_sdk("DescribeLifecycleHooks", e))?;
+        Ok(out
+            .lifecycle_hooks()
+            .iter()
+            .map(|h| LifecycleHook {
+                name: h.lifecycle_hook_name().unwrap_or_default().to_string(),
+                transition: h.lifecycle_transition().unwrap_or_default().to_string(),
+                heartbeat_timeout_secs: h.heartbeat_timeout(),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,44 @@
+//! Command-line arguments, parsed and checked only; nothing here does I/O.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// drover joins an EC2 container host to a Rancher 1.x environment at boot and takes it out
+/// cleanly when Auto Scaling terminates the instance.
+#[derive(Debug, Parser)]
+#[command(name = "drover", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file (TOML). Default: /etc/drover/drover.toml, which may be absent when every
+    /// required key comes from DROVER_<SECTION>_<KEY> variables.
+    #[arg(long, global = true, env = "DROVER_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Set one config key, beating the environment and the file; repeatable.
+    /// Example: --set rancher.url=https://rancher.example.com
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// One-shot boot step: read IMDS, get a registration URL, start rancher/agent, wait until
+    /// the host is active, record it. Changes nothing on a registered host; skips warm pools.
+    Register,
+    /// Check the config and every dependency it names; one line per check.
+    Check,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

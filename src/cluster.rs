@@ -1,0 +1,205 @@
+//! The cluster manager behind a small trait (find a host, hand out a registration), so that
+//! a Rancher 2.x or script backend can stand beside Rancher 1.x without touching the
+//! workflows; and its Rancher 1.x (Cattle) implementation.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::rancher::{Host, RancherClient, RancherError, RegistrationToken};
+use crate::retry::{self, RetryError};
+
+/// A host as the workflows see it, whatever the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterHost {
+    pub id: String,
+    /// The backend's own word for its state (`active`, `reconnecting`, `inactive`, ...).
+    pub state: String,
+    pub active: bool,
+    pub hostname: Option<String>,
+}
+
+/// What the agent needs to join. The URL is a credential: it is never logged.
+#[derive(Clone)]
+pub struct AgentRegistration {
+    pub url: String,
+    /// The agent image the server asks for, when it says.
+    pub image: Option<String>,
+    /// For logs: which token (by id) is used.
+    pub token_id: String,
+}
+
+impl std::fmt::Debug for AgentRegistration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentRegistration")
+            .field("token_id", &self.token_id)
+            .field("image", &self.image)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Rancher(#[from] RancherError),
+    #[error("{0}")]
+    OutOfTime(String),
+}
+
+impl From<RetryError<RancherError>> for ClusterError {
+    fn from(e: RetryError<RancherError>) -> Self {
+        match e {
+            RetryError::Failed(e) => ClusterError::Rancher(e),
+            out => ClusterError::OutOfTime(out.to_string()),
+        }
+    }
+}
+
+/// What every cluster manager backend offers the workflows.
+pub trait ClusterManager: Send + Sync {
+    /// A short name for logs (`rancher v2-beta`).
+    fn describe(&self) -> String;
+
+    /// The host registered for `instance_id`, found by the label drover set, never by name.
+    fn find_host(
+        &self,
+        instance_id: &str,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Option<ClusterHost>, ClusterError>> + Send;
+
+    /// A registration for the agent, creating one if the environment has none yet.
+    fn registration(
+        &self,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<AgentRegistration, ClusterError>> + Send;
+}
+
+/// Rancher 1.x through its API.
+#[derive(Debug, Clone)]
+pub struct Rancher1 {
+    client: RancherClient,
+}
+
+/// Polls start short and grow: most transitions take a second, some take minutes.
+fn next_poll(delay: Duration) -> Duration {
+    (delay * 2).min(Duration::from_secs(2))
+}
+
+impl Rancher1 {
+    pub fn new(client: RancherClient) -> Rancher1 {
+        Rancher1 { client }
+    }
+
+    pub fn client(&self) -> &RancherClient {
+        &self.client
+    }
+
+    async fn tokens(&self, deadline: Instant) -> Result<Vec<RegistrationToken>, ClusterError> {
+        Ok(retry::until(
+            "listing registration tokens",
+            deadline,
+            Duration::from_secs(5),
+            RancherError::is_transient,
+            || self.client.registration_tokens(),
+        )
+        .await?)
+    }
+
+    /// Waits for a token that is still `registering` to become active.
+    async fn wait_token(
+        &self,
+        id: &str,
+        deadline: Instant,
+    ) -> Result<RegistrationToken, ClusterError> {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            let token = retry::until(
+                "reading the registration token",
+                deadline,
+                Duration::from_secs(5),
+                RancherError::is_transient,
+                || self.client.registration_token(id),
+            )
+            .await?;
+            if token.is_usable() {
+                return Ok(token);
+            }
+            if Instant::now() + delay >= deadline {
+                return Err(ClusterError::OutOfTime(format!(
+                    "registration token {id} still {:?} when the time ran out",
+                    token.state
+                )));
+            }
+            tracing::debug!(token = %id, state = %token.state, "waiting for the registration token");
+            tokio::time::sleep(delay).await;
+            delay = next_poll(delay);
+        }
+    }
+}
+
+fn to_cluster_host(h: Host) -> ClusterHost {
+    ClusterHost {
+        active: h.is_active(),
+        state: h.effective_state().to_string(),
+        id: h.id,
+        hostname: h.hostname,
+    }
+}
+
+impl ClusterManager for Rancher1 {
+    fn describe(&self) -> String {
+        format!(
+            "rancher {} project {}",
+            self.client.api().path(),
+            self.client.project_id()
+        )
+    }
+
+    async fn find_host(
+        &self,
+        instance_id: &str,
+        deadline: Instant,
+    ) -> Result<Option<ClusterHost>, ClusterError> {
+        let host = retry::until(
+            "listing hosts",
+            deadline,
+            Duration::from_secs(5),
+            RancherError::is_transient,
+            || self.client.find_host_by_instance(instance_id),
+        )
+        .await?;
+        Ok(host.map(to_cluster_host))
+    }
+
+    async fn registration(&self, deadline: Instant) -> Result<AgentRegistration, ClusterError> {
+        let tokens = self.tokens(deadline).await?;
+        let token = if let Some(t) = tokens.iter().find(|t| t.is_usable()) {
+            t.clone()
+        } else if let Some(t) = tokens.iter().find(|t| t.state == "registering") {
+            tracing::info!(token = %t.id, "waiting for the registration token that is being created");
+            self.wait_token(&t.id, deadline).await?
+        } else {
+            // A fresh environment has no token until someone opens "Add Host" in the UI.
+            tracing::info!("the environment has no registration token; creating one");
+            let created = retry::until(
+                "creating a registration token",
+                deadline,
+                Duration::from_secs(5),
+                RancherError::is_transient,
+                || self.client.create_registration_token(),
+            )
+            .await?;
+            if created.is_usable() {
+                created
+            } else {
+                self.wait_token(&created.id, deadline).await?
+            }
+        };
+        Ok(AgentRegistration {
+            url: token.registration_url.clone().unwrap_or_default(),
+            image: token.image.clone(),
+            token_id: token.id,
+        })
+    }
+}

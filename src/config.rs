@@ -1,0 +1,1090 @@
+//! Loads drover's configuration from the TOML file, `DROVER_<SECTION>_<KEY>` variables and
+//! `--set` flags, and validates all of it before anything talks to the network.
+//!
+//! Precedence is flag > environment > file > default. The three layers are merged as TOML
+//! tables and deserialized once, so a wrong type is reported the same way wherever it came
+//! from. Values from the environment and flags are strings; they are turned into TOML values
+//! by the type the key has in [`KEYS`], never by guessing (a generic "looks like a number"
+//! guess would turn an all-digit secret into an integer).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+/// Where the config file is when neither `--config` nor `DROVER_CONFIG` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/drover/drover.toml";
+
+/// The type of a key, which decides how a string from the environment becomes a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Str,
+    Bool,
+    /// A `key=value&key=value` list (the `CATTLE_HOST_LABELS` form) or a TOML inline table.
+    Labels,
+}
+
+/// Every key drover knows, as `(section, key, kind)`.
+const KEYS: &[(&str, &str, KeyKind)] = &[
+    ("rancher", "url", KeyKind::Str),
+    ("rancher", "project_id", KeyKind::Str),
+    ("rancher", "access_key", KeyKind::Str),
+    ("rancher", "secret_key", KeyKind::Str),
+    ("rancher", "secret_key_file", KeyKind::Str),
+    ("rancher", "api_version", KeyKind::Str),
+    ("rancher", "ca_file", KeyKind::Str),
+    ("rancher", "request_timeout", KeyKind::Str),
+    ("agent", "image", KeyKind::Str),
+    ("agent", "labels", KeyKind::Labels),
+    ("agent", "agent_ip", KeyKind::Str),
+    ("agent", "privileged", KeyKind::Bool),
+    ("agent", "register_timeout", KeyKind::Str),
+    ("lifecycle", "queue_url", KeyKind::Str),
+    ("lifecycle", "hook_name", KeyKind::Str),
+    ("lifecycle", "imds_poll", KeyKind::Str),
+    ("lifecycle", "drain_timeout", KeyKind::Str),
+    ("lifecycle", "on_failure", KeyKind::Str),
+    ("lifecycle", "evacuate", KeyKind::Bool),
+    ("lifecycle", "on_sigterm", KeyKind::Str),
+    ("lifecycle", "handle_peers", KeyKind::Bool),
+    ("pager", "pagerduty_routing_key", KeyKind::Str),
+    ("pager", "pagerduty_routing_key_file", KeyKind::Str),
+    ("pager", "pagerduty_url", KeyKind::Str),
+    ("pager", "webhook_url", KeyKind::Str),
+    ("state", "dir", KeyKind::Str),
+    ("log", "format", KeyKind::Str),
+    ("log", "level", KeyKind::Str),
+];
+
+const SECTIONS: &[&str] = &["rancher", "agent", "lifecycle", "pager", "state", "log"];
+
+/// A configuration problem: always names the key (or the file) and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("config key {key}{origin}: {reason}")]
+    Key {
+        key: String,
+        origin: Origin,
+        reason: String,
+    },
+    #[error("{flag}: {reason}")]
+    Flag { flag: String, reason: String },
+}
+
+/// Where a bad value came from, so that the message points at the right place.
+#[derive(Debug, Clone, Default)]
+pub enum Origin {
+    #[default]
+    Unknown,
+    Env(String),
+    Flag,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Unknown => Ok(()),
+            Origin::Env(var) => write!(f, " (from {var})"),
+            Origin::Flag => write!(f, " (from --set)"),
+        }
+    }
+}
+
+fn key_error(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key: key.into(),
+        origin: Origin::Unknown,
+        reason: reason.into(),
+    }
+}
+
+/// Which Rancher API root to talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiVersion {
+    V1,
+    V2Beta,
+    /// The newest the server offers.
+    Auto,
+}
+
+/// The address the agent registers with (`CATTLE_AGENT_IP`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentIp {
+    LocalIpv4,
+    PublicIpv4,
+    Literal(std::net::Ipv4Addr),
+}
+
+/// The lifecycle action result sent when taking the host out failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleResult {
+    Continue,
+    Abandon,
+}
+
+impl LifecycleResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LifecycleResult::Continue => "CONTINUE",
+            LifecycleResult::Abandon => "ABANDON",
+        }
+    }
+}
+
+/// What SIGTERM means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnSigterm {
+    Auto,
+    Deregister,
+    Exit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (which may not exist: then every key came from elsewhere).
+    pub path: PathBuf,
+    pub rancher: RancherConfig,
+    pub agent: AgentConfig,
+    pub lifecycle: LifecycleConfig,
+    pub pager: PagerConfig,
+    pub state: StateConfig,
+    pub log: LogConfig,
+    /// Non-fatal findings (loose file modes) to log once logging is set up.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RancherConfig {
+    pub url: Url,
+    pub project_id: String,
+    pub access_key: String,
+    /// Never printed: `SecretString`'s `Debug` shows `[REDACTED]`.
+    pub secret_key: SecretString,
+    pub api_version: ApiVersion,
+    pub ca_file: Option<PathBuf>,
+    /// Bound on every single request to the server.
+    pub request_timeout: Duration,
+}
+
+/// Host labels as the user configured them, already checked to fit `CATTLE_HOST_LABELS`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostLabels(pub BTreeMap<String, String>);
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub image: String,
+    pub labels: HostLabels,
+    pub agent_ip: AgentIp,
+    pub privileged: bool,
+    pub register_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LifecycleConfig {
+    pub queue_url: Option<String>,
+    pub hook_name: Option<String>,
+    /// `None` when polling is off (`"0s"`).
+    pub imds_poll: Option<Duration>,
+    pub drain_timeout: Duration,
+    pub on_failure: LifecycleResult,
+    pub evacuate: bool,
+    pub on_sigterm: OnSigterm,
+    pub handle_peers: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PagerConfig {
+    pub pagerduty_routing_key: Option<SecretString>,
+    pub pagerduty_url: Url,
+    pub webhook_url: Option<Url>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter: a plain level applies to drover, anything else is used as given.
+    pub level: String,
+}
+
+// The raw, merged layers as serde sees them. Every field is optional so that "missing"
+// is reported by validation with the key's name, not by serde.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    rancher: RawRancher,
+    #[serde(default)]
+    agent: RawAgent,
+    #[serde(default)]
+    lifecycle: RawLifecycle,
+    #[serde(default)]
+    pager: RawPager,
+    #[serde(default)]
+    state: RawState,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRancher {
+    url: Option<String>,
+    project_id: Option<String>,
+    access_key: Option<String>,
+    secret_key: Option<SecretString>,
+    secret_key_file: Option<PathBuf>,
+    api_version: Option<String>,
+    ca_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    request_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for RawRancher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawRancher")
+            .field("url", &self.url)
+            .field("project_id", &self.project_id)
+            .field("secret_key", &self.secret_key.as_ref().map(|_| "[REDACTED]"))
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    image: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    agent_ip: Option<String>,
+    privileged: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    register_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLifecycle {
+    queue_url: Option<String>,
+    hook_name: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    imds_poll: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    drain_timeout: Option<Duration>,
+    on_failure: Option<String>,
+    evacuate: Option<bool>,
+    on_sigterm: Option<String>,
+    handle_peers: Option<bool>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPager {
+    pagerduty_routing_key: Option<SecretString>,
+    pagerduty_routing_key_file: Option<PathBuf>,
+    pagerduty_url: Option<String>,
+    webhook_url: Option<String>,
+}
+
+impl fmt::Debug for RawPager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawPager")
+            .field("pagerduty_url", &self.pagerduty_url)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+/// The inputs to loading: where the file is, the environment, and `--set KEY=VALUE` flags.
+pub struct Sources<'a> {
+    pub path: PathBuf,
+    /// Whether the path was given explicitly (then a missing file is an error).
+    pub path_explicit: bool,
+    pub env: Vec<(String, String)>,
+    pub overrides: &'a [String],
+}
+
+impl Config {
+    /// Reads and validates everything; the error names the key and the reason.
+    pub fn load(sources: Sources<'_>) -> Result<Config, ConfigError> {
+        let mut warnings = Vec::new();
+        let mut merged = read_file_layer(&sources.path, sources.path_explicit, &mut warnings)?;
+        let mut origins: BTreeMap<String, Origin> = BTreeMap::new();
+
+        for (var, value) in &sources.env {
+            let Some(rest) = var.strip_prefix("DROVER_") else {
+                continue;
+            };
+            // DROVER_CONFIG and anything outside the known sections belong to others.
+            let Some(section) = SECTIONS
+                .iter()
+                .find(|s| rest.to_ascii_lowercase().starts_with(&format!("{s}_")))
+            else {
+                continue;
+            };
+            let key = rest[section.len() + 1..].to_ascii_lowercase();
+            let origin = Origin::Env(var.clone());
+            set_layer_value(&mut merged, section, &key, value, &origin)?;
+            origins.insert(format!("{section}.{key}"), origin);
+        }
+
+        for item in sources.overrides {
+            let Some((dotted, value)) = item.split_once('=') else {
+                return Err(ConfigError::Flag {
+                    flag: format!("--set {item}"),
+                    reason: "expected SECTION.KEY=VALUE".into(),
+                });
+            };
+            let Some((section, key)) = dotted.trim().split_once('.') else {
+                return Err(ConfigError::Flag {
+                    flag: format!("--set {item}"),
+                    reason: "expected SECTION.KEY=VALUE".into(),
+                });
+            };
+            set_layer_value(&mut merged, section, key, value, &Origin::Flag)?;
+            origins.insert(format!("{section}.{key}"), Origin::Flag);
+        }
+
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(merged))
+            .map_err(|err| {
+                let path = err.path().to_string();
+                let inner = err.into_inner();
+                let msg = inner.to_string();
+                // deny_unknown_fields reports the unknown name in the message, at the parent's path.
+                if let Some(field) = unknown_field_name(&msg) {
+                    let key = if path == "." || path.is_empty() {
+                        field
+                    } else {
+                        format!("{path}.{field}")
+                    };
+                    return key_error(key, "unknown key");
+                }
+                let origin = origins.get(&path).cloned().unwrap_or_default();
+                // serde's messages quote the offending value: never for a secret.
+                let reason = if path.ends_with("secret_key") || path.ends_with("routing_key") {
+                    "must be a string".to_string()
+                } else {
+                    first_line(&msg)
+                };
+                ConfigError::Key {
+                    key: path,
+                    origin,
+                    reason,
+                }
+            })?;
+        validate(raw, sources.path, warnings)
+    }
+
+    /// Whether the secret key (or routing key) came from a file with the given content.
+    /// Used only by tests to prove the file was read.
+    #[cfg(test)]
+    fn secret_key_is(&self, expected: &str) -> bool {
+        self.rancher.secret_key.expose_secret() == expected
+    }
+}
+
+fn first_line(msg: &str) -> String {
+    msg.lines().next().unwrap_or_default().trim().to_string()
+}
+
+fn unknown_field_name(msg: &str) -> Option<String> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    let end = rest.find('`')?;
+    Some(rest[..end].to_string())
+}
+
+fn read_file_layer(
+    path: &Path,
+    explicit: bool,
+    warnings: &mut Vec<String>,
+) -> Result<toml::Table, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        // With the default path and no file, everything may come from the environment
+        // (the way cloud-init userdata often configures drover).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            return Ok(toml::Table::new());
+        }
+        Err(e) => {
+            return Err(ConfigError::File {
+                path: path.to_path_buf(),
+                reason: format!("cannot read: {e}"),
+            })
+        }
+    };
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let reason = match e.span() {
+            Some(span) => {
+                let line = text[..span.start.min(text.len())].lines().count().max(1);
+                format!("line {line}: {}", e.message())
+            }
+            None => e.message().to_string(),
+        };
+        ConfigError::File {
+            path: path.to_path_buf(),
+            reason: format!("not valid TOML: {reason}"),
+        }
+    })?;
+    let holds_secret = ["rancher", "pager"].iter().any(|s| {
+        table.get(*s).and_then(|v| v.as_table()).is_some_and(|t| {
+            t.contains_key("secret_key") || t.contains_key("pagerduty_routing_key")
+        })
+    });
+    if holds_secret {
+        if let Some(warning) = loose_mode_warning(path, "config file") {
+            warnings.push(warning);
+        }
+    }
+    Ok(table)
+}
+
+/// Puts a string value from the environment or a flag into the merged table, typed by the key.
+fn set_layer_value(
+    table: &mut toml::Table,
+    section: &str,
+    key: &str,
+    value: &str,
+    origin: &Origin,
+) -> Result<(), ConfigError> {
+    let dotted = format!("{section}.{key}");
+    let bad = |reason: String| ConfigError::Key {
+        key: dotted.clone(),
+        origin: origin.clone(),
+        reason,
+    };
+    let Some((_, _, kind)) = KEYS.iter().find(|(s, k, _)| *s == section && *k == key) else {
+        return Err(bad("unknown key".into()));
+    };
+    let typed = match kind {
+        KeyKind::Str => toml::Value::String(value.to_string()),
+        KeyKind::Bool => match value.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => toml::Value::Boolean(true),
+            "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
+            other => return Err(bad(format!("expected true or false, got {other:?}"))),
+        },
+        KeyKind::Labels => toml::Value::Table(parse_labels_value(value).map_err(bad)?),
+    };
+    let entry = table
+        .entry(section.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    match entry {
+        toml::Value::Table(t) => {
+            t.insert(key.to_string(), typed);
+            Ok(())
+        }
+        _ => Err(bad(format!("[{section}] in the file is not a table"))),
+    }
+}
+
+/// `role=crawling&env=prod` (the form `CATTLE_HOST_LABELS` uses), `role=crawling,env=prod`,
+/// or a TOML inline table `{ role = "crawling" }`.
+fn parse_labels_value(value: &str) -> Result<toml::Table, String> {
+    let trimmed = value.trim();
+    if trimmed.starts_with('{') {
+        let doc: toml::Table = format!("labels = {trimmed}")
+            .parse()
+            .map_err(|e: toml::de::Error| format!("not a TOML inline table: {}", e.message()))?;
+        return match doc.get("labels") {
+            Some(toml::Value::Table(t)) => Ok(t.clone()),
+            _ => Err("not a TOML inline table".into()),
+        };
+    }
+    let mut out = toml::Table::new();
+    if trimmed.is_empty() {
+        return Ok(out);
+    }
+    let sep = if trimmed.contains('&') { '&' } else { ',' };
+    for pair in trimmed.split(sep) {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(format!(
+                "label {pair:?} is not key=value (write labels as key=value&key=value)"
+            ));
+        };
+        out.insert(k.trim().to_string(), toml::Value::String(v.trim().to_string()));
+    }
+    Ok(out)
+}
+
+fn validate(raw: RawConfig, path: PathBuf, mut warnings: Vec<String>) -> Result<Config, ConfigError> {
+    let r = raw.rancher;
+    let url_text = required(r.url, "rancher.url")?;
+    let url = parse_http_url(&url_text, "rancher.url")?;
+    let project_id = required(r.project_id, "rancher.project_id")?;
+    let access_key = required(r.access_key, "rancher.access_key")?;
+    let secret_key = secret_from(
+        r.secret_key,
+        r.secret_key_file,
+        "rancher.secret_key",
+        &mut warnings,
+    )?
+    .ok_or_else(|| {
+        key_error(
+            "rancher.secret_key",
+            "missing (set rancher.secret_key or rancher.secret_key_file)",
+        )
+    })?;
+    let api_version = match r.api_version.as_deref().unwrap_or("auto") {
+        "auto" => ApiVersion::Auto,
+        "v1" => ApiVersion::V1,
+        "v2-beta" => ApiVersion::V2Beta,
+        other => {
+            return Err(key_error(
+                "rancher.api_version",
+                format!("{other:?} is not one of \"auto\", \"v1\", \"v2-beta\""),
+            ))
+        }
+    };
+    if let Some(ca) = &r.ca_file {
+        std::fs::metadata(ca)
+            .map_err(|e| key_error("rancher.ca_file", format!("cannot read {}: {e}", ca.display())))?;
+    }
+    let request_timeout = nonzero(
+        r.request_timeout.unwrap_or(Duration::from_secs(15)),
+        "rancher.request_timeout",
+    )?;
+
+    let a = raw.agent;
+    let labels = HostLabels::new(a.labels.unwrap_or_default())?;
+    let agent_ip = match a.agent_ip.as_deref().unwrap_or("local-ipv4") {
+        "local-ipv4" => AgentIp::LocalIpv4,
+        "public-ipv4" => AgentIp::PublicIpv4,
+        other => {
+            let ip: std::net::Ipv4Addr = other.parse().map_err(|_| {
+                key_error(
+                    "agent.agent_ip",
+                    format!("{other:?} is not \"local-ipv4\", \"public-ipv4\" or an IPv4 address"),
+                )
+            })?;
+            if ip.is_loopback() || ip.is_unspecified() {
+                return Err(key_error(
+                    "agent.agent_ip",
+                    format!("{ip} cannot be the agent's address (Rancher needs a reachable one)"),
+                ));
+            }
+            AgentIp::Literal(ip)
+        }
+    };
+    let image = a.image.unwrap_or_else(|| "rancher/agent:v1.2.11".into());
+    if image.trim().is_empty() {
+        return Err(key_error("agent.image", "is empty"));
+    }
+    let register_timeout = nonzero(
+        a.register_timeout.unwrap_or(Duration::from_secs(300)),
+        "agent.register_timeout",
+    )?;
+
+    let l = raw.lifecycle;
+    let queue_url = non_empty(l.queue_url);
+    if let Some(q) = &queue_url {
+        parse_http_url(q, "lifecycle.queue_url")?;
+    }
+    let imds_poll = match l.imds_poll.unwrap_or(Duration::from_secs(5)) {
+        d if d.is_zero() => None,
+        d if d < Duration::from_millis(100) => {
+            return Err(key_error(
+                "lifecycle.imds_poll",
+                "must be at least 100ms, or \"0s\" to turn polling off",
+            ))
+        }
+        d => Some(d),
+    };
+    let drain_timeout = nonzero(
+        l.drain_timeout.unwrap_or(Duration::from_secs(600)),
+        "lifecycle.drain_timeout",
+    )?;
+    let on_failure = match l
+        .on_failure
+        .as_deref()
+        .unwrap_or("continue")
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "continue" => LifecycleResult::Continue,
+        "abandon" => LifecycleResult::Abandon,
+        other => {
+            return Err(key_error(
+                "lifecycle.on_failure",
+                format!("{other:?} is not \"continue\" or \"abandon\""),
+            ))
+        }
+    };
+    let on_sigterm = match l.on_sigterm.as_deref().unwrap_or("auto") {
+        "auto" => OnSigterm::Auto,
+        "deregister" => OnSigterm::Deregister,
+        "exit" => OnSigterm::Exit,
+        other => {
+            return Err(key_error(
+                "lifecycle.on_sigterm",
+                format!("{other:?} is not \"auto\", \"deregister\" or \"exit\""),
+            ))
+        }
+    };
+
+    let p = raw.pager;
+    let pagerduty_routing_key = secret_from(
+        p.pagerduty_routing_key,
+        p.pagerduty_routing_key_file,
+        "pager.pagerduty_routing_key",
+        &mut warnings,
+    )?
+    .filter(|k| !k.expose_secret().is_empty());
+    if let Some(key) = &pagerduty_routing_key {
+        // PagerDuty refuses anything else with a 400 that would surface only at paging time.
+        if key.expose_secret().len() != 32 {
+            return Err(key_error(
+                "pager.pagerduty_routing_key",
+                "must be the 32-character integration key of an Events API v2 service",
+            ));
+        }
+    }
+    let pagerduty_url = parse_http_url(
+        p.pagerduty_url
+            .as_deref()
+            .unwrap_or("https://events.pagerduty.com/v2/enqueue"),
+        "pager.pagerduty_url",
+    )?;
+    let webhook_url = match non_empty(p.webhook_url) {
+        Some(u) => Some(parse_http_url(&u, "pager.webhook_url")?),
+        None => None,
+    };
+
+    let dir = raw.state.dir.unwrap_or_else(|| PathBuf::from("/var/lib/drover"));
+    if dir.as_os_str().is_empty() {
+        return Err(key_error("state.dir", "is empty"));
+    }
+
+    let format = match raw.log.format.as_deref().unwrap_or("text") {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(key_error(
+                "log.format",
+                format!("{other:?} is not \"text\" or \"json\""),
+            ))
+        }
+    };
+    let level = raw.log.level.unwrap_or_else(|| "info".into());
+    crate::logging::filter_for(&level).map_err(|e| key_error("log.level", e))?;
+
+    Ok(Config {
+        path,
+        rancher: RancherConfig {
+            url,
+            project_id,
+            access_key,
+            secret_key,
+            api_version,
+            ca_file: r.ca_file,
+            request_timeout,
+        },
+        agent: AgentConfig {
+            image,
+            labels,
+            agent_ip,
+            privileged: a.privileged.unwrap_or(true),
+            register_timeout,
+        },
+        lifecycle: LifecycleConfig {
+            queue_url,
+            hook_name: non_empty(l.hook_name),
+            imds_poll,
+            drain_timeout,
+            on_failure,
+            evacuate: l.evacuate.unwrap_or(false),
+            on_sigterm,
+            handle_peers: l.handle_peers.unwrap_or(true),
+        },
+        pager: PagerConfig {
+            pagerduty_routing_key,
+            pagerduty_url,
+            webhook_url,
+        },
+        state: StateConfig { dir },
+        log: LogConfig { format, level },
+        warnings,
+    })
+}
+
+fn required(value: Option<String>, key: &str) -> Result<String, ConfigError> {
+    match non_empty(value) {
+        Some(v) => Ok(v),
+        None => Err(key_error(key, "missing (required)")),
+    }
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+fn nonzero(d: Duration, key: &str) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        Err(key_error(key, "must be longer than zero"))
+    } else {
+        Ok(d)
+    }
+}
+
+fn parse_http_url(text: &str, key: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(text.trim())
+        .map_err(|e| key_error(key, format!("{text:?} is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(key_error(key, format!("{text:?} is not an http(s) URL")));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        // Credentials in a URL end up in logs and error messages.
+        return Err(key_error(
+            key,
+            "must not carry credentials; use the key settings instead",
+        ));
+    }
+    Ok(url)
+}
+
+/// A secret given inline or as `<key>_file`; both at once is ambiguous and refused.
+fn secret_from(
+    inline: Option<SecretString>,
+    file: Option<PathBuf>,
+    key: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<SecretString>, ConfigError> {
+    let file = file.filter(|f| !f.as_os_str().is_empty());
+    let inline = inline.filter(|s| !s.expose_secret().is_empty());
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(key_error(
+            format!("{key}_file"),
+            format!("set either {key} or {key}_file, not both"),
+        )),
+        (Some(s), None) => Ok(Some(s)),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                key_error(
+                    format!("{key}_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let secret = text.trim();
+            if secret.is_empty() {
+                return Err(key_error(
+                    format!("{key}_file"),
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            if let Some(w) = loose_mode_warning(&path, &format!("{key}_file")) {
+                warnings.push(w);
+            }
+            Ok(Some(SecretString::from(secret.to_string())))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn loose_mode_warning(path: &Path, what: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{what} {} holds a secret and is readable by group or others (mode {:o}); chmod 600 it",
+            path.display(),
+            mode & 0o777
+        )
+    })
+}
+
+impl HostLabels {
+    /// Checks that every label survives `CATTLE_HOST_LABELS`, which is parsed as a query string.
+    pub fn new(labels: BTreeMap<String, String>) -> Result<HostLabels, ConfigError> {
+        for (k, v) in &labels {
+            let key = format!("agent.labels.{k}");
+            if k.trim().is_empty() {
+                return Err(key_error("agent.labels", "a label has an empty key"));
+            }
+            if v.trim().is_empty() {
+                return Err(key_error(key, "empty value"));
+            }
+            if crate::register::AUTOMATIC_LABELS.contains(&k.as_str()) {
+                return Err(key_error(
+                    key,
+                    "drover sets this label itself from instance metadata; choose another name",
+                ));
+            }
+            for (part, text) in [("key", k), ("value", v)] {
+                if let Some(c) = text.chars().find(|c| matches!(c, '&' | '=')) {
+                    return Err(key_error(
+                        key,
+                        format!("the label's {part} holds {c:?}, which CATTLE_HOST_LABELS cannot carry"),
+                    ));
+                }
+            }
+        }
+        Ok(HostLabels(labels))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const MINIMAL: &str = r#"
+[rancher]
+url = "https://rancher.example.com"
+project_id = "1a5"
+access_key = "AK"
+secret_key = "s3cr3t-value"
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)], sets: &[&str]) -> Result<Config, ConfigError> {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        file.write_all(text.as_bytes()).expect("write");
+        let overrides: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        Config::load(Sources {
+            path: file.path().to_path_buf(),
+            path_explicit: true,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            overrides: &overrides,
+        })
+    }
+
+    fn err(text: &str, env: &[(&str, &str)]) -> String {
+        load(text, env, &[]).expect_err("should fail").to_string()
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_set() {
+        let c = load(MINIMAL, &[], &[]).expect("valid");
+        assert_eq!(c.agent.image, "rancher/agent:v1.2.11");
+        assert_eq!(c.agent.register_timeout, Duration::from_secs(300));
+        assert_eq!(c.lifecycle.imds_poll, Some(Duration::from_secs(5)));
+        assert_eq!(c.lifecycle.on_failure, LifecycleResult::Continue);
+        assert_eq!(c.lifecycle.on_sigterm, OnSigterm::Auto);
+        assert!(c.lifecycle.handle_peers);
+        assert!(c.agent.privileged);
+        assert_eq!(c.state.dir, PathBuf::from("/var/lib/drover"));
+        assert_eq!(c.rancher.api_version, ApiVersion::Auto);
+        assert!(c.pager.pagerduty_routing_key.is_none());
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file() {
+        let text = format!("{MINIMAL}\n[agent]\nimage = \"from-file\"\nregister_timeout = \"1m\"\n");
+        let c = load(&text, &[("DROVER_AGENT_IMAGE", "from-env")], &[]).expect("valid");
+        assert_eq!(c.agent.image, "from-env");
+        assert_eq!(c.agent.register_timeout, Duration::from_secs(60));
+        let c = load(
+            &text,
+            &[("DROVER_AGENT_IMAGE", "from-env")],
+            &["agent.image=from-flag"],
+        )
+        .expect("valid");
+        assert_eq!(c.agent.image, "from-flag");
+    }
+
+    #[test]
+    fn env_values_are_typed_by_key_not_guessed() {
+        // An all-digit secret must stay a string; a bool key accepts true/false.
+        let c = load(
+            MINIMAL,
+            &[
+                ("DROVER_RANCHER_SECRET_KEY", "0123456789"),
+                ("DROVER_LIFECYCLE_EVACUATE", "true"),
+                ("DROVER_AGENT_LABELS", "role=crawling&env=prod"),
+                ("DROVER_LIFECYCLE_IMDS_POLL", "0s"),
+            ],
+            &[],
+        )
+        .expect("valid");
+        assert!(c.secret_key_is("0123456789"));
+        assert!(c.lifecycle.evacuate);
+        assert_eq!(c.lifecycle.imds_poll, None);
+        assert_eq!(c.agent.labels.0.get("role").map(String::as_str), Some("crawling"));
+        assert_eq!(c.agent.labels.0.get("env").map(String::as_str), Some("prod"));
+    }
+
+    #[test]
+    fn labels_from_env_as_inline_table() {
+        let c = load(MINIMAL, &[("DROVER_AGENT_LABELS", "{ role = \"web\" }")], &[]).expect("valid");
+        assert_eq!(c.agent.labels.0.get("role").map(String::as_str), Some("web"));
+    }
+
+    #[test]
+    fn missing_required_key_is_named() {
+        let e = err("[rancher]\nurl = \"https://r\"\naccess_key=\"a\"\nsecret_key=\"b\"\n", &[]);
+        assert!(e.contains("rancher.project_id"), "{e}");
+        assert!(e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = err(&format!("{MINIMAL}\n[lifecycle]\nevacuate = \"yes\"\n"), &[]);
+        assert!(e.contains("lifecycle.evacuate"), "{e}");
+        let e = err(MINIMAL, &[("DROVER_AGENT_PRIVILEGED", "maybe")]);
+        assert!(e.contains("agent.privileged") && e.contains("DROVER_AGENT_PRIVILEGED"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err(&format!("{MINIMAL}\n[agent]\nimagee = \"x\"\n"), &[]);
+        assert!(e.contains("agent.imagee") && e.contains("unknown key"), "{e}");
+        let e = err(&format!("{MINIMAL}\n[nosuch]\nx = 1\n"), &[]);
+        assert!(e.contains("nosuch") && e.contains("unknown key"), "{e}");
+        let e = err(MINIMAL, &[("DROVER_LIFECYCLE_QUEUE", "x")]);
+        assert!(e.contains("lifecycle.queue") && e.contains("DROVER_LIFECYCLE_QUEUE"), "{e}");
+    }
+
+    #[test]
+    fn unrelated_drover_variables_are_ignored() {
+        load(MINIMAL, &[("DROVER_CONFIG", "/x"), ("DROVER_TESTBED_FOO", "1")], &[]).expect("valid");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let e = err(&format!("{MINIMAL}\n[agent]\nregister_timeout = \"5 parsecs\"\n"), &[]);
+        assert!(e.contains("agent.register_timeout"), "{e}");
+        let e = err(MINIMAL, &[("DROVER_LIFECYCLE_DRAIN_TIMEOUT", "soon")]);
+        assert!(e.contains("lifecycle.drain_timeout"), "{e}");
+    }
+
+    #[test]
+    fn labels_that_cattle_host_labels_cannot_carry_are_refused() {
+        for labels in [
+            "{ role = \"a&b\" }",
+            "{ \"ro=le\" = \"x\" }",
+            "{ role = \"\" }",
+            "{ \"\" = \"x\" }",
+            "{ \"aws.instance_id\" = \"i-forged\" }",
+        ] {
+            let e = err(&format!("{MINIMAL}\n[agent]\nlabels = {labels}\n"), &[]);
+            assert!(e.contains("agent.labels"), "{labels}: {e}");
+        }
+    }
+
+    #[test]
+    fn secret_file_is_read_and_unreadable_one_named() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "from-file-secret\n").expect("write");
+        let text = MINIMAL.replace(
+            "secret_key = \"s3cr3t-value\"",
+            &format!("secret_key_file = {:?}", path.display().to_string()),
+        );
+        let c = load(&text, &[], &[]).expect("valid");
+        assert!(c.secret_key_is("from-file-secret"));
+        // The temp file is created 0644 by default: a warning, not an error.
+        assert!(c.warnings.iter().any(|w| w.contains("chmod 600")), "{:?}", c.warnings);
+
+        let missing = MINIMAL.replace(
+            "secret_key = \"s3cr3t-value\"",
+            "secret_key_file = \"/nonexistent/drover-secret\"",
+        );
+        let e = err(&missing, &[]);
+        assert!(e.contains("rancher.secret_key_file") && e.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let c = load(MINIMAL, &[], &[]).expect("valid");
+        let dump = format!("{c:?}");
+        assert!(!dump.contains("s3cr3t-value"), "{dump}");
+    }
+
+    #[test]
+    fn secret_values_never_show_in_errors() {
+        // A wrong type for the secret must not echo it.
+        let e = err(
+            &MINIMAL.replace("secret_key = \"s3cr3t-value\"", "secret_key = 12345"),
+            &[],
+        );
+        assert!(e.contains("rancher.secret_key"), "{e}");
+        assert!(!e.contains("12345"), "{e}");
+    }
+
+    #[test]
+    fn bad_toml_names_the_file_and_line() {
+        let e = err("[rancher]\nurl = \n", &[]);
+        assert!(e.contains("not valid TOML") && e.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error_but_default_path_may_be_absent() {
+        let e = Config::load(Sources {
+            path: PathBuf::from("/nonexistent/drover.toml"),
+            path_explicit: true,
+            env: vec![],
+            overrides: &[],
+        })
+        .expect_err("missing file");
+        assert!(e.to_string().contains("/nonexistent/drover.toml"), "{e}");
+        let env = [
+            ("DROVER_RANCHER_URL", "http://r"),
+            ("DROVER_RANCHER_PROJECT_ID", "1a5"),
+            ("DROVER_RANCHER_ACCESS_KEY", "a"),
+            ("DROVER_RANCHER_SECRET_KEY", "b"),
+        ];
+        Config::load(Sources {
+            path: PathBuf::from("/nonexistent/drover.toml"),
+            path_explicit: false,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            overrides: &[],
+        })
+        .expect("env only");
+    }
+
+    #[test]
+    fn enumerations_and_urls_are_checked() {
+        let cases = [
+            ("[lifecycle]\non_failure = \"retry\"", "lifecycle.on_failure"),
+            ("[lifecycle]\non_sigterm = \"maybe\"", "lifecycle.on_sigterm"),
+            ("[log]\nformat = \"xml\"", "log.format"),
+            ("[agent]\nagent_ip = \"127.0.0.1\"", "agent.agent_ip"),
+            ("[agent]\nagent_ip = \"eth0\"", "agent.agent_ip"),
+            ("[pager]\npagerduty_routing_key = \"short\"", "pager.pagerduty_routing_key"),
+            ("[pager]\nwebhook_url = \"not a url\"", "pager.webhook_url"),
+            ("[lifecycle]\nimds_poll = \"10ms\"", "lifecycle.imds_poll"),
+            ("[log]\nlevel = \"loud\"", "log.level"),
+        ];
+        for (extra, key) in cases {
+            let e = err(&format!("{MINIMAL}\n{extra}\n"), &[]);
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        let e = err(&MINIMAL.replace("https://rancher.example.com", "ftp://x"), &[]);
+        assert!(e.contains("rancher.url"), "{e}");
+    }
+
+    #[test]
+    fn set_flag_needs_section_key_value() {
+        let e = load(MINIMAL, &[], &["image"]).expect_err("bad flag").to_string();
+        assert!(e.contains("--set"), "{e}");
+    }
+}

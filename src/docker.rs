@@ -1,0 +1,319 @@
+//! Talks to the local Docker engine about the `rancher/agent` containers: waits for the
+//! engine, pulls the image, starts the bootstrap container exactly as Rancher's own command
+//! does, and finds (or stops) the long-running `rancher-agent` container.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use tokio::time::Instant;
+
+/// The long-running container the bootstrap leaves behind.
+pub const AGENT_CONTAINER: &str = "rancher-agent";
+/// Where the agent expects the engine's socket and keeps its identity.
+const SOCKET_IN_CONTAINER: &str = "/var/run/docker.sock";
+const RANCHER_STATE_DIR: &str = "/var/lib/rancher";
+const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+/// Label on the bootstrap container so that an operator can tell who started it.
+const BOOTSTRAP_LABEL: &str = "io.drover.bootstrap";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("Docker engine at {host} did not answer within {waited:?}: {detail}")]
+    NotReady {
+        host: String,
+        waited: Duration,
+        detail: String,
+    },
+    #[error("Docker engine at {host}: cannot connect: {detail}")]
+    Connect { host: String, detail: String },
+    #[error("Docker {what}: {detail}")]
+    Call { what: String, detail: String },
+    #[error("pulling {image} failed: {detail}")]
+    Pull { image: String, detail: String },
+}
+
+/// The bootstrap container's inputs, all of which reach the agent unchanged.
+#[derive(Debug, Clone)]
+pub struct BootstrapSpec {
+    pub image: String,
+    /// The token's `registrationUrl`, the container's only argument. Not logged: it lets
+    /// anyone add hosts to the environment.
+    pub registration_url: String,
+    pub agent_ip: Ipv4Addr,
+    /// Already in `CATTLE_HOST_LABELS` form.
+    pub host_labels: String,
+    pub privileged: bool,
+    pub instance_id: String,
+}
+
+/// A container as far as drover cares.
+#[derive(Debug, Clone)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub state: String,
+}
+
+impl ContainerInfo {
+    pub fn is_running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+/// A connected, version-negotiated engine.
+#[derive(Clone, Debug)]
+pub struct AgentDocker {
+    docker: Docker,
+    host: String,
+    socket: PathBuf,
+}
+
+/// `DOCKER_HOST`, or the default socket.
+pub fn docker_host() -> String {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}"))
+}
+
+fn call_err(what: &str, e: bollard::errors::Error) -> DockerError {
+    DockerError::Call {
+        what: what.to_string(),
+        detail: e.to_string(),
+    }
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+impl AgentDocker {
+    async fn connect_once(host: &str) -> Result<AgentDocker, DockerError> {
+        let docker = Docker::connect_with_host(host).map_err(|e| DockerError::Connect {
+            host: host.to_string(),
+            detail: e.to_string(),
+        })?;
+        let docker = docker.with_timeout(Duration::from_secs(30));
+        // Debian's engine speaks API 1.41 while bollard defaults to a newer one.
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| DockerError::Connect {
+                host: host.to_string(),
+                detail: e.to_string(),
+            })?;
+        docker.ping().await.map_err(|e| DockerError::Connect {
+            host: host.to_string(),
+            detail: e.to_string(),
+        })?;
+        let socket = host
+            .strip_prefix("unix://")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        Ok(AgentDocker {
+            docker,
+            host: host.to_string(),
+            socket,
+        })
+    }
+
+    /// Connects, waiting for the engine until `deadline`: at boot it may start after drover.
+    pub async fn wait_ready(deadline: Instant) -> Result<AgentDocker, DockerError> {
+        let host = docker_host();
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(250);
+        let mut logged = false;
+        loop {
+            match AgentDocker::connect_once(&host).await {
+                Ok(d) => return Ok(d),
+                Err(e) => {
+                    let now = Instant::now();
+                    if now + delay >= deadline {
+                        return Err(DockerError::NotReady {
+                            host,
+                            waited: now - started,
+                            detail: e.to_string(),
+                        });
+                    }
+                    if !logged {
+                        tracing::info!("waiting for the Docker engine at {host}: {e}");
+                        logged = true;
+                    } else {
+                        tracing::debug!("Docker engine not ready yet: {e}");
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// One quick check, for `drover check`.
+    pub async fn probe() -> Result<(AgentDocker, String), DockerError> {
+        let host = docker_host();
+        let d = AgentDocker::connect_once(&host).await?;
+        let version = d
+            .docker
+            .version()
+            .await
+            .map_err(|e| call_err("version", e))?;
+        let v = format!(
+            "engine {} (API {})",
+            version.version.unwrap_or_default(),
+            version.api_version.unwrap_or_default()
+        );
+        Ok((d, v))
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The container named `rancher-agent`, running or not.
+    pub async fn agent_container(&self) -> Result<Option<ContainerInfo>, DockerError> {
+        let mut filters = HashMap::new();
+        filters.insert("name".to_string(), vec![format!("^/{AGENT_CONTAINER}$")]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| call_err("listing containers", e))?;
+        Ok(list.into_iter().next().map(|c| ContainerInfo {
+            id: c.id.unwrap_or_default(),
+            name: AGENT_CONTAINER.to_string(),
+            image: c.image.unwrap_or_default(),
+            state: c
+                .state
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+                .to_ascii_lowercase(),
+        }))
+    }
+
+    /// Pulls `image` unless the engine already has it.
+    pub async fn ensure_image(&self, image: &str) -> Result<(), DockerError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(call_err(&format!("inspecting image {image}"), e)),
+        }
+        tracing::info!("pulling {image}");
+        let (name, tag) = split_image(image);
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(name)
+            .tag(tag)
+            .build();
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        while let Some(item) = stream.next().await {
+            item.map_err(|e| DockerError::Pull {
+                image: image.to_string(),
+                detail: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Starts the bootstrap container as the Rancher UI's command does:
+    /// `docker run --rm [--privileged] -v <socket>:/var/run/docker.sock
+    /// -v /var/lib/rancher:/var/lib/rancher -e CATTLE_AGENT_IP -e CATTLE_HOST_LABELS IMAGE URL`.
+    pub async fn start_bootstrap(&self, spec: &BootstrapSpec) -> Result<String, DockerError> {
+        let binds = vec![
+            // The agent must reach the same engine drover talks to.
+            format!("{}:{SOCKET_IN_CONTAINER}", self.socket.display()),
+            format!("{RANCHER_STATE_DIR}:{RANCHER_STATE_DIR}"),
+        ];
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(vec![spec.registration_url.clone()]),
+            env: Some(vec![
+                format!("CATTLE_AGENT_IP={}", spec.agent_ip),
+                format!("CATTLE_HOST_LABELS={}", spec.host_labels),
+            ]),
+            labels: Some(HashMap::from([(
+                BOOTSTRAP_LABEL.to_string(),
+                spec.instance_id.clone(),
+            )])),
+            host_config: Some(HostConfig {
+                binds: Some(binds),
+                privileged: Some(spec.privileged),
+                auto_remove: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(CreateContainerOptionsBuilder::default().build()), body)
+            .await
+            .map_err(|e| call_err("creating the bootstrap container", e))?;
+        self.docker
+            .start_container(&created.id, None)
+            .await
+            .map_err(|e| call_err("starting the bootstrap container", e))?;
+        Ok(created.id)
+    }
+
+    /// Stops `rancher-agent` so that a removed host stops reconnecting. `false` when there
+    /// was nothing running.
+    pub async fn stop_agent(&self) -> Result<bool, DockerError> {
+        match self.agent_container().await? {
+            Some(c) if c.is_running() => {
+                let options = StopContainerOptionsBuilder::default().t(10).build();
+                match self.docker.stop_container(&c.id, Some(options)).await {
+                    Ok(()) => Ok(true),
+                    Err(e) if is_not_found(&e) => Ok(false),
+                    Err(e) => Err(call_err("stopping rancher-agent", e)),
+                }
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+/// `repo[:tag]` with registry ports kept: `reg:5000/rancher/agent:v1` → (`reg:5000/rancher/agent`, `v1`).
+fn split_image(image: &str) -> (&str, &str) {
+    let slash = image.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match image[slash..].rfind(':') {
+        Some(i) => (&image[..slash + i], &image[slash + i + 1..]),
+        None => (image, "latest"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names_split_at_the_tag() {
+        assert_eq!(split_image("rancher/agent:v1.2.11"), ("rancher/agent", "v1.2.11"));
+        assert_eq!(split_image("rancher/agent"), ("rancher/agent", "latest"));
+        assert_eq!(
+            split_image("reg.local:5000/rancher/agent:v1"),
+            ("reg.local:5000/rancher/agent", "v1")
+        );
+        assert_eq!(
+            split_image("reg.local:5000/agent"),
+            ("reg.local:5000/agent", "latest")
+        );
+    }
+}

@@ -1,0 +1,568 @@
+//! A small client for the Rancher 1.x (Cattle) API: registration tokens and hosts, in `/v1`
+//! and `/v2-beta`, scoped to one environment (project).
+//!
+//! Hand-written because no maintained crate speaks Cattle. Every request has a timeout,
+//! every error carries the server's `code` and `message`, and links from the server are
+//! never followed to another origin (they would carry our credentials there).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use url::Url;
+
+use crate::config::{ApiVersion, RancherConfig};
+use crate::imds::shorten;
+
+/// The label drover puts on every host it registers, and the only way it finds one.
+pub const INSTANCE_ID_LABEL: &str = "aws.instance_id";
+
+/// Hard cap on pages when listing, so that a server looping its `next` links cannot hang us.
+const MAX_PAGES: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RancherError {
+    #[error("Rancher {method} {url} answered {status} {code}: {message}")]
+    Api {
+        method: String,
+        url: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("Rancher {method} {url}: {detail}")]
+    Transport {
+        method: String,
+        url: String,
+        detail: String,
+        timed_out: bool,
+    },
+    #[error("Rancher {method} {url}: unexpected answer: {detail}")]
+    Decode {
+        method: String,
+        url: String,
+        detail: String,
+    },
+    #[error("rancher.ca_file {path}: {detail}")]
+    CaFile { path: String, detail: String },
+    #[error("Rancher: {0}")]
+    Protocol(String),
+}
+
+impl RancherError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            RancherError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Busy (409), throttled, server trouble and transport failures pass; the rest do not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RancherError::Api { status, .. } => *status == 409 || *status == 429 || *status >= 500,
+            RancherError::Transport { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
+}
+
+/// The API root actually in use, once `auto` is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolvedApi {
+    V1,
+    V2Beta,
+}
+
+impl ResolvedApi {
+    pub fn path(self) -> &'static str {
+        match self {
+            ResolvedApi::V1 => "v1",
+            ResolvedApi::V2Beta => "v2-beta",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Collection<T> {
+    #[serde(default = "Vec::new")]
+    data: Vec<T>,
+    #[serde(default)]
+    pagination: Option<Pagination>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Pagination {
+    #[serde(default)]
+    next: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ApiErrorBody {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default, rename = "fieldName")]
+    field_name: Option<String>,
+}
+
+/// A registration token. The token and URL let anyone add hosts to the environment, so
+/// `Debug` hides them.
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrationToken {
+    pub id: String,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub registration_url: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+}
+
+impl std::fmt::Debug for RegistrationToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistrationToken")
+            .field("id", &self.id)
+            .field("state", &self.state)
+            .field("image", &self.image)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistrationToken {
+    pub fn is_usable(&self) -> bool {
+        self.state == "active" && self.registration_url.as_deref().is_some_and(|u| !u.is_empty())
+    }
+}
+
+/// A host as Rancher reports it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Host {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default, deserialize_with = "labels_as_strings")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub agent_state: Option<String>,
+    #[serde(default)]
+    pub agent_ip_address: Option<String>,
+    #[serde(default)]
+    pub actions: BTreeMap<String, String>,
+}
+
+/// Labels are strings in practice; tolerate a server that sends numbers or booleans.
+fn labels_as_strings<'de, D>(de: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let raw: Option<BTreeMap<String, serde_json::Value>> = Option::deserialize(de)?;
+    Ok(raw
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| match v {
+            serde_json::Value::String(s) => Some((k, s)),
+            serde_json::Value::Null => None,
+            other => Some((k, other.to_string())),
+        })
+        .collect())
+}
+
+impl Host {
+    /// The state as one word, the same in both API versions: v2-beta already reports the
+    /// agent's state in place of `active`; v1 shows the raw state and leaves `agentState` aside.
+    pub fn effective_state(&self) -> &str {
+        match self.agent_state.as_deref() {
+            Some(agent) if self.state == "active" && !agent.is_empty() && agent != "active" => agent,
+            _ => &self.state,
+        }
+    }
+
+    /// Active and its agent connected.
+    pub fn is_active(&self) -> bool {
+        self.effective_state() == "active"
+    }
+
+    pub fn instance_id(&self) -> Option<&str> {
+        self.labels.get(INSTANCE_ID_LABEL).map(String::as_str)
+    }
+
+    pub fn offers(&self, action: &str) -> bool {
+        self.actions.contains_key(action)
+    }
+}
+
+/// The environment (project) a key belongs to.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Project {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+/// Rancher client bound to one server, API version and environment.
+#[derive(Clone)]
+pub struct RancherClient {
+    http: reqwest::Client,
+    base: Url,
+    api: ResolvedApi,
+    project_id: String,
+    access_key: String,
+    secret_key: SecretString,
+}
+
+impl std::fmt::Debug for RancherClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RancherClient")
+            .field("base", &self.base.as_str())
+            .field("api", &self.api)
+            .field("project_id", &self.project_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RancherClient {
+    /// Builds the client and, for `api_version = "auto"`, asks the server which roots it has.
+    pub async fn connect(config: &RancherConfig) -> Result<RancherClient, RancherError> {
+        let mut client = RancherClient::new(config, ResolvedApi::V1)?;
+        client.api = match config.api_version {
+            ApiVersion::V1 => ResolvedApi::V1,
+            ApiVersion::V2Beta => ResolvedApi::V2Beta,
+            ApiVersion::Auto => client.newest_api().await?,
+        };
+        Ok(client)
+    }
+
+    /// A client for a known API version, without talking to the server.
+    pub fn new(config: &RancherConfig, api: ResolvedApi) -> Result<RancherClient, RancherError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("drover/", env!("CARGO_PKG_VERSION")))
+            // Redirects would take our Basic credentials along; a Rancher URL is exact.
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = &config.ca_file {
+            let ca_err = |detail: String| RancherError::CaFile {
+                path: path.display().to_string(),
+                detail,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ca_err("holds no PEM certificate".into()));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder.build().map_err(|e| RancherError::Protocol(e.to_string()))?;
+        let mut base = config.url.clone();
+        // `https://r.example.com/` and `https://r.example.com` mean the same server.
+        let trimmed = base.path().trim_end_matches('/').to_string();
+        base.set_path(&trimmed);
+        base.set_query(None);
+        Ok(RancherClient {
+            http,
+            base,
+            api,
+            project_id: config.project_id.clone(),
+            access_key: config.access_key.clone(),
+            secret_key: config.secret_key.clone(),
+        })
+    }
+
+    pub fn api(&self) -> ResolvedApi {
+        self.api
+    }
+
+    pub fn project_id(&self) -> &str {
+        &self.project_id
+    }
+
+    /// `v2-beta` when the server has it (Rancher 1.2 and later), else `v1`.
+    async fn newest_api(&self) -> Result<ResolvedApi, RancherError> {
+        let url = self.url(&["v2-beta"])?;
+        match self.request::<serde_json::Value>(Method::GET, url, None).await {
+            Ok(_) => Ok(ResolvedApi::V2Beta),
+            Err(e) if e.is_not_found() => {
+                // Make sure v1 answers at all, so that a wrong URL fails here, clearly.
+                self.request::<serde_json::Value>(Method::GET, self.url(&["v1"])?, None)
+                    .await?;
+                Ok(ResolvedApi::V1)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn url(&self, segments: &[&str]) -> Result<Url, RancherError> {
+        let mut url = self.base.clone();
+        {
+            let mut path = url
+                .path_segments_mut()
+                .map_err(|_| RancherError::Protocol("rancher.url cannot be a base URL".into()))?;
+            path.pop_if_empty();
+            for s in segments {
+                path.push(s);
+            }
+        }
+        Ok(url)
+    }
+
+    fn project_url(&self, rest: &[&str]) -> Result<Url, RancherError> {
+        let mut segments = vec![self.api.path(), "projects", self.project_id.as_str()];
+        segments.extend_from_slice(rest);
+        self.url(&segments)
+    }
+
+    async fn request<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, RancherError> {
+        let shown_url = url.as_str().to_string();
+        let mut req = self
+            .http
+            .request(method.clone(), url)
+            .basic_auth(&self.access_key, Some(self.secret_key.expose_secret()))
+            .header(reqwest::header::ACCEPT, "application/json");
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.map_err(|e| transport_error(&method, &shown_url, e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| transport_error(&method, &shown_url, e))?;
+        if !status.is_success() {
+            return Err(api_error(&method, &shown_url, status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| RancherError::Decode {
+            method: method.to_string(),
+            url: shown_url,
+            detail: format!(
+                "{e} in {:?}",
+                shorten(&String::from_utf8_lossy(&bytes), 200)
+            ),
+        })
+    }
+
+    /// Every item of a collection, following `pagination.next` on the same server only.
+    async fn list<T: DeserializeOwned>(&self, first: Url) -> Result<Vec<T>, RancherError> {
+        let mut out = Vec::new();
+        let mut next = Some(first);
+        let mut pages = 0;
+        while let Some(url) = next.take() {
+            pages += 1;
+            if pages > MAX_PAGES {
+                return Err(RancherError::Protocol(format!(
+                    "more than {MAX_PAGES} pages listing {}",
+                    self.base
+                )));
+            }
+            let page: Collection<T> = self.request(Method::GET, url, None).await?;
+            out.extend(page.data);
+            if let Some(link) = page.pagination.and_then(|p| p.next).filter(|l| !l.is_empty()) {
+                let link = Url::parse(&link)
+                    .or_else(|_| self.base.join(&link))
+                    .map_err(|e| RancherError::Protocol(format!("bad pagination link: {e}")))?;
+                if link.origin() != self.base.origin() {
+                    return Err(RancherError::Protocol(format!(
+                        "pagination link points to another server ({}); not following it",
+                        link.origin().ascii_serialization()
+                    )));
+                }
+                next = Some(link);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The environment the key works in; proves the key and the project id.
+    pub async fn project(&self) -> Result<Project, RancherError> {
+        let url = self.url(&[self.api.path(), "projects", &self.project_id])?;
+        self.request(Method::GET, url, None).await
+    }
+
+    pub async fn registration_tokens(&self) -> Result<Vec<RegistrationToken>, RancherError> {
+        self.list(self.project_url(&["registrationtokens"])?).await
+    }
+
+    pub async fn registration_token(&self, id: &str) -> Result<RegistrationToken, RancherError> {
+        self.request(Method::GET, self.project_url(&["registrationtokens", id])?, None)
+            .await
+    }
+
+    /// `POST {}` on the collection: 201 with a token still `registering`.
+    pub async fn create_registration_token(&self) -> Result<RegistrationToken, RancherError> {
+        self.request(
+            Method::POST,
+            self.project_url(&["registrationtokens"])?,
+            Some(serde_json::json!({})),
+        )
+        .await
+    }
+
+    /// Every host of the environment (removed and purged ones drop out of lists).
+    pub async fn hosts(&self) -> Result<Vec<Host>, RancherError> {
+        let mut url = self.project_url(&["hosts"])?;
+        url.query_pairs_mut().append_pair("limit", "100");
+        self.list(url).await
+    }
+
+    /// One host by id; `None` when the server does not know it.
+    pub async fn host(&self, id: &str) -> Result<Option<Host>, RancherError> {
+        match self
+            .request(Method::GET, self.project_url(&["hosts", id])?, None)
+            .await
+        {
+            Ok(h) => Ok(Some(h)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The host drover registered for `instance_id`, by label only: hostnames repeat.
+    /// When several match (a re-registration left an old one behind), the active one wins.
+    pub async fn find_host_by_instance(&self, instance_id: &str) -> Result<Option<Host>, RancherError> {
+        let mut matches: Vec<Host> = self
+            .hosts()
+            .await?
+            .into_iter()
+            .filter(|h| h.instance_id() == Some(instance_id))
+            .filter(|h| !matches!(h.state.as_str(), "removed" | "purged" | "purging"))
+            .collect();
+        matches.sort_by_key(|h| !h.is_active());
+        Ok(matches.into_iter().next())
+    }
+
+    /// `POST .../hosts/{id}?action={action}`: the host in its transitioning state.
+    pub async fn host_action(&self, id: &str, action: &str) -> Result<Host, RancherError> {
+        let mut url = self.project_url(&["hosts", id])?;
+        url.query_pairs_mut().append_pair("action", action);
+        self.request(Method::POST, url, Some(serde_json::json!({})))
+            .await
+    }
+}
+
+fn transport_error(method: &Method, url: &str, e: reqwest::Error) -> RancherError {
+    let timed_out = e.is_timeout();
+    RancherError::Transport {
+        method: method.to_string(),
+        url: url.to_string(),
+        // The URL is already in the message; without it the chain stays short.
+        detail: crate::imds::error_chain(&e.without_url()),
+        timed_out,
+    }
+}
+
+fn api_error(method: &Method, url: &str, status: StatusCode, bytes: &[u8]) -> RancherError {
+    let parsed: Option<ApiErrorBody> = serde_json::from_slice(bytes).ok();
+    let (code, message) = match parsed {
+        Some(body) => {
+            let code = body
+                .code
+                .unwrap_or_else(|| status.canonical_reason().unwrap_or("Error").to_string());
+            let mut message = body.message.unwrap_or_default();
+            if let Some(field) = body.field_name.filter(|f| !f.is_empty()) {
+                if message.is_empty() {
+                    message = format!("field {field}");
+                } else {
+                    message = format!("{message} (field {field})");
+                }
+            }
+            (code, message)
+        }
+        None => (
+            status.canonical_reason().unwrap_or("Error").to_string(),
+            shorten(String::from_utf8_lossy(bytes).trim(), 200),
+        ),
+    };
+    let message = if message.is_empty() {
+        match status.as_u16() {
+            401 => "the access key or secret key is wrong".to_string(),
+            404 => "not found".to_string(),
+            _ => "no message".to_string(),
+        }
+    } else {
+        message
+    };
+    RancherError::Api {
+        method: method.to_string(),
+        url: url.to_string(),
+        status: status.as_u16(),
+        code,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(json: serde_json::Value) -> Host {
+        serde_json::from_value(json).expect("host parses")
+    }
+
+    #[test]
+    fn v1_active_host_with_disconnected_agent_is_not_active() {
+        let h = host(serde_json::json!({"id":"1h1","state":"active","agentState":"disconnected","labels":{}}));
+        assert_eq!(h.effective_state(), "disconnected");
+        assert!(!h.is_active());
+        let h = host(serde_json::json!({"id":"1h1","state":"active","agentState":null}));
+        assert!(h.is_active());
+        // v2-beta already folds agentState into state.
+        let h = host(serde_json::json!({"id":"1h1","state":"reconnecting","agentState":"reconnecting"}));
+        assert_eq!(h.effective_state(), "reconnecting");
+        let h = host(serde_json::json!({"id":"1h1","state":"inactive","agentState":"disconnected"}));
+        assert_eq!(h.effective_state(), "inactive");
+    }
+
+    #[test]
+    fn labels_tolerate_non_strings() {
+        let h = host(serde_json::json!({"id":"1h1","state":"active","labels":{"a":"b","n":3,"z":null}}));
+        assert_eq!(h.labels.get("a").map(String::as_str), Some("b"));
+        assert_eq!(h.labels.get("n").map(String::as_str), Some("3"));
+        assert!(!h.labels.contains_key("z"));
+        let h = host(serde_json::json!({"id":"1h1","state":"active","labels":null}));
+        assert!(h.labels.is_empty());
+    }
+
+    #[test]
+    fn api_errors_carry_code_and_message() {
+        let body = br#"{"type":"error","status":422,"code":"ActionNotAvailable","message":null,"fieldName":"action"}"#;
+        let e = api_error(&Method::POST, "http://r/v2-beta/x", StatusCode::UNPROCESSABLE_ENTITY, body);
+        let text = e.to_string();
+        assert!(text.contains("422") && text.contains("ActionNotAvailable") && text.contains("field action"), "{text}");
+        assert!(!e.is_transient());
+        let e = api_error(&Method::GET, "http://r", StatusCode::CONFLICT, b"{}");
+        assert!(e.is_transient());
+        let e = api_error(&Method::GET, "http://r", StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");
+        assert!(e.is_transient());
+        assert!(e.to_string().contains("bad gateway"));
+        let e = api_error(&Method::GET, "http://r", StatusCode::UNAUTHORIZED, b"");
+        assert!(e.to_string().contains("secret key is wrong"));
+    }
+
+    #[test]
+    fn token_debug_hides_the_url() {
+        let t: RegistrationToken = serde_json::from_value(serde_json::json!({
+            "id":"1c3","state":"active","registrationUrl":"http://r/v1/scripts/SECRETTOKEN","image":"rancher/agent:v1.2.11"
+        }))
+        .expect("parses");
+        assert!(t.is_usable());
+        assert!(!format!("{t:?}").contains("SECRETTOKEN"));
+    }
+}

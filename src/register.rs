@@ -1,0 +1,312 @@
+//! The boot step: join this instance to the cluster once, and prove it joined.
+//!
+//! Idempotent by construction: a host the cluster already shows active for this instance,
+//! or a running `rancher-agent` container whose host the cluster knows, means nothing is
+//! started again; only the wait for `active` and the record in the state dir happen.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::cluster::{ClusterError, ClusterHost, ClusterManager};
+use crate::config::{AgentIp, Config, HostLabels};
+use crate::docker::{AgentDocker, BootstrapSpec, DockerError};
+use crate::imds::InstanceIdentity;
+use crate::state::{now_rfc3339, Registration, StateDir, StateError, REGISTRATION_FILE};
+
+/// The labels drover sets on every host, ahead of the user's.
+pub const AUTOMATIC_LABELS: &[&str] = &[
+    "aws.instance_id",
+    "aws.instance_type",
+    "aws.availability_zone",
+    "aws.region",
+    "aws.autoscaling_group",
+    "aws.ami_id",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("agent.agent_ip is {setting} but IMDS reports no {setting} address for this instance")]
+    NoAgentIp { setting: &'static str },
+    #[error(
+        "host {host_id} is {state} in Rancher; drover registers hosts but does not reactivate \
+         one that was taken out (remove it in Rancher, or activate it)"
+    )]
+    HostTakenOut { host_id: String, state: String },
+    #[error("host for this instance not active within {waited:?} ({last})")]
+    NotActive { waited: Duration, last: String },
+}
+
+/// How the boot step ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterOutcome {
+    /// The cluster already showed this instance's host active: nothing was started.
+    AlreadyActive { host_id: String },
+    /// The host became active, with or without starting the bootstrap container.
+    Registered {
+        host_id: String,
+        started_bootstrap: bool,
+    },
+}
+
+impl RegisterOutcome {
+    pub fn host_id(&self) -> &str {
+        match self {
+            RegisterOutcome::AlreadyActive { host_id } => host_id,
+            RegisterOutcome::Registered { host_id, .. } => host_id,
+        }
+    }
+}
+
+/// The labels for `CATTLE_HOST_LABELS`: the automatic ones first (the agent keeps the first
+/// of a repeated key), then the user's, as a query string.
+pub fn cattle_host_labels(
+    user: &HostLabels,
+    identity: &InstanceIdentity,
+    group: Option<&str>,
+) -> String {
+    let mut out = url::form_urlencoded::Serializer::new(String::new());
+    out.append_pair("aws.instance_id", &identity.instance_id);
+    out.append_pair("aws.instance_type", &identity.instance_type);
+    out.append_pair("aws.availability_zone", &identity.availability_zone);
+    out.append_pair("aws.region", &identity.region);
+    if let Some(group) = group.filter(|g| !g.is_empty()) {
+        out.append_pair("aws.autoscaling_group", group);
+    }
+    out.append_pair("aws.ami_id", &identity.ami_id);
+    for (k, v) in &user.0 {
+        if !AUTOMATIC_LABELS.contains(&k.as_str()) {
+            out.append_pair(k, v);
+        }
+    }
+    out.finish()
+}
+
+fn agent_ip(setting: &AgentIp, identity: &InstanceIdentity) -> Result<Ipv4Addr, RegisterError> {
+    match setting {
+        AgentIp::Literal(ip) => Ok(*ip),
+        AgentIp::LocalIpv4 => identity
+            .local_ipv4
+            .ok_or(RegisterError::NoAgentIp { setting: "local-ipv4" }),
+        AgentIp::PublicIpv4 => identity
+            .public_ipv4
+            .ok_or(RegisterError::NoAgentIp { setting: "public-ipv4" }),
+    }
+}
+
+/// States from which a host will not become active by waiting.
+fn is_taken_out(state: &str) -> bool {
+    matches!(
+        state,
+        "inactive" | "deactivating" | "removing" | "removed" | "purging" | "purged"
+    )
+}
+
+/// Joins the instance to the cluster and waits until its host is active, all before
+/// `deadline`; records the host in the state dir.
+pub async fn register<C: ClusterManager>(
+    config: &Config,
+    identity: &InstanceIdentity,
+    group: Option<&str>,
+    cluster: &C,
+    deadline: Instant,
+) -> Result<RegisterOutcome, RegisterError> {
+    let started = Instant::now();
+    let span = tracing::Span::current();
+    let existing = cluster.find_host(&identity.instance_id, deadline).await?;
+    if let Some(host) = &existing {
+        span.record("host_id", host.id.as_str());
+        if host.active {
+            tracing::info!("host already active in {}; nothing to start", cluster.describe());
+            record(config, identity, &host.id)?;
+            return Ok(RegisterOutcome::AlreadyActive {
+                host_id: host.id.clone(),
+            });
+        }
+        if is_taken_out(&host.state) {
+            return Err(RegisterError::HostTakenOut {
+                host_id: host.id.clone(),
+                state: host.state.clone(),
+            });
+        }
+        tracing::info!(state = %host.state, "host known to Rancher but not active yet");
+    }
+
+    let docker = AgentDocker::wait_ready(deadline).await?;
+    tracing::info!("Docker engine ready at {}", docker.host());
+    let agent = docker.agent_container().await?;
+    let agent_running = agent.as_ref().is_some_and(|c| c.is_running());
+    // A running agent whose host the server knows is registering already; one whose host is
+    // gone belongs to a deleted host and a new bootstrap replaces it.
+    let started_bootstrap = if agent_running && existing.is_some() {
+        tracing::info!("rancher-agent container already running; not starting another");
+        false
+    } else {
+        if agent_running {
+            tracing::info!("rancher-agent container runs but Rancher has no host for this instance; registering again");
+        }
+        let ip = agent_ip(&config.agent.agent_ip, identity)?;
+        let registration = cluster.registration(deadline).await?;
+        tracing::info!(token = %registration.token_id, "got a registration URL");
+        docker.ensure_image(&config.agent.image).await?;
+        let spec = BootstrapSpec {
+            image: config.agent.image.clone(),
+            registration_url: registration.url,
+            agent_ip: ip,
+            host_labels: cattle_host_labels(&config.agent.labels, identity, group),
+            privileged: config.agent.privileged,
+            instance_id: identity.instance_id.clone(),
+        };
+        let id = docker.start_bootstrap(&spec).await?;
+        tracing::info!(
+            container = %short_id(&id),
+            image = %spec.image,
+            agent_ip = %ip,
+            labels = %spec.host_labels,
+            "started the rancher/agent bootstrap container"
+        );
+        true
+    };
+
+    let host = wait_active(cluster, &identity.instance_id, deadline, started).await?;
+    span.record("host_id", host.id.as_str());
+    tracing::info!("host active in Rancher after {:.1?}", started.elapsed());
+    record(config, identity, &host.id)?;
+    Ok(RegisterOutcome::Registered {
+        host_id: host.id,
+        started_bootstrap,
+    })
+}
+
+fn short_id(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+async fn wait_active<C: ClusterManager>(
+    cluster: &C,
+    instance_id: &str,
+    deadline: Instant,
+    started: Instant,
+) -> Result<ClusterHost, RegisterError> {
+    let mut delay = Duration::from_millis(250);
+    let mut last_state = String::from("not listed yet");
+    loop {
+        match cluster.find_host(instance_id, deadline).await {
+            Ok(Some(host)) => {
+                if host.active {
+                    return Ok(host);
+                }
+                if host.state != last_state {
+                    tracing::info!(host_id = %host.id, state = %host.state, "waiting for the host to become active");
+                    last_state = host.state.clone();
+                }
+                if is_taken_out(&host.state) {
+                    return Err(RegisterError::HostTakenOut {
+                        host_id: host.id,
+                        state: host.state,
+                    });
+                }
+            }
+            Ok(None) => {}
+            Err(ClusterError::OutOfTime(_)) => {
+                return Err(RegisterError::NotActive {
+                    waited: started.elapsed(),
+                    last: format!("last state: {last_state}; Rancher not answering"),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() + delay >= deadline {
+            return Err(RegisterError::NotActive {
+                waited: started.elapsed(),
+                last: format!("last state: {last_state}"),
+            });
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+fn record(config: &Config, identity: &InstanceIdentity, host_id: &str) -> Result<(), StateError> {
+    let state = StateDir::new(&config.state.dir);
+    state.write_json(
+        REGISTRATION_FILE,
+        &Registration {
+            instance_id: identity.instance_id.clone(),
+            host_id: host_id.to_string(),
+            registered_at: now_rfc3339(),
+            rancher_url: config.rancher.url.to_string(),
+            project_id: config.rancher.project_id.clone(),
+        },
+    )?;
+    tracing::info!(
+        "recorded the registration in {}",
+        state.path().join(REGISTRATION_FILE).display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn identity() -> InstanceIdentity {
+        InstanceIdentity {
+            instance_id: "i-0abc".into(),
+            local_ipv4: Some(Ipv4Addr::new(10, 0, 1, 23)),
+            public_ipv4: None,
+            hostname: "ip-10-0-1-23".into(),
+            instance_type: "m5.large".into(),
+            ami_id: "ami-1".into(),
+            availability_zone: "us-east-1b".into(),
+            region: "us-east-1".into(),
+            autoscaling_group: Some("crawlers".into()),
+            target_lifecycle_state: None,
+        }
+    }
+
+    #[test]
+    fn automatic_labels_come_first_and_user_labels_follow() {
+        let user = HostLabels(BTreeMap::from([
+            ("role".to_string(), "crawling".to_string()),
+            ("note".to_string(), "a b+c%".to_string()),
+        ]));
+        let text = cattle_host_labels(&user, &identity(), Some("crawlers"));
+        assert!(text.starts_with("aws.instance_id=i-0abc&"), "{text}");
+        let parsed: Vec<(String, String)> = url::form_urlencoded::parse(text.as_bytes())
+            .into_owned()
+            .collect();
+        let get = |k: &str| parsed.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("aws.autoscaling_group"), Some("crawlers"));
+        assert_eq!(get("aws.region"), Some("us-east-1"));
+        assert_eq!(get("role"), Some("crawling"));
+        // Survives the query-string parsing the agent does.
+        assert_eq!(get("note"), Some("a b+c%"));
+    }
+
+    #[test]
+    fn no_group_label_outside_a_group() {
+        let text = cattle_host_labels(&HostLabels::default(), &identity(), None);
+        assert!(!text.contains("aws.autoscaling_group"), "{text}");
+    }
+
+    #[test]
+    fn agent_ip_comes_from_the_setting() {
+        let id = identity();
+        assert_eq!(
+            agent_ip(&AgentIp::LocalIpv4, &id).expect("local"),
+            Ipv4Addr::new(10, 0, 1, 23)
+        );
+        assert!(agent_ip(&AgentIp::PublicIpv4, &id).is_err());
+        let lit = Ipv4Addr::new(192, 0, 2, 1);
+        assert_eq!(agent_ip(&AgentIp::Literal(lit), &id).expect("literal"), lit);
+    }
+}
