@@ -42,7 +42,12 @@ async fn resolve_group(identity: &InstanceIdentity) -> Option<String> {
     }
     let sdk = crate::aws::sdk_config(&identity.region).await;
     let asg = AutoScaling::new(&sdk);
-    match tokio::time::timeout(Duration::from_secs(20), asg.membership(&identity.instance_id)).await {
+    match tokio::time::timeout(
+        Duration::from_secs(20),
+        asg.membership(&identity.instance_id),
+    )
+    .await
+    {
         Ok(Ok(Some(m))) => Some(m.group),
         Ok(Ok(None)) => None,
         Ok(Err(e)) => {
@@ -56,7 +61,10 @@ async fn resolve_group(identity: &InstanceIdentity) -> Option<String> {
     }
 }
 
-async fn connect_rancher(config: &Config, deadline: Instant) -> Result<RancherClient, ClusterError> {
+async fn connect_rancher(
+    config: &Config,
+    deadline: Instant,
+) -> Result<RancherClient, ClusterError> {
     Ok(retry::until(
         "connecting to Rancher",
         deadline,
@@ -172,7 +180,9 @@ pub async fn check_command(config: &Config) -> Result<(), AppError> {
                     id.instance_id,
                     id.instance_type,
                     id.availability_zone,
-                    id.target_lifecycle_state.as_deref().unwrap_or("not set yet")
+                    id.target_lifecycle_state
+                        .as_deref()
+                        .unwrap_or("not set yet")
                 ),
             ));
             Some(id)
@@ -214,7 +224,10 @@ pub async fn check_command(config: &Config) -> Result<(), AppError> {
         None => line(Mark::Fail, "rancher", "no answer within 15s"),
     });
 
-    let region = identity.as_ref().map(|i| i.region.clone()).unwrap_or_default();
+    let region = identity
+        .as_ref()
+        .map(|i| i.region.clone())
+        .unwrap_or_default();
     let sdk = crate::aws::sdk_config(&region).await;
 
     marks.push(match &config.lifecycle.queue_url {

@@ -66,7 +66,10 @@ impl AutoScaling {
     }
 
     /// `DescribeAutoScalingInstances` for one instance; `None` when it is in no group.
-    pub async fn membership(&self, instance_id: &str) -> Result<Option<GroupMembership>, AutoScalingError> {
+    pub async fn membership(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<GroupMembership>, AutoScalingError> {
         let out = self
             .client
             .describe_auto_scaling_instances()

@@ -33,5 +33,8 @@ pub async fn sdk_config(fallback_region: &str) -> SdkConfig {
 /// The error with every source, as one line (`DisplayErrorContext` shows the service's code
 /// and message, which plain `Display` of an SDK error hides).
 pub fn describe<E: std::error::Error>(err: &E) -> String {
-    format!("{}", aws_smithy_types::error::display::DisplayErrorContext(err))
+    format!(
+        "{}",
+        aws_smithy_types::error::display::DisplayErrorContext(err)
+    )
 }

@@ -263,7 +263,10 @@ impl fmt::Debug for RawRancher {
         f.debug_struct("RawRancher")
             .field("url", &self.url)
             .field("project_id", &self.project_id)
-            .field("secret_key", &self.secret_key.as_ref().map(|_| "[REDACTED]"))
+            .field(
+                "secret_key",
+                &self.secret_key.as_ref().map(|_| "[REDACTED]"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -374,8 +377,8 @@ impl Config {
             origins.insert(format!("{section}.{key}"), Origin::Flag);
         }
 
-        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(merged))
-            .map_err(|err| {
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|err| {
                 let path = err.path().to_string();
                 let inner = err.into_inner();
                 let msg = inner.to_string();
@@ -529,12 +532,19 @@ fn parse_labels_value(value: &str) -> Result<toml::Table, String> {
                 "label {pair:?} is not key=value (write labels as key=value&key=value)"
             ));
         };
-        out.insert(k.trim().to_string(), toml::Value::String(v.trim().to_string()));
+        out.insert(
+            k.trim().to_string(),
+            toml::Value::String(v.trim().to_string()),
+        );
     }
     Ok(out)
 }
 
-fn validate(raw: RawConfig, path: PathBuf, mut warnings: Vec<String>) -> Result<Config, ConfigError> {
+fn validate(
+    raw: RawConfig,
+    path: PathBuf,
+    mut warnings: Vec<String>,
+) -> Result<Config, ConfigError> {
     let r = raw.rancher;
     let url_text = required(r.url, "rancher.url")?;
     let url = parse_http_url(&url_text, "rancher.url")?;
@@ -564,8 +574,12 @@ fn validate(raw: RawConfig, path: PathBuf, mut warnings: Vec<String>) -> Result<
         }
     };
     if let Some(ca) = &r.ca_file {
-        std::fs::metadata(ca)
-            .map_err(|e| key_error("rancher.ca_file", format!("cannot read {}: {e}", ca.display())))?;
+        std::fs::metadata(ca).map_err(|e| {
+            key_error(
+                "rancher.ca_file",
+                format!("cannot read {}: {e}", ca.display()),
+            )
+        })?;
     }
     let request_timeout = nonzero(
         r.request_timeout.unwrap_or(Duration::from_secs(15)),
@@ -677,7 +691,10 @@ fn validate(raw: RawConfig, path: PathBuf, mut warnings: Vec<String>) -> Result<
         None => None,
     };
 
-    let dir = raw.state.dir.unwrap_or_else(|| PathBuf::from("/var/lib/drover"));
+    let dir = raw
+        .state
+        .dir
+        .unwrap_or_else(|| PathBuf::from("/var/lib/drover"));
     if dir.as_os_str().is_empty() {
         return Err(key_error("state.dir", "is empty"));
     }
@@ -742,7 +759,9 @@ fn required(value: Option<String>, key: &str) -> Result<String, ConfigError> {
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {
-    value.map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 fn nonzero(d: Duration, key: &str) -> Result<Duration, ConfigError> {
@@ -840,7 +859,9 @@ impl HostLabels {
                 if let Some(c) = text.chars().find(|c| matches!(c, '&' | '=')) {
                     return Err(key_error(
                         key,
-                        format!("the label's {part} holds {c:?}, which CATTLE_HOST_LABELS cannot carry"),
+                        format!(
+                            "the label's {part} holds {c:?}, which CATTLE_HOST_LABELS cannot carry"
+                        ),
                     ));
                 }
             }
@@ -898,7 +919,8 @@ secret_key = "s3cr3t-value"
 
     #[test]
     fn flag_beats_env_beats_file() {
-        let text = format!("{MINIMAL}\n[agent]\nimage = \"from-file\"\nregister_timeout = \"1m\"\n");
+        let text =
+            format!("{MINIMAL}\n[agent]\nimage = \"from-file\"\nregister_timeout = \"1m\"\n");
         let c = load(&text, &[("DROVER_AGENT_IMAGE", "from-env")], &[]).expect("valid");
         assert_eq!(c.agent.image, "from-env");
         assert_eq!(c.agent.register_timeout, Duration::from_secs(60));
@@ -928,49 +950,86 @@ secret_key = "s3cr3t-value"
         assert!(c.secret_key_is("0123456789"));
         assert!(c.lifecycle.evacuate);
         assert_eq!(c.lifecycle.imds_poll, None);
-        assert_eq!(c.agent.labels.0.get("role").map(String::as_str), Some("crawling"));
-        assert_eq!(c.agent.labels.0.get("env").map(String::as_str), Some("prod"));
+        assert_eq!(
+            c.agent.labels.0.get("role").map(String::as_str),
+            Some("crawling")
+        );
+        assert_eq!(
+            c.agent.labels.0.get("env").map(String::as_str),
+            Some("prod")
+        );
     }
 
     #[test]
     fn labels_from_env_as_inline_table() {
-        let c = load(MINIMAL, &[("DROVER_AGENT_LABELS", "{ role = \"web\" }")], &[]).expect("valid");
-        assert_eq!(c.agent.labels.0.get("role").map(String::as_str), Some("web"));
+        let c = load(
+            MINIMAL,
+            &[("DROVER_AGENT_LABELS", "{ role = \"web\" }")],
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(
+            c.agent.labels.0.get("role").map(String::as_str),
+            Some("web")
+        );
     }
 
     #[test]
     fn missing_required_key_is_named() {
-        let e = err("[rancher]\nurl = \"https://r\"\naccess_key=\"a\"\nsecret_key=\"b\"\n", &[]);
+        let e = err(
+            "[rancher]\nurl = \"https://r\"\naccess_key=\"a\"\nsecret_key=\"b\"\n",
+            &[],
+        );
         assert!(e.contains("rancher.project_id"), "{e}");
         assert!(e.contains("missing"), "{e}");
     }
 
     #[test]
     fn wrong_type_is_named() {
-        let e = err(&format!("{MINIMAL}\n[lifecycle]\nevacuate = \"yes\"\n"), &[]);
+        let e = err(
+            &format!("{MINIMAL}\n[lifecycle]\nevacuate = \"yes\"\n"),
+            &[],
+        );
         assert!(e.contains("lifecycle.evacuate"), "{e}");
         let e = err(MINIMAL, &[("DROVER_AGENT_PRIVILEGED", "maybe")]);
-        assert!(e.contains("agent.privileged") && e.contains("DROVER_AGENT_PRIVILEGED"), "{e}");
+        assert!(
+            e.contains("agent.privileged") && e.contains("DROVER_AGENT_PRIVILEGED"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unknown_key_is_named() {
         let e = err(&format!("{MINIMAL}\n[agent]\nimagee = \"x\"\n"), &[]);
-        assert!(e.contains("agent.imagee") && e.contains("unknown key"), "{e}");
+        assert!(
+            e.contains("agent.imagee") && e.contains("unknown key"),
+            "{e}"
+        );
         let e = err(&format!("{MINIMAL}\n[nosuch]\nx = 1\n"), &[]);
         assert!(e.contains("nosuch") && e.contains("unknown key"), "{e}");
         let e = err(MINIMAL, &[("DROVER_LIFECYCLE_QUEUE", "x")]);
-        assert!(e.contains("lifecycle.queue") && e.contains("DROVER_LIFECYCLE_QUEUE"), "{e}");
+        assert!(
+            e.contains("lifecycle.queue") && e.contains("DROVER_LIFECYCLE_QUEUE"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unrelated_drover_variables_are_ignored() {
-        load(MINIMAL, &[("DROVER_CONFIG", "/x"), ("DROVER_TESTBED_FOO", "1")], &[]).expect("valid");
+        load(
+            MINIMAL,
+            &[("DROVER_CONFIG", "/x"), ("DROVER_TESTBED_FOO", "1")],
+            &[],
+        )
+        .expect("valid");
     }
 
     #[test]
     fn bad_duration_is_named() {
-        let e = err(&format!("{MINIMAL}\n[agent]\nregister_timeout = \"5 parsecs\"\n"), &[]);
+        let e = err(
+            &format!("{MINIMAL}\n[agent]\nregister_timeout = \"5 parsecs\"\n"),
+            &[],
+        );
         assert!(e.contains("agent.register_timeout"), "{e}");
         let e = err(MINIMAL, &[("DROVER_LIFECYCLE_DRAIN_TIMEOUT", "soon")]);
         assert!(e.contains("lifecycle.drain_timeout"), "{e}");
@@ -1002,14 +1061,21 @@ secret_key = "s3cr3t-value"
         let c = load(&text, &[], &[]).expect("valid");
         assert!(c.secret_key_is("from-file-secret"));
         // The temp file is created 0644 by default: a warning, not an error.
-        assert!(c.warnings.iter().any(|w| w.contains("chmod 600")), "{:?}", c.warnings);
+        assert!(
+            c.warnings.iter().any(|w| w.contains("chmod 600")),
+            "{:?}",
+            c.warnings
+        );
 
         let missing = MINIMAL.replace(
             "secret_key = \"s3cr3t-value\"",
             "secret_key_file = \"/nonexistent/drover-secret\"",
         );
         let e = err(&missing, &[]);
-        assert!(e.contains("rancher.secret_key_file") && e.contains("cannot read"), "{e}");
+        assert!(
+            e.contains("rancher.secret_key_file") && e.contains("cannot read"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1055,7 +1121,10 @@ secret_key = "s3cr3t-value"
         Config::load(Sources {
             path: PathBuf::from("/nonexistent/drover.toml"),
             path_explicit: false,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             overrides: &[],
         })
         .expect("env only");
@@ -1064,12 +1133,21 @@ secret_key = "s3cr3t-value"
     #[test]
     fn enumerations_and_urls_are_checked() {
         let cases = [
-            ("[lifecycle]\non_failure = \"retry\"", "lifecycle.on_failure"),
-            ("[lifecycle]\non_sigterm = \"maybe\"", "lifecycle.on_sigterm"),
+            (
+                "[lifecycle]\non_failure = \"retry\"",
+                "lifecycle.on_failure",
+            ),
+            (
+                "[lifecycle]\non_sigterm = \"maybe\"",
+                "lifecycle.on_sigterm",
+            ),
             ("[log]\nformat = \"xml\"", "log.format"),
             ("[agent]\nagent_ip = \"127.0.0.1\"", "agent.agent_ip"),
             ("[agent]\nagent_ip = \"eth0\"", "agent.agent_ip"),
-            ("[pager]\npagerduty_routing_key = \"short\"", "pager.pagerduty_routing_key"),
+            (
+                "[pager]\npagerduty_routing_key = \"short\"",
+                "pager.pagerduty_routing_key",
+            ),
             ("[pager]\nwebhook_url = \"not a url\"", "pager.webhook_url"),
             ("[lifecycle]\nimds_poll = \"10ms\"", "lifecycle.imds_poll"),
             ("[log]\nlevel = \"loud\"", "log.level"),
@@ -1078,13 +1156,18 @@ secret_key = "s3cr3t-value"
             let e = err(&format!("{MINIMAL}\n{extra}\n"), &[]);
             assert!(e.contains(key), "{extra}: {e}");
         }
-        let e = err(&MINIMAL.replace("https://rancher.example.com", "ftp://x"), &[]);
+        let e = err(
+            &MINIMAL.replace("https://rancher.example.com", "ftp://x"),
+            &[],
+        );
         assert!(e.contains("rancher.url"), "{e}");
     }
 
     #[test]
     fn set_flag_needs_section_key_value() {
-        let e = load(MINIMAL, &[], &["image"]).expect_err("bad flag").to_string();
+        let e = load(MINIMAL, &[], &["image"])
+            .expect_err("bad flag")
+            .to_string();
         assert!(e.contains("--set"), "{e}");
     }
 }

@@ -305,7 +305,10 @@ mod tests {
 
     #[test]
     fn image_names_split_at_the_tag() {
-        assert_eq!(split_image("rancher/agent:v1.2.11"), ("rancher/agent", "v1.2.11"));
+        assert_eq!(
+            split_image("rancher/agent:v1.2.11"),
+            ("rancher/agent", "v1.2.11")
+        );
         assert_eq!(split_image("rancher/agent"), ("rancher/agent", "latest"));
         assert_eq!(
             split_image("reg.local:5000/rancher/agent:v1"),

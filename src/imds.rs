@@ -121,7 +121,11 @@ impl Imds {
     }
 
     /// Like [`Imds::get`], retrying transient failures with backoff until `budget` is spent.
-    pub async fn get_within(&self, path: &str, budget: Duration) -> Result<Option<String>, ImdsError> {
+    pub async fn get_within(
+        &self,
+        path: &str,
+        budget: Duration,
+    ) -> Result<Option<String>, ImdsError> {
         let attempt = || async { self.get(path).await };
         let retried = attempt
             .retry(
@@ -139,7 +143,8 @@ impl Imds {
             Ok(result) => result,
             Err(_) => {
                 // One last quick answer gives the caller the real reason.
-                let last = match tokio::time::timeout(Duration::from_secs(3), self.get(path)).await {
+                let last = match tokio::time::timeout(Duration::from_secs(3), self.get(path)).await
+                {
                     Ok(Ok(v)) => return Ok(v),
                     Ok(Err(e)) => e,
                     Err(_) => ImdsError::Unreachable {
@@ -195,7 +200,10 @@ impl Imds {
         let availability_zone = self
             .required("meta-data/placement/availability-zone", left())
             .await?;
-        let region = match self.get_within("meta-data/placement/region", left()).await? {
+        let region = match self
+            .get_within("meta-data/placement/region", left())
+            .await?
+        {
             Some(r) if !r.trim().is_empty() => r.trim().to_string(),
             // Older instances lack placement/region: the zone minus its letter.
             _ => availability_zone
@@ -219,7 +227,11 @@ impl Imds {
     }
 
     /// An instance tag; `None` when tags are not enabled in metadata or the tag is absent.
-    pub async fn instance_tag(&self, key: &str, budget: Duration) -> Result<Option<String>, ImdsError> {
+    pub async fn instance_tag(
+        &self,
+        key: &str,
+        budget: Duration,
+    ) -> Result<Option<String>, ImdsError> {
         Ok(self
             .get_within(&format!("meta-data/tags/instance/{key}"), budget)
             .await?

@@ -140,7 +140,11 @@ impl std::fmt::Debug for RegistrationToken {
 
 impl RegistrationToken {
     pub fn is_usable(&self) -> bool {
-        self.state == "active" && self.registration_url.as_deref().is_some_and(|u| !u.is_empty())
+        self.state == "active"
+            && self
+                .registration_url
+                .as_deref()
+                .is_some_and(|u| !u.is_empty())
     }
 }
 
@@ -187,7 +191,9 @@ impl Host {
     /// agent's state in place of `active`; v1 shows the raw state and leaves `agentState` aside.
     pub fn effective_state(&self) -> &str {
         match self.agent_state.as_deref() {
-            Some(agent) if self.state == "active" && !agent.is_empty() && agent != "active" => agent,
+            Some(agent) if self.state == "active" && !agent.is_empty() && agent != "active" => {
+                agent
+            }
             _ => &self.state,
         }
     }
@@ -263,13 +269,16 @@ impl RancherClient {
                 detail,
             };
             let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(e.to_string()))?;
             if certs.is_empty() {
                 return Err(ca_err("holds no PEM certificate".into()));
             }
             builder = builder.tls_certs_merge(certs);
         }
-        let http = builder.build().map_err(|e| RancherError::Protocol(e.to_string()))?;
+        let http = builder
+            .build()
+            .map_err(|e| RancherError::Protocol(e.to_string()))?;
         let mut base = config.url.clone();
         // `https://r.example.com/` and `https://r.example.com` mean the same server.
         let trimmed = base.path().trim_end_matches('/').to_string();
@@ -296,7 +305,10 @@ impl RancherClient {
     /// `v2-beta` when the server has it (Rancher 1.2 and later), else `v1`.
     async fn newest_api(&self) -> Result<ResolvedApi, RancherError> {
         let url = self.url(&["v2-beta"])?;
-        match self.request::<serde_json::Value>(Method::GET, url, None).await {
+        match self
+            .request::<serde_json::Value>(Method::GET, url, None)
+            .await
+        {
             Ok(_) => Ok(ResolvedApi::V2Beta),
             Err(e) if e.is_not_found() => {
                 // Make sure v1 answers at all, so that a wrong URL fails here, clearly.
@@ -343,9 +355,15 @@ impl RancherClient {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let resp = req.send().await.map_err(|e| transport_error(&method, &shown_url, e))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| transport_error(&method, &shown_url, e))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| transport_error(&method, &shown_url, e))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(&method, &shown_url, e))?;
         if !status.is_success() {
             return Err(api_error(&method, &shown_url, status, &bytes));
         }
@@ -374,7 +392,11 @@ impl RancherClient {
             }
             let page: Collection<T> = self.request(Method::GET, url, None).await?;
             out.extend(page.data);
-            if let Some(link) = page.pagination.and_then(|p| p.next).filter(|l| !l.is_empty()) {
+            if let Some(link) = page
+                .pagination
+                .and_then(|p| p.next)
+                .filter(|l| !l.is_empty())
+            {
                 let link = Url::parse(&link)
                     .or_else(|_| self.base.join(&link))
                     .map_err(|e| RancherError::Protocol(format!("bad pagination link: {e}")))?;
@@ -401,8 +423,12 @@ impl RancherClient {
     }
 
     pub async fn registration_token(&self, id: &str) -> Result<RegistrationToken, RancherError> {
-        self.request(Method::GET, self.project_url(&["registrationtokens", id])?, None)
-            .await
+        self.request(
+            Method::GET,
+            self.project_url(&["registrationtokens", id])?,
+            None,
+        )
+        .await
     }
 
     /// `POST {}` on the collection: 201 with a token still `registering`.
@@ -436,7 +462,10 @@ impl RancherClient {
 
     /// The host drover registered for `instance_id`, by label only: hostnames repeat.
     /// When several match (a re-registration left an old one behind), the active one wins.
-    pub async fn find_host_by_instance(&self, instance_id: &str) -> Result<Option<Host>, RancherError> {
+    pub async fn find_host_by_instance(
+        &self,
+        instance_id: &str,
+    ) -> Result<Option<Host>, RancherError> {
         let mut matches: Vec<Host> = self
             .hosts()
             .await?
@@ -518,21 +547,28 @@ mod tests {
 
     #[test]
     fn v1_active_host_with_disconnected_agent_is_not_active() {
-        let h = host(serde_json::json!({"id":"1h1","state":"active","agentState":"disconnected","labels":{}}));
+        let h = host(
+            serde_json::json!({"id":"1h1","state":"active","agentState":"disconnected","labels":{}}),
+        );
         assert_eq!(h.effective_state(), "disconnected");
         assert!(!h.is_active());
         let h = host(serde_json::json!({"id":"1h1","state":"active","agentState":null}));
         assert!(h.is_active());
         // v2-beta already folds agentState into state.
-        let h = host(serde_json::json!({"id":"1h1","state":"reconnecting","agentState":"reconnecting"}));
+        let h = host(
+            serde_json::json!({"id":"1h1","state":"reconnecting","agentState":"reconnecting"}),
+        );
         assert_eq!(h.effective_state(), "reconnecting");
-        let h = host(serde_json::json!({"id":"1h1","state":"inactive","agentState":"disconnected"}));
+        let h =
+            host(serde_json::json!({"id":"1h1","state":"inactive","agentState":"disconnected"}));
         assert_eq!(h.effective_state(), "inactive");
     }
 
     #[test]
     fn labels_tolerate_non_strings() {
-        let h = host(serde_json::json!({"id":"1h1","state":"active","labels":{"a":"b","n":3,"z":null}}));
+        let h = host(
+            serde_json::json!({"id":"1h1","state":"active","labels":{"a":"b","n":3,"z":null}}),
+        );
         assert_eq!(h.labels.get("a").map(String::as_str), Some("b"));
         assert_eq!(h.labels.get("n").map(String::as_str), Some("3"));
         assert!(!h.labels.contains_key("z"));
@@ -543,13 +579,28 @@ mod tests {
     #[test]
     fn api_errors_carry_code_and_message() {
         let body = br#"{"type":"error","status":422,"code":"ActionNotAvailable","message":null,"fieldName":"action"}"#;
-        let e = api_error(&Method::POST, "http://r/v2-beta/x", StatusCode::UNPROCESSABLE_ENTITY, body);
+        let e = api_error(
+            &Method::POST,
+            "http://r/v2-beta/x",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            body,
+        );
         let text = e.to_string();
-        assert!(text.contains("422") && text.contains("ActionNotAvailable") && text.contains("field action"), "{text}");
+        assert!(
+            text.contains("422")
+                && text.contains("ActionNotAvailable")
+                && text.contains("field action"),
+            "{text}"
+        );
         assert!(!e.is_transient());
         let e = api_error(&Method::GET, "http://r", StatusCode::CONFLICT, b"{}");
         assert!(e.is_transient());
-        let e = api_error(&Method::GET, "http://r", StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");
+        let e = api_error(
+            &Method::GET,
+            "http://r",
+            StatusCode::BAD_GATEWAY,
+            b"<html>bad gateway</html>",
+        );
         assert!(e.is_transient());
         assert!(e.to_string().contains("bad gateway"));
         let e = api_error(&Method::GET, "http://r", StatusCode::UNAUTHORIZED, b"");

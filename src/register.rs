@@ -92,12 +92,12 @@ pub fn cattle_host_labels(
 fn agent_ip(setting: &AgentIp, identity: &InstanceIdentity) -> Result<Ipv4Addr, RegisterError> {
     match setting {
         AgentIp::Literal(ip) => Ok(*ip),
-        AgentIp::LocalIpv4 => identity
-            .local_ipv4
-            .ok_or(RegisterError::NoAgentIp { setting: "local-ipv4" }),
-        AgentIp::PublicIpv4 => identity
-            .public_ipv4
-            .ok_or(RegisterError::NoAgentIp { setting: "public-ipv4" }),
+        AgentIp::LocalIpv4 => identity.local_ipv4.ok_or(RegisterError::NoAgentIp {
+            setting: "local-ipv4",
+        }),
+        AgentIp::PublicIpv4 => identity.public_ipv4.ok_or(RegisterError::NoAgentIp {
+            setting: "public-ipv4",
+        }),
     }
 }
 
@@ -124,7 +124,10 @@ pub async fn register<C: ClusterManager>(
     if let Some(host) = &existing {
         span.record("host_id", host.id.as_str());
         if host.active {
-            tracing::info!("host already active in {}; nothing to start", cluster.describe());
+            tracing::info!(
+                "host already active in {}; nothing to start",
+                cluster.describe()
+            );
             record(config, identity, &host.id)?;
             return Ok(RegisterOutcome::AlreadyActive {
                 host_id: host.id.clone(),
@@ -284,7 +287,12 @@ mod tests {
         let parsed: Vec<(String, String)> = url::form_urlencoded::parse(text.as_bytes())
             .into_owned()
             .collect();
-        let get = |k: &str| parsed.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            parsed
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get("aws.autoscaling_group"), Some("crawlers"));
         assert_eq!(get("aws.region"), Some("us-east-1"));
         assert_eq!(get("role"), Some("crawling"));

@@ -114,7 +114,12 @@ mod tests {
     fn round_trip_and_modes() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let state = StateDir::new(tmp.path().join("drover"));
-        assert_eq!(state.read_json::<Registration>(REGISTRATION_FILE).expect("read"), None);
+        assert_eq!(
+            state
+                .read_json::<Registration>(REGISTRATION_FILE)
+                .expect("read"),
+            None
+        );
         let rec = Registration {
             instance_id: "i-1".into(),
             host_id: "1h2".into(),
@@ -124,10 +129,15 @@ mod tests {
         };
         state.write_json(REGISTRATION_FILE, &rec).expect("write");
         assert_eq!(
-            state.read_json::<Registration>(REGISTRATION_FILE).expect("read"),
+            state
+                .read_json::<Registration>(REGISTRATION_FILE)
+                .expect("read"),
             Some(rec)
         );
-        let dir_mode = std::fs::metadata(state.path()).expect("meta").permissions().mode();
+        let dir_mode = std::fs::metadata(state.path())
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(dir_mode & 0o777, 0o700);
         let file_mode = std::fs::metadata(state.path().join(REGISTRATION_FILE))
             .expect("meta")

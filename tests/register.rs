@@ -1,0 +1,384 @@
+//! `drover register` end to end: the built binary against the IMDS, Rancher and Auto Scaling
+//! stand-ins and a private Docker engine.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::{all_files_text, Bed, BedOptions, DockerMode, ACCESS, SECRET};
+use testbed::imds::ImdsOptions;
+use testbed::rancher::{HostSpec, RancherOptions};
+
+fn env_of(seen: &testbed::rancher::BootstrapSeen, name: &str) -> Option<String> {
+    seen.env
+        .iter()
+        .find_map(|e| e.strip_prefix(&format!("{name}=")).map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_environment_gets_a_token_and_the_host_joins() {
+    let bed = Bed::start().await;
+    let run = bed.drover(&["register"]).await;
+    run.assert_code(0);
+
+    // No token existed: drover created exactly one and waited for it.
+    assert_eq!(bed.rancher.tokens_created(), 1, "{}", run.stderr);
+
+    // One bootstrap container, started as Rancher's own command does.
+    let seen = bed.rancher.bootstraps_seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let b = &seen[0];
+    assert_eq!(b.image, "rancher/agent:v1.2.11");
+    assert_eq!(b.args.len(), 1, "{:?}", b.args);
+    assert!(
+        b.args[0].starts_with(&format!("{}/v1/scripts/", bed.rancher.url())),
+        "{:?}",
+        b.args
+    );
+    assert!(b.auto_remove, "bootstrap runs with --rm");
+    assert!(!b.privileged, "agent.privileged = false is honoured");
+    let socket = bed.docker.socket().display().to_string();
+    assert!(
+        b.binds.contains(&format!("{socket}:/var/run/docker.sock")),
+        "{:?}",
+        b.binds
+    );
+    assert!(
+        b.binds
+            .contains(&"/var/lib/rancher:/var/lib/rancher".to_string()),
+        "{:?}",
+        b.binds
+    );
+    assert_eq!(env_of(b, "CATTLE_AGENT_IP").as_deref(), Some("10.0.1.23"));
+    let labels: BTreeMap<String, String> = url::form_urlencoded::parse(
+        env_of(b, "CATTLE_HOST_LABELS")
+            .expect("CATTLE_HOST_LABELS set")
+            .as_bytes(),
+    )
+    .into_owned()
+    .collect();
+    let expect = [
+        ("aws.instance_id", bed.instance_id.as_str()),
+        ("aws.instance_type", "m5.large"),
+        ("aws.availability_zone", "us-east-1b"),
+        ("aws.region", "us-east-1"),
+        ("aws.autoscaling_group", "crawlers"),
+        ("aws.ami_id", "ami-0abcdef1234567890"),
+        ("role", "crawling"),
+        ("env", "prod"),
+    ];
+    for (k, v) in expect {
+        assert_eq!(
+            labels.get(k).map(String::as_str),
+            Some(v),
+            "label {k}: {labels:?}"
+        );
+    }
+
+    // The host is active in Rancher with those labels, and the agent runs in the engine.
+    let hosts = bed.my_hosts();
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    assert_eq!(hosts[0].state, "active");
+    assert_eq!(
+        hosts[0].labels.get("role").map(String::as_str),
+        Some("crawling")
+    );
+    let docker = bed.docker.client().await.expect("docker client");
+    let agent = docker
+        .inspect_container("rancher-agent", None)
+        .await
+        .expect("rancher-agent exists");
+    assert_eq!(agent.state.and_then(|s| s.running), Some(true));
+
+    // The registration is recorded with host and instance.
+    let rec = bed.registration().expect("registration.json written");
+    assert_eq!(rec["host_id"], hosts[0].id.as_str());
+    assert_eq!(rec["instance_id"], bed.instance_id.as_str());
+    assert!(rec["registered_at"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+
+    // Log lines about the host carry its instance id and host id.
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("host active in Rancher"))
+        .unwrap_or_else(|| panic!("no 'host active' line in:\n{}", run.stderr));
+    assert!(
+        line.contains(&bed.instance_id) && line.contains(&hosts[0].id),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_still_registering_is_waited_for_not_duplicated() {
+    let bed = Bed::with(BedOptions {
+        rancher: RancherOptions {
+            token_create_delay: Duration::from_secs(3),
+            ..BedOptions::default().rancher
+        },
+        ..BedOptions::default()
+    })
+    .await;
+    bed.rancher.add_registration_token(false);
+    let run = bed.drover(&["register"]).await;
+    run.assert_code(0);
+    assert_eq!(
+        bed.rancher.tokens_created(),
+        0,
+        "used the token being created"
+    );
+    assert_eq!(bed.rancher.bootstraps_seen().len(), 1);
+    assert_eq!(bed.my_hosts().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_coming_up_after_drover_is_waited_for() {
+    let mut bed = Bed::with(BedOptions {
+        docker: DockerMode::Later,
+        ..BedOptions::default()
+    })
+    .await;
+    // The image is baked into the machine image: prepare the engine's data, then stop it,
+    // so that only the engine's start is late.
+    bed.docker.start().await.expect("engine starts");
+    bed.docker
+        .import_agent_image(testbed::docker::AGENT_IMAGE)
+        .await
+        .expect("image");
+    bed.docker.stop();
+
+    let child = bed.command(&["register"]).spawn().expect("drover starts");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    bed.docker.start().await.expect("engine starts late");
+    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("drover finishes")
+        .expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("waiting for the Docker engine"), "{stderr}");
+    assert_eq!(bed.my_hosts().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imds_answering_500_at_first_is_retried() {
+    let bed = Bed::start().await;
+    bed.imds.fail_next(4, 500);
+    let run = bed.drover(&["register"]).await;
+    run.assert_code(0);
+    let failures = bed
+        .imds
+        .requests()
+        .iter()
+        .filter(|r| r.status == 500)
+        .count();
+    assert_eq!(failures, 4, "the stand-in really answered 500s");
+    assert_eq!(bed.my_hosts().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imds_token_refused_says_imds_may_be_disabled() {
+    let mut bed = Bed::start().await;
+    bed.imds.set_token_hang(true);
+    bed.extra_config = "".into();
+    bed.extra_env
+        .push(("DROVER_AGENT_REGISTER_TIMEOUT".into(), "6s".into()));
+    let run = bed.drover(&["register"]).await;
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("hop limit") && run.stderr.contains("disabled"),
+        "{}",
+        run.stderr
+    );
+    assert!(bed.rancher.bootstraps_seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_twice_starts_one_container_and_one_host() {
+    let bed = Bed::start().await;
+    bed.drover(&["register"]).await.assert_code(0);
+    let second = bed.drover(&["register"]).await;
+    second.assert_code(0);
+    assert!(
+        second.stderr.contains("already registered"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(bed.rancher.bootstraps_seen().len(), 1);
+    assert_eq!(bed.my_hosts().len(), 1);
+    assert_eq!(bed.rancher.tokens_created(), 1);
+    let docker = bed.docker.client().await.expect("docker client");
+    let all = docker
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::default()
+                .all(true)
+                .build(),
+        ))
+        .await
+        .expect("list");
+    let agents = all
+        .iter()
+        .filter(|c| {
+            c.names
+                .as_ref()
+                .is_some_and(|n| n.iter().any(|n| n == "/rancher-agent"))
+        })
+        .count();
+    assert_eq!(agents, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_agent_with_its_host_registering_is_not_started_again() {
+    let bed = Bed::with(BedOptions {
+        rancher: RancherOptions {
+            register_delay: Duration::from_secs(4),
+            ..BedOptions::default().rancher
+        },
+        ..BedOptions::default()
+    })
+    .await;
+    // First run gives up while the host is still registering; the agent keeps running.
+    let mut first = bed.command(&["register"]);
+    first.env("DROVER_AGENT_REGISTER_TIMEOUT", "2s");
+    let run = common::run_bounded(first, Duration::from_secs(60)).await;
+    run.assert_code(1);
+    assert!(run.stderr.contains("not active within"), "{}", run.stderr);
+    // The second run finds the agent and the registering host, and only waits.
+    let second = bed.drover(&["register"]).await;
+    second.assert_code(0);
+    assert!(
+        second
+            .stderr
+            .contains("already running; not starting another"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(bed.rancher.bootstraps_seen().len(), 1);
+    assert_eq!(bed.my_hosts().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_pool_instance_is_not_registered() {
+    let bed = Bed::with(BedOptions {
+        imds: ImdsOptions {
+            target_lifecycle_state: Some("Warmed:Stopped".into()),
+            ..ImdsOptions::default()
+        },
+        ..BedOptions::default()
+    })
+    .await;
+    let run = bed.drover(&["register"]).await;
+    run.assert_code(0);
+    assert!(run.stderr.contains("warm pool"), "{}", run.stderr);
+    assert!(bed.rancher.bootstraps_seen().is_empty());
+    assert!(bed.rancher.requests().is_empty(), "Rancher not even asked");
+    assert!(bed.registration().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_only_server_paged_hosts_and_a_ghost_with_the_same_hostname() {
+    let bed = Bed::with(BedOptions {
+        rancher: RancherOptions {
+            v2beta: false,
+            page_size: 2,
+            ..BedOptions::default().rancher
+        },
+        ..BedOptions::default()
+    })
+    .await;
+    // Other hosts fill several pages; one is a ghost with this engine's hostname.
+    let info = bed
+        .docker
+        .client()
+        .await
+        .expect("client")
+        .info()
+        .await
+        .expect("info");
+    let hostname = info.name.unwrap_or_default();
+    for i in 0..5 {
+        bed.rancher.add_host(HostSpec {
+            hostname: if i == 0 {
+                hostname.clone()
+            } else {
+                format!("peer-{i}")
+            },
+            labels: BTreeMap::from([("aws.instance_id".to_string(), format!("i-peer{i}"))]),
+            state: "active".into(),
+            agent_state: if i == 0 {
+                Some("disconnected".into())
+            } else {
+                None
+            },
+            agent_ip: format!("10.0.2.{i}"),
+        });
+    }
+    let run = bed.drover(&["register"]).await;
+    run.assert_code(0);
+    assert!(
+        bed.rancher
+            .requests()
+            .iter()
+            .all(|r| !r.path.starts_with("/v2-beta/projects")),
+        "auto picked v1 on a server without v2-beta"
+    );
+    let mine = bed.my_hosts();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(
+        bed.registration().expect("recorded")["host_id"],
+        mine[0].id.as_str()
+    );
+    // Running again must find this host across pages, not the ghost.
+    let again = bed.drover(&["register"]).await;
+    again.assert_code(0);
+    assert!(
+        again.stderr.contains("already registered"),
+        "{}",
+        again.stderr
+    );
+    let paged = bed
+        .rancher
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/hosts") && r.query.contains("marker"))
+        .count();
+    assert!(paged > 0, "hosts were listed across pages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_and_no_secret_anywhere() {
+    let mut bed = Bed::start().await;
+    bed.extra_env
+        .push(("DROVER_LOG_FORMAT".into(), "json".into()));
+    bed.extra_env
+        .push(("DROVER_LOG_LEVEL".into(), "trace".into()));
+    let run = bed.drover(&["register"]).await;
+    run.assert_code(0);
+    let check = bed.drover(&["check"]).await;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{ACCESS}:{SECRET}"));
+    for (what, text) in [
+        ("register output", run.all()),
+        ("check output", check.all()),
+        ("state dir", all_files_text(&bed.state_dir())),
+    ] {
+        assert!(!text.contains(SECRET), "secret in {what}:\n{text}");
+        assert!(
+            !text.contains(&basic),
+            "basic auth header in {what}:\n{text}"
+        );
+    }
+    // Every line is JSON; lines about the host carry instance id (and host id once known).
+    let mut saw_host_id = false;
+    for line in run.stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if let Some(span) = v.get("span") {
+            assert_eq!(span["instance_id"], bed.instance_id.as_str(), "{line}");
+            saw_host_id |= span.get("host_id").is_some();
+        }
+    }
+    assert!(saw_host_id, "{}", run.stderr);
+}
