@@ -65,8 +65,9 @@ pub struct ContainerInfo {
 }
 
 impl ContainerInfo {
+    /// Running, or about to run again under its `--restart=always` policy.
     pub fn is_running(&self) -> bool {
-        self.state == "running"
+        matches!(self.state.as_str(), "running" | "restarting")
     }
 }
 

@@ -443,9 +443,8 @@ impl RancherClient {
 
     /// Every host of the environment (removed and purged ones drop out of lists).
     pub async fn hosts(&self) -> Result<Vec<Host>, RancherError> {
-        let mut url = self.project_url(&["hosts"])?;
-        url.query_pairs_mut().append_pair("limit", "100");
-        self.list(url).await
+        // The server's page size (100 by default); pages are followed.
+        self.list(self.project_url(&["hosts"])?).await
     }
 
     /// One host by id; `None` when the server does not know it.
@@ -605,6 +604,44 @@ mod tests {
         assert!(e.to_string().contains("bad gateway"));
         let e = api_error(&Method::GET, "http://r", StatusCode::UNAUTHORIZED, b"");
         assert!(e.to_string().contains("secret key is wrong"));
+    }
+
+    fn config_with_ca(ca: Option<std::path::PathBuf>) -> RancherConfig {
+        RancherConfig {
+            url: Url::parse("https://rancher.example.com/").expect("url"),
+            project_id: "1a5".into(),
+            access_key: "AK".into(),
+            secret_key: SecretString::from("s3cr3t-value".to_string()),
+            api_version: ApiVersion::Auto,
+            ca_file: ca,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn extra_ca_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().expect("dir");
+        let bad = dir.path().join("ca.pem");
+        std::fs::write(&bad, "not a certificate").expect("write");
+        let err = RancherClient::new(&config_with_ca(Some(bad)), ResolvedApi::V1)
+            .expect_err("garbage CA refused");
+        assert!(err.to_string().contains("rancher.ca_file"), "{err}");
+        let missing = dir.path().join("missing.pem");
+        let err = RancherClient::new(&config_with_ca(Some(missing)), ResolvedApi::V1)
+            .expect_err("missing CA refused");
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+    }
+
+    #[test]
+    fn urls_keep_a_path_prefix_and_client_debug_hides_the_secret() {
+        let mut cfg = config_with_ca(None);
+        cfg.url = Url::parse("https://example.com/rancher/").expect("url");
+        let client = RancherClient::new(&cfg, ResolvedApi::V2Beta).expect("client");
+        assert_eq!(
+            client.project_url(&["hosts", "1h5"]).expect("url").as_str(),
+            "https://example.com/rancher/v2-beta/projects/1a5/hosts/1h5"
+        );
+        assert!(!format!("{client:?}").contains("s3cr3t-value"));
     }
 
     #[test]

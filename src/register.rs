@@ -122,6 +122,7 @@ pub async fn register<C: ClusterManager>(
     let span = tracing::Span::current();
     let existing = cluster.find_host(&identity.instance_id, deadline).await?;
     if let Some(host) = &existing {
+        // Recorded once: tracing appends a field recorded twice.
         span.record("host_id", host.id.as_str());
         if host.active {
             tracing::info!(
@@ -145,6 +146,7 @@ pub async fn register<C: ClusterManager>(
     let docker = AgentDocker::wait_ready(deadline).await?;
     tracing::info!("Docker engine ready at {}", docker.host());
     let agent = docker.agent_container().await?;
+    tracing::debug!(?agent, "looked for the rancher-agent container");
     let agent_running = agent.as_ref().is_some_and(|c| c.is_running());
     // A running agent whose host the server knows is registering already; one whose host is
     // gone belongs to a deleted host and a new bootstrap replaces it.
@@ -178,8 +180,14 @@ pub async fn register<C: ClusterManager>(
         true
     };
 
-    let host = wait_active(cluster, &identity.instance_id, deadline, started).await?;
-    span.record("host_id", host.id.as_str());
+    let host = wait_active(
+        cluster,
+        &identity.instance_id,
+        deadline,
+        started,
+        existing.is_none(),
+    )
+    .await?;
     tracing::info!("host active in Rancher after {:.1?}", started.elapsed());
     record(config, identity, &host.id)?;
     Ok(RegisterOutcome::Registered {
@@ -197,17 +205,22 @@ async fn wait_active<C: ClusterManager>(
     instance_id: &str,
     deadline: Instant,
     started: Instant,
+    mut record_host_id: bool,
 ) -> Result<ClusterHost, RegisterError> {
     let mut delay = Duration::from_millis(250);
     let mut last_state = String::from("not listed yet");
     loop {
         match cluster.find_host(instance_id, deadline).await {
             Ok(Some(host)) => {
+                if record_host_id {
+                    tracing::Span::current().record("host_id", host.id.as_str());
+                    record_host_id = false;
+                }
                 if host.active {
                     return Ok(host);
                 }
                 if host.state != last_state {
-                    tracing::info!(host_id = %host.id, state = %host.state, "waiting for the host to become active");
+                    tracing::info!(state = %host.state, "waiting for the host to become active");
                     last_state = host.state.clone();
                 }
                 if is_taken_out(&host.state) {

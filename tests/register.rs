@@ -234,7 +234,7 @@ async fn register_twice_starts_one_container_and_one_host() {
 async fn running_agent_with_its_host_registering_is_not_started_again() {
     let bed = Bed::with(BedOptions {
         rancher: RancherOptions {
-            register_delay: Duration::from_secs(4),
+            register_delay: Duration::from_secs(8),
             ..BedOptions::default().rancher
         },
         ..BedOptions::default()
@@ -242,7 +242,7 @@ async fn running_agent_with_its_host_registering_is_not_started_again() {
     .await;
     // First run gives up while the host is still registering; the agent keeps running.
     let mut first = bed.command(&["register"]);
-    first.env("DROVER_AGENT_REGISTER_TIMEOUT", "2s");
+    first.env("DROVER_AGENT_REGISTER_TIMEOUT", "4s");
     let run = common::run_bounded(first, Duration::from_secs(60)).await;
     run.assert_code(1);
     assert!(run.stderr.contains("not active within"), "{}", run.stderr);

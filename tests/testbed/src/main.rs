@@ -1,0 +1,236 @@
+//! `drover-testbed demo`: runs the real drover binary against the whole test bed (its own
+//! stand-ins, moto SQS, a private dockerd) and prints what happened, step by step.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use testbed::autoscaling::{AutoScalingServer, HookSpec};
+use testbed::docker::DockerEngine;
+use testbed::imds::{ImdsOptions, ImdsServer};
+use testbed::moto::MotoServer;
+use testbed::pager::PagerServer;
+use testbed::rancher::{RancherOptions, RancherServer};
+
+const USAGE: &str = "usage: drover-testbed demo [--drover PATH]";
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("demo") {
+        eprintln!("{USAGE}");
+        std::process::exit(2);
+    }
+    let mut drover = PathBuf::from("target/debug/drover");
+    let mut rest = args.iter().skip(1);
+    while let Some(arg) = rest.next() {
+        match (arg.as_str(), rest.next()) {
+            ("--drover", Some(path)) => drover = PathBuf::from(path),
+            _ => {
+                eprintln!("{USAGE}");
+                std::process::exit(2);
+            }
+        }
+    }
+    if let Err(e) = demo(drover).await {
+        eprintln!("demo failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn heading(text: &str) {
+    println!("\n=== {text} ===");
+}
+
+async fn demo(drover: PathBuf) -> Result<(), String> {
+    if !drover.exists() {
+        return Err(format!(
+            "{} not found; build it first (cargo build)",
+            drover.display()
+        ));
+    }
+    heading("starting the test bed");
+    let imds_opts = ImdsOptions::default();
+    let instance_id = imds_opts.instance_id.clone();
+    let imds = ImdsServer::start(imds_opts).await;
+    println!(
+        "IMDSv2 stand-in      {}  (instance {instance_id}, group crawlers)",
+        imds.url()
+    );
+    let rancher = RancherServer::start(RancherOptions::default()).await;
+    println!(
+        "Rancher 1.x stand-in {}  (project {}, no registration token yet)",
+        rancher.url(),
+        rancher.project_id()
+    );
+    let asg = AutoScalingServer::start().await;
+    asg.add_group(
+        "crawlers",
+        vec![HookSpec {
+            name: "drain".into(),
+            transition: "autoscaling:EC2_INSTANCE_TERMINATING".into(),
+            heartbeat_timeout: Duration::from_secs(300),
+            default_result: "ABANDON".into(),
+        }],
+    );
+    asg.add_instance("crawlers", &instance_id, "m5.large", "us-east-1b");
+    println!(
+        "Auto Scaling stand-in {}  (group crawlers, hook drain)",
+        asg.url()
+    );
+    let pager = PagerServer::start().await;
+    println!("PagerDuty stand-in   {}", pager.enqueue_url());
+    let moto = MotoServer::start()
+        .await
+        .map_err(|e| format!("moto_server: {e} (run scripts/testbed-setup.sh)"))?;
+    let queue = moto.create_queue("drover-lifecycle", Some(5)).await;
+    println!("SQS (moto)           {queue}");
+    let docker = DockerEngine::launch()
+        .await
+        .map_err(|e| format!("dockerd: {e} (run scripts/testbed-setup.sh)"))?;
+    rancher.watch_docker(docker.socket());
+    println!(
+        "Docker engine        {}  (stand-in rancher/agent:v1.2.11 imported)",
+        docker.docker_host()
+    );
+
+    let dir = tempfile::Builder::new()
+        .prefix("drover-demo-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let secret = dir.path().join("rancher.secret");
+    std::fs::write(&secret, rancher.secret_key()).map_err(|e| e.to_string())?;
+    set_private(&secret)?;
+    let config_path = dir.path().join("drover.toml");
+    let config = format!(
+        r#"[rancher]
+url = "{url}"
+project_id = "{project}"
+access_key = "{access}"
+secret_key_file = "{secret}"
+
+[agent]
+labels = {{ role = "crawling", env = "prod" }}
+privileged = false          # privileged containers cannot start on this machine
+register_timeout = "60s"
+
+[lifecycle]
+queue_url = "{queue}"
+
+[pager]
+pagerduty_url = "{pager}"
+
+[state]
+dir = "{state}"
+"#,
+        url = rancher.url(),
+        project = rancher.project_id(),
+        access = rancher.access_key(),
+        secret = secret.display(),
+        queue = queue,
+        pager = pager.enqueue_url(),
+        state = dir.path().join("state").display(),
+    );
+    std::fs::write(&config_path, &config).map_err(|e| e.to_string())?;
+    set_private(&config_path)?;
+    println!("\ndrover's config ({}):\n{config}", config_path.display());
+
+    let env = vec![
+        (
+            "DROVER_CONFIG".to_string(),
+            config_path.display().to_string(),
+        ),
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT".into(), imds.url()),
+        ("AWS_ENDPOINT_URL_AUTO_SCALING".into(), asg.url()),
+        ("AWS_ENDPOINT_URL_SQS".into(), moto.url()),
+        ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
+        ("DOCKER_HOST".into(), docker.docker_host()),
+    ];
+
+    heading("1. drover check");
+    run(&drover, &["check"], &env).await?;
+
+    heading("2. drover register (the boot step)");
+    let before = rancher.requests().len();
+    let code = run(&drover, &["register"], &env).await?;
+    if code != 0 {
+        return Err(format!("drover register exited {code}"));
+    }
+
+    heading("3. what drover did, as the test bed saw it");
+    println!("Rancher API requests:");
+    for r in rancher.requests().iter().skip(before) {
+        let query = if r.query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", r.query)
+        };
+        println!("  {:>6} {}{} -> {}", r.method, r.path, query, r.status);
+    }
+    for b in rancher.bootstraps_seen() {
+        println!(
+            "bootstrap container {}:",
+            &b.container_id[..b.container_id.len().min(12)]
+        );
+        println!("  image      {}", b.image);
+        println!("  argument   {}", b.args.join(" "));
+        for e in b.env.iter().filter(|e| e.starts_with("CATTLE_")) {
+            println!("  env        {e}");
+        }
+        for bind in &b.binds {
+            println!("  bind       {bind}");
+        }
+    }
+    for h in rancher.hosts() {
+        println!(
+            "host {} ({}): {}  labels {:?}",
+            h.id,
+            h.hostname,
+            h.history.join(" -> "),
+            h.labels
+        );
+    }
+    let record = dir.path().join("state").join("registration.json");
+    println!(
+        "{}:\n{}",
+        record.display(),
+        std::fs::read_to_string(&record).unwrap_or_else(|e| format!("  (not written: {e})"))
+    );
+
+    heading("4. drover register again: nothing changes");
+    run(&drover, &["register"], &env).await?;
+    println!(
+        "bootstrap containers started in all: {}, hosts: {}",
+        rancher.bootstraps_seen().len(),
+        rancher
+            .hosts()
+            .iter()
+            .filter(|h| h.state != "removed" && h.state != "purged")
+            .count()
+    );
+    heading("done; stopping the test bed");
+    Ok(())
+}
+
+fn set_private(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| e.to_string())
+}
+
+async fn run(drover: &PathBuf, args: &[&str], env: &[(String, String)]) -> Result<i32, String> {
+    println!("$ drover {}", args.join(" "));
+    let mut cmd = tokio::process::Command::new(drover);
+    cmd.args(args)
+        .envs(env.iter().cloned())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let status = tokio::time::timeout(Duration::from_secs(120), cmd.status())
+        .await
+        .map_err(|_| "drover did not finish within 120s".to_string())?
+        .map_err(|e| format!("cannot run {}: {e}", drover.display()))?;
+    let code = status.code().unwrap_or(-1);
+    println!("(exit {code})");
+    Ok(code)
+}
