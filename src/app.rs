@@ -111,12 +111,10 @@ pub async fn register_command(config: &Config) -> Result<(), AppError> {
             let cluster = Rancher1::new(client);
             let outcome = register(config, &identity, group.as_deref(), &cluster, deadline).await?;
             match outcome {
-                RegisterOutcome::AlreadyActive { host_id } => {
-                    tracing::info!(host_id = %host_id, "already registered; nothing changed")
+                RegisterOutcome::AlreadyActive { .. } => {
+                    tracing::info!("already registered; nothing changed")
                 }
-                RegisterOutcome::Registered { host_id, .. } => {
-                    tracing::info!(host_id = %host_id, "registered")
-                }
+                RegisterOutcome::Registered { .. } => tracing::info!("registered"),
             }
             Ok(())
         }

@@ -252,6 +252,14 @@ async fn wait_active<C: ClusterManager>(
 
 fn record(config: &Config, identity: &InstanceIdentity, host_id: &str) -> Result<(), StateError> {
     let state = StateDir::new(&config.state.dir);
+    // A registered host keeps its record as it was: running register again changes nothing.
+    let previous: Option<Registration> = state.read_json(REGISTRATION_FILE).unwrap_or_else(|e| {
+        tracing::warn!("{e}; writing a new record");
+        None
+    });
+    if previous.is_some_and(|p| p.instance_id == identity.instance_id && p.host_id == host_id) {
+        return Ok(());
+    }
     state.write_json(
         REGISTRATION_FILE,
         &Registration {

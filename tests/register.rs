@@ -200,8 +200,15 @@ async fn imds_token_refused_says_imds_may_be_disabled() {
 async fn register_twice_starts_one_container_and_one_host() {
     let bed = Bed::start().await;
     bed.drover(&["register"]).await.assert_code(0);
+    let record = std::fs::read(bed.state_dir().join("registration.json")).expect("record");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let second = bed.drover(&["register"]).await;
     second.assert_code(0);
+    assert_eq!(
+        std::fs::read(bed.state_dir().join("registration.json")).expect("record"),
+        record,
+        "the record is left as it was"
+    );
     assert!(
         second.stderr.contains("already registered"),
         "{}",
