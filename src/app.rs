@@ -1,19 +1,29 @@
 //! The subcommands: each builds the clients it needs from the config and runs one workflow.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::autoscaling::{AutoScaling, TERMINATING_TRANSITION};
 use crate::cluster::{ClusterError, Rancher1};
-use crate::config::Config;
+use crate::config::{Config, OnSigterm};
 use crate::docker::AgentDocker;
 use crate::imds::{is_warm_pool_state, Imds, ImdsError, InstanceIdentity};
+use crate::pager::Pager;
 use crate::rancher::{RancherClient, RancherError};
 use crate::register::{register, RegisterError, RegisterOutcome};
 use crate::retry;
+use crate::sources::signal::{machine_going_away, StopSignals};
+use crate::sources::{imds_poll, queue};
 use crate::sqs::Sqs;
+use crate::state::StateDir;
+use crate::termination::{Outcome, Source, Termination};
+use crate::workflow::{record_file, TakeOutRecord, Workflow};
 
 /// A failure of a subcommand, shown to the operator as one readable chain.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +38,10 @@ pub enum AppError {
     RegisterTimeout(Duration),
     #[error("{0} check(s) failed")]
     ChecksFailed(usize),
+    #[error("deregistering: {0}")]
+    Deregister(String),
+    #[error("{0}")]
+    Setup(String),
 }
 
 fn left(deadline: Instant) -> Duration {
@@ -341,5 +355,186 @@ async fn check_autoscaling(
                 m.group
             ),
         ),
+    }
+}
+
+/// Builds the workflow shared by `run` and `deregister`.
+async fn workflow(
+    config: &Arc<Config>,
+    identity: &InstanceIdentity,
+    deadline: Instant,
+) -> Result<Workflow<Rancher1>, AppError> {
+    let client = connect_rancher(config, deadline).await?;
+    let sdk = crate::aws::sdk_config(&identity.region).await;
+    let pager = Pager::new(&config.pager).map_err(|e| AppError::Setup(e.to_string()))?;
+    Ok(Workflow::new(
+        Arc::clone(config),
+        identity.instance_id.clone(),
+        Rancher1::new(client),
+        Some(AutoScaling::new(&sdk)),
+        pager,
+    ))
+}
+
+/// `drover deregister`: take this host out now and complete its lifecycle action.
+pub async fn deregister_command(config: Arc<Config>) -> Result<(), AppError> {
+    let imds = Imds::new();
+    let identity = imds.identity(Duration::from_secs(60)).await?;
+    let wf = workflow(
+        &config,
+        &identity,
+        Instant::now() + Duration::from_secs(120),
+    )
+    .await?;
+    match wf.handle(Termination::new(&identity.instance_id, Source::Command)).await {
+        Outcome::Done => Ok(()),
+        other => Err(AppError::Deregister(match other {
+            Outcome::FailedButCompleted => {
+                "taking the host out failed (paged; lifecycle action answered with lifecycle.on_failure)".into()
+            }
+            Outcome::NotCompleted => "the lifecycle action could not be completed (paged)".into(),
+            _ => format!("{other:?}"),
+        })),
+    }
+}
+
+fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
+}
+
+/// `drover run`: register, tell systemd, watch every termination source, take the host out
+/// on the first one, and stay up until SIGTERM.
+pub async fn run_command(config: Arc<Config>) -> Result<(), AppError> {
+    // Signals first: a SIGTERM during registration must not kill drover mid-step.
+    let mut signals = StopSignals::install()
+        .map_err(|e| AppError::Setup(format!("cannot install signal handlers: {e}")))?;
+    let imds = Imds::new();
+    let identity = imds.identity(config.agent.register_timeout).await?;
+    let own = identity.instance_id.clone();
+
+    let (tx, rx) = mpsc::channel::<Termination>(64);
+    let stop = CancellationToken::new();
+    let wf = Arc::new(
+        workflow(
+            &config,
+            &identity,
+            Instant::now() + config.agent.register_timeout,
+        )
+        .await?,
+    );
+
+    // A take-out an earlier drover started (and was killed in) comes first; a machine
+    // already terminating is not registered again.
+    let unfinished: Option<TakeOutRecord> = StateDir::new(&config.state.dir)
+        .read_json(&record_file(&own))
+        .unwrap_or(None);
+    let resume = unfinished.filter(|r| !r.finished());
+    let terminating = identity.target_lifecycle_state.as_deref() == Some("Terminated");
+    if let Some(record) = &resume {
+        tracing::info!(
+            host_id = record.host_id.as_deref().unwrap_or("?"),
+            "resuming an unfinished take-out"
+        );
+        let mut t = Termination::new(&own, Source::Resume);
+        t.group = record.group.clone();
+        t.hook = record.hook.clone();
+        wf.dispatch(t);
+    } else if terminating {
+        tracing::info!("target lifecycle state is already Terminated; not registering");
+        wf.dispatch(Termination::new(&own, Source::ImdsTargetState));
+    } else {
+        wait_out_warm_pool(&imds, &identity, &mut signals).await?;
+        register_command(&config).await?;
+    }
+
+    tokio::spawn(Arc::clone(&wf).run(rx, stop.clone()));
+    if let Some(interval) = config.lifecycle.imds_poll {
+        tokio::spawn(imds_poll::watch(
+            own.clone(),
+            interval,
+            tx.clone(),
+            stop.clone(),
+        ));
+    }
+    if let Some(queue) = &config.lifecycle.queue_url {
+        let sdk = crate::aws::sdk_config(&identity.region).await;
+        tokio::spawn(queue::watch(
+            Sqs::new(&sdk),
+            queue.clone(),
+            tx.clone(),
+            stop.clone(),
+        ));
+    }
+    notify_systemd(sd_notify::NotifyState::Ready);
+    tracing::info!("watching for termination");
+
+    let name = signals.next().await;
+    let decision = match config.lifecycle.on_sigterm {
+        _ if wf.settled(&own).is_some_and(|o| o.settles_message()) => None,
+        _ if wf.is_in_flight(&own) => Some("a take-out is under way".to_string()),
+        OnSigterm::Exit => None,
+        OnSigterm::Deregister => Some("lifecycle.on_sigterm is \"deregister\"".to_string()),
+        OnSigterm::Auto => machine_going_away(&imds).await,
+    };
+    notify_systemd(sd_notify::NotifyState::Stopping);
+    match decision {
+        None => tracing::info!("{name}: stopping; the host stays registered"),
+        Some(why) => {
+            tracing::info!("{name}: taking the host out before stopping ({why})");
+            let (t, reply) = Termination::new(&own, Source::Signal).with_reply();
+            if tx.send(t).await.is_ok() {
+                // Bounded: the workflow gives up after drain_timeout plus its completion
+                // and paging budgets; a second signal cuts it short.
+                tokio::select! {
+                    outcome = reply => tracing::info!("take-out ended: {:?}", outcome.unwrap_or(Outcome::NotCompleted)),
+                    second = signals.next() => tracing::warn!("{second} again: stopping now; a restart resumes the take-out"),
+                }
+            }
+        }
+    }
+    stop.cancel();
+    Ok(())
+}
+
+/// In a warm pool the instance waits, stopped or running, until Auto Scaling puts it in
+/// service: register only then.
+async fn wait_out_warm_pool(
+    imds: &Imds,
+    identity: &InstanceIdentity,
+    signals: &mut StopSignals,
+) -> Result<(), AppError> {
+    let Some(state) = identity
+        .target_lifecycle_state
+        .clone()
+        .filter(|s| is_warm_pool_state(s))
+    else {
+        return Ok(());
+    };
+    tracing::info!(
+        "target lifecycle state is {state}: waiting in the warm pool before registering"
+    );
+    loop {
+        tokio::select! {
+            name = signals.next() => {
+                return Err(AppError::Setup(format!("{name} while waiting in the warm pool")));
+            }
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        match imds
+            .target_lifecycle_state_within(Duration::from_secs(3))
+            .await
+        {
+            Ok(Some(s)) if is_warm_pool_state(&s) => {}
+            Ok(s) => {
+                tracing::info!(
+                    "target lifecycle state is now {}",
+                    s.as_deref().unwrap_or("unset")
+                );
+                return Ok(());
+            }
+            Err(e) => tracing::debug!("reading the target lifecycle state: {e}"),
+        }
     }
 }

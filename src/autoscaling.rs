@@ -38,6 +38,45 @@ impl AutoScalingError {
     }
 }
 
+impl AutoScalingError {
+    /// `ValidationError: No active Lifecycle Action found ...`: the instance is not waiting on
+    /// the hook, either not yet (before `Terminating:Wait`) or no more (someone completed it).
+    pub fn is_no_active_action(&self) -> bool {
+        self.code.as_deref() == Some("ValidationError")
+            && self
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("No active Lifecycle Action"))
+    }
+
+    /// Throttling, server trouble, or no answer at all: worth another try.
+    pub fn is_transient(&self) -> bool {
+        match self.code.as_deref() {
+            None => true,
+            Some(code) => {
+                matches!(
+                    code,
+                    "Throttling"
+                        | "ThrottlingException"
+                        | "RequestLimitExceeded"
+                        | "ServiceUnavailable"
+                        | "InternalFailure"
+                        | "InternalError"
+                ) || code.starts_with("5")
+            }
+        }
+    }
+}
+
+/// Which lifecycle action a call is about: by token when known, else by instance id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionRef<'a> {
+    pub group: &'a str,
+    pub hook: &'a str,
+    pub instance_id: &'a str,
+    pub token: Option<&'a str>,
+}
+
 /// Where the instance stands in its group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupMembership {
@@ -87,6 +126,45 @@ impl AutoScaling {
                     lifecycle_state: i.lifecycle_state().map(str::to_string),
                 })
             }))
+    }
+
+    /// `CompleteLifecycleAction` with `result` (`CONTINUE` or `ABANDON`).
+    pub async fn complete(
+        &self,
+        action: &ActionRef<'_>,
+        result: &str,
+    ) -> Result<(), AutoScalingError> {
+        let mut req = self
+            .client
+            .complete_lifecycle_action()
+            .auto_scaling_group_name(action.group)
+            .lifecycle_hook_name(action.hook)
+            .lifecycle_action_result(result);
+        req = match action.token {
+            Some(token) => req.lifecycle_action_token(token),
+            None => req.instance_id(action.instance_id),
+        };
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AutoScalingError::from_sdk("CompleteLifecycleAction", e))
+    }
+
+    /// `RecordLifecycleActionHeartbeat`: restarts the hook's timeout.
+    pub async fn heartbeat(&self, action: &ActionRef<'_>) -> Result<(), AutoScalingError> {
+        let mut req = self
+            .client
+            .record_lifecycle_action_heartbeat()
+            .auto_scaling_group_name(action.group)
+            .lifecycle_hook_name(action.hook);
+        req = match action.token {
+            Some(token) => req.lifecycle_action_token(token),
+            None => req.instance_id(action.instance_id),
+        };
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| AutoScalingError::from_sdk("RecordLifecycleActionHeartbeat", e))
     }
 
     /// `DescribeLifecycleHooks` for a group.

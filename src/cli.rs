@@ -28,6 +28,12 @@ pub enum Command {
     /// One-shot boot step: read IMDS, get a registration URL, start rancher/agent, wait until
     /// the host is active, record it. Changes nothing on a registered host; skips warm pools.
     Register,
+    /// One-shot: take this host out of Rancher (evacuate if configured, deactivate, remove,
+    /// purge), stop the local agent, complete the lifecycle action, page on failure.
+    Deregister,
+    /// The resident daemon: register, notify systemd, watch every termination source, take
+    /// the host out on the first one, stay up until SIGTERM.
+    Run,
     /// Check the config and every dependency it names; one line per check.
     Check,
 }

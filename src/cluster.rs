@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::rancher::{Host, RancherClient, RancherError, RegistrationToken};
+use crate::rancher::{Host, RancherClient, RancherError, RegistrationToken, ResolvedApi};
 use crate::retry::{self, RetryError};
 
 /// A host as the workflows see it, whatever the backend.
@@ -56,6 +56,37 @@ impl From<RetryError<RancherError>> for ClusterError {
     }
 }
 
+/// How to take a host out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TakeOutPlan {
+    /// Evacuate its containers first (Rancher v2-beta only).
+    pub evacuate: bool,
+}
+
+/// What taking a host out did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TakeOutReport {
+    /// The actions drover sent, in order (already-done steps are skipped, not listed).
+    pub actions: Vec<String>,
+    /// `purged`, or `gone` when the server no longer knows the host.
+    pub final_state: String,
+}
+
+/// Taking a host out failed at `step`.
+#[derive(Debug, thiserror::Error)]
+#[error("taking host {host_id} out failed at {step} (host {state}): {error}")]
+pub struct TakeOutError {
+    pub host_id: String,
+    pub step: String,
+    /// The host's last known state.
+    pub state: String,
+    pub error: String,
+}
+
+/// Called with a short event line as the take-out progresses, for the timeline and the
+/// state dir.
+pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
 /// What every cluster manager backend offers the workflows.
 pub trait ClusterManager: Send + Sync {
     /// A short name for logs (`rancher v2-beta`).
@@ -73,6 +104,34 @@ pub trait ClusterManager: Send + Sync {
         &self,
         deadline: Instant,
     ) -> impl Future<Output = Result<AgentRegistration, ClusterError>> + Send;
+
+    /// Takes the host out of the cluster for good, skipping what is already done, so that
+    /// running it again (or after a crash) picks up where it stopped.
+    fn take_out(
+        &self,
+        host_id: &str,
+        plan: TakeOutPlan,
+        deadline: Instant,
+        progress: Progress<'_>,
+    ) -> impl Future<Output = Result<TakeOutReport, TakeOutError>> + Send;
+}
+
+/// The next thing to do with a host in `state`, given the actions the server offers.
+/// `None` means wait: the host is on its way somewhere.
+fn next_action(host: &Host, evacuated: bool) -> Option<&'static str> {
+    match host.state.as_str() {
+        "purged" | "purging" | "removing" | "deactivating" => None,
+        "removed" => Some("purge"),
+        _ if !evacuated && host.offers("evacuate") => Some("evacuate"),
+        _ if host.offers("deactivate") => Some("deactivate"),
+        _ if host.offers("remove") => Some("remove"),
+        // A server that sends no actions map: the table of reference.md.
+        "inactive" | "error" => Some("remove"),
+        "active" | "registering" | "activating" | "reconnecting" | "disconnected" => {
+            Some("deactivate")
+        }
+        _ => None,
+    }
 }
 
 /// Rancher 1.x through its API.
@@ -80,6 +139,10 @@ pub trait ClusterManager: Send + Sync {
 pub struct Rancher1 {
     client: RancherClient,
 }
+
+/// Polls of a host's transition start short and grow to a few seconds.
+const FIRST_POLL: Duration = Duration::from_millis(200);
+const LAST_POLL: Duration = Duration::from_secs(3);
 
 /// Polls start short and grow: most transitions take a second, some take minutes.
 fn next_poll(delay: Duration) -> Duration {
@@ -138,6 +201,23 @@ impl Rancher1 {
     }
 }
 
+impl Rancher1 {
+    async fn read_host(
+        &self,
+        host_id: &str,
+        deadline: Instant,
+    ) -> Result<Option<Host>, RetryError<RancherError>> {
+        retry::until(
+            "reading the host",
+            deadline,
+            Duration::from_secs(3),
+            RancherError::is_transient,
+            || self.client.host(host_id),
+        )
+        .await
+    }
+}
+
 fn to_cluster_host(h: Host) -> ClusterHost {
     ClusterHost {
         active: h.is_active(),
@@ -170,6 +250,93 @@ impl ClusterManager for Rancher1 {
         )
         .await?;
         Ok(host.map(to_cluster_host))
+    }
+
+    async fn take_out(
+        &self,
+        host_id: &str,
+        plan: TakeOutPlan,
+        deadline: Instant,
+        progress: Progress<'_>,
+    ) -> Result<TakeOutReport, TakeOutError> {
+        let mut report = TakeOutReport::default();
+        // Evacuate exists in v2-beta only; on v1 deactivate-remove does the job.
+        let mut evacuated = !plan.evacuate || self.client.api() == ResolvedApi::V1;
+        let mut state = String::from("unknown");
+        let mut step = "reading the host";
+        let mut delay = FIRST_POLL;
+        let fail = |step: &str, state: &str, error: String| TakeOutError {
+            host_id: host_id.to_string(),
+            step: step.to_string(),
+            state: state.to_string(),
+            error,
+        };
+        loop {
+            let host = match self.read_host(host_id, deadline).await {
+                Ok(Some(h)) => h,
+                Ok(None) => {
+                    progress("host no longer known to Rancher");
+                    report.final_state = "gone".into();
+                    return Ok(report);
+                }
+                Err(e) => return Err(fail(step, &state, e.to_string())),
+            };
+            if host.state != state {
+                if state != "unknown" {
+                    progress(&format!("host {}", host.state));
+                }
+                state = host.state.clone();
+            }
+            if state == "purged" {
+                report.final_state = state;
+                return Ok(report);
+            }
+            if let Some(action) = next_action(&host, evacuated) {
+                step = action;
+                progress(&format!("{action} (host {state})"));
+                let sent = retry::until(
+                    action,
+                    deadline,
+                    Duration::from_secs(3),
+                    RancherError::is_transient,
+                    || self.client.host_action(host_id, action),
+                )
+                .await;
+                match sent {
+                    Ok(after) => {
+                        report.actions.push(action.to_string());
+                        state = after.state;
+                        if action == "evacuate" {
+                            evacuated = true;
+                        }
+                        delay = FIRST_POLL;
+                    }
+                    Err(RetryError::Failed(e)) if e.is_not_found() => {
+                        progress("host no longer known to Rancher");
+                        report.final_state = "gone".into();
+                        return Ok(report);
+                    }
+                    // Not valid in the state the host has now: someone (or evacuate) moved it
+                    // meanwhile. Read it again and take the step that fits.
+                    Err(RetryError::Failed(e)) if e.status() == Some(422) => {
+                        tracing::info!("{action} not available now ({e}); reading the host again");
+                        if action == "evacuate" {
+                            evacuated = true;
+                        }
+                    }
+                    Err(e) => return Err(fail(action, &state, e.to_string())),
+                }
+            }
+            if Instant::now() + delay >= deadline {
+                return Err(fail(
+                    step,
+                    &state,
+                    "lifecycle.drain_timeout ran out while the host was still on its way".into(),
+                ));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(LAST_POLL);
+        }
     }
 
     async fn registration(&self, deadline: Instant) -> Result<AgentRegistration, ClusterError> {

@@ -19,12 +19,18 @@ pub mod cluster;
 pub mod config;
 pub mod docker;
 pub mod imds;
+pub mod lifecycle;
 pub mod logging;
+pub mod message;
+pub mod pager;
 pub mod rancher;
 pub mod register;
 pub mod retry;
+pub mod sources;
 pub mod sqs;
 pub mod state;
+pub mod termination;
+pub mod workflow;
 
 use std::process::ExitCode;
 
@@ -75,9 +81,12 @@ pub fn main_entry() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let config = std::sync::Arc::new(config);
     let result = runtime.block_on(async {
         match cli.command {
             Command::Register => app::register_command(&config).await,
+            Command::Deregister => app::deregister_command(config.clone()).await,
+            Command::Run => app::run_command(config.clone()).await,
             Command::Check => app::check_command(&config).await,
         }
     });

@@ -46,3 +46,102 @@ impl Sqs {
             .unwrap_or(0))
     }
 }
+
+/// A received message: what drover needs to act on it and to settle it.
+#[derive(Clone)]
+pub struct ReceivedMessage {
+    pub message_id: String,
+    /// Needed to delete or hand back this delivery; a credential of sorts, not in `Debug`.
+    pub receipt: String,
+    pub body: String,
+    pub receive_count: u32,
+}
+
+impl std::fmt::Debug for ReceivedMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceivedMessage")
+            .field("message_id", &self.message_id)
+            .field("receive_count", &self.receive_count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sqs {
+    fn err(operation: &'static str, queue_url: &str, detail: String) -> SqsError {
+        SqsError {
+            operation,
+            queue_url: queue_url.to_string(),
+            detail,
+        }
+    }
+
+    /// One long poll: up to `max` messages, waiting up to `wait_secs` for the first.
+    pub async fn receive(
+        &self,
+        queue_url: &str,
+        max: i32,
+        wait_secs: i32,
+    ) -> Result<Vec<ReceivedMessage>, SqsError> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(max)
+            .wait_time_seconds(wait_secs)
+            .message_system_attribute_names(
+                aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount,
+            )
+            .send()
+            .await
+            .map_err(|e| Sqs::err("ReceiveMessage", queue_url, describe(&e)))?;
+        Ok(out
+            .messages()
+            .iter()
+            .filter_map(|m| {
+                let receipt = m.receipt_handle()?.to_string();
+                Some(ReceivedMessage {
+                    message_id: m.message_id().unwrap_or_default().to_string(),
+                    receipt,
+                    body: m.body().unwrap_or_default().to_string(),
+                    receive_count: m
+                        .attributes()
+                        .and_then(|a| {
+                            a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+                        })
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
+                })
+            })
+            .collect())
+    }
+
+    pub async fn delete(&self, queue_url: &str, receipt: &str) -> Result<(), SqsError> {
+        self.client
+            .delete_message()
+            .queue_url(queue_url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| Sqs::err("DeleteMessage", queue_url, describe(&e)))
+    }
+
+    /// `ChangeMessageVisibility`: 0 hands the message back at once; more keeps it hidden
+    /// from other hosts while drover works on it.
+    pub async fn set_visibility(
+        &self,
+        queue_url: &str,
+        receipt: &str,
+        seconds: i32,
+    ) -> Result<(), SqsError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(queue_url)
+            .receipt_handle(receipt)
+            .visibility_timeout(seconds)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| Sqs::err("ChangeMessageVisibility", queue_url, describe(&e)))
+    }
+}

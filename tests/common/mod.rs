@@ -33,6 +33,8 @@ pub struct BedOptions {
     pub imds: ImdsOptions,
     pub rancher: RancherOptions,
     pub docker: DockerMode,
+    /// The termination hook's heartbeat timeout.
+    pub hook_timeout: Duration,
 }
 
 impl Default for BedOptions {
@@ -47,6 +49,7 @@ impl Default for BedOptions {
                 ..RancherOptions::default()
             },
             docker: DockerMode::Running,
+            hook_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -111,7 +114,7 @@ impl Bed {
             vec![HookSpec {
                 name: HOOK.into(),
                 transition: "autoscaling:EC2_INSTANCE_TERMINATING".into(),
-                heartbeat_timeout: Duration::from_secs(300),
+                heartbeat_timeout: opts.hook_timeout,
                 default_result: "ABANDON".into(),
             }],
         );
@@ -219,6 +222,19 @@ level = "debug"
         cmd
     }
 
+    /// Starts drover in the background, its stderr collected line by line.
+    pub fn spawn(&self, args: &[&str]) -> Running {
+        Running::spawn(self.command(args))
+    }
+
+    /// Registers the host and returns its id.
+    pub async fn register(&self) -> String {
+        self.drover(&["register"]).await.assert_code(0);
+        let mine = self.my_hosts();
+        assert_eq!(mine.len(), 1, "{mine:?}");
+        mine[0].id.clone()
+    }
+
     /// Runs drover to completion (bounded: a hung drover fails the test, it never hangs it).
     pub async fn drover(&self, args: &[&str]) -> Run {
         run_bounded(self.command(args), Duration::from_secs(120)).await
@@ -277,4 +293,101 @@ pub fn all_files_text(dir: &Path) -> String {
         }
     }
     out
+}
+
+/// A drover running in the background.
+pub struct Running {
+    child: tokio::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Running {
+    pub fn spawn(mut cmd: tokio::process::Command) -> Running {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = cmd.spawn().expect("drover starts");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        for stream in [
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let lines = lines.clone();
+            tokio::spawn(async move {
+                let mut reader = tokio::io::BufReader::new(stream).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    lines.lock().expect("lines").push(line);
+                }
+            });
+        }
+        Running { child, lines }
+    }
+
+    pub fn output(&self) -> String {
+        self.lines.lock().expect("lines").join("\n")
+    }
+
+    /// Waits until a line contains `needle`; panics with the output after `limit`.
+    pub async fn wait_for(&self, needle: &str, limit: Duration) {
+        let end = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < end {
+            if self.output().contains(needle) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no {needle:?} within {limit:?} in:\n{}", self.output());
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = self.child.id().expect("running") as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("kill");
+    }
+
+    /// Waits for the exit (bounded) and returns the code.
+    pub async fn wait(&mut self, limit: Duration) -> Option<i32> {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => status.expect("wait").code(),
+            Err(_) => panic!("drover did not exit within {limit:?}:\n{}", self.output()),
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`, for at most `limit`.
+pub async fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if tokio::time::Instant::now() >= end {
+            panic!("{what}: not within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A lifecycle message as Auto Scaling sends it straight to SQS.
+pub fn direct_message(instance_id: &str, token: &str) -> String {
+    serde_json::json!({
+        "Origin": "AutoScalingGroup",
+        "Destination": "EC2",
+        "LifecycleHookName": HOOK,
+        "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+        "AutoScalingGroupName": GROUP,
+        "EC2InstanceId": instance_id,
+        "LifecycleActionToken": token,
+        "AccountId": "123456789012",
+        "RequestId": "4e5a7e4d-1b2c-4d3e-9f00-123456789abc",
+        "Service": "AWS Auto Scaling",
+        "Time": "2026-11-23T12:00:00.000Z"
+    })
+    .to_string()
 }

@@ -19,7 +19,8 @@ pub const AGENT_IMAGE: &str = "rancher/agent:v1.2.11";
 
 /// The stand-in agent's entrypoint (busybox sh). `run` is the long-running `rancher-agent`;
 /// anything else (the registration URL) is the bootstrap, which the real agent finishes in a
-/// few seconds. Sleeping in the background and `wait`ing lets the TERM trap fire at once, so
+/// few seconds; this one lingers 15 s so that the Rancher stand-in's watcher sees it even on
+/// a loaded machine (it is auto-removed when it exits). Sleeping in the background and `wait`ing lets the TERM trap fire at once, so
 /// that `docker stop` and engine shutdown do not wait for the kill timeout.
 const AGENT_SCRIPT: &str = r#"#!/bin/sh
 # Stand-in for rancher/agent: "run" is the resident agent, anything else the bootstrap.
@@ -27,7 +28,7 @@ trap 'exit 0' TERM INT
 if [ "$1" = run ]; then
   while :; do sleep 1 & wait $!; done
 fi
-sleep 3 & wait $!
+sleep 15 & wait $!
 exit 0
 "#;
 

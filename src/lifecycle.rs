@@ -1,0 +1,250 @@
+//! Completing an instance's termination lifecycle action: finding the group and hook,
+//! keeping the action alive with heartbeats while drover works, and completing it exactly
+//! when Auto Scaling is ready to take the answer.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::autoscaling::{ActionRef, AutoScaling, AutoScalingError, TERMINATING_TRANSITION};
+
+/// The hook's default when `DescribeLifecycleHooks` does not say.
+const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    AutoScaling(#[from] AutoScalingError),
+    #[error("group {group} has no termination hook named {hook:?}")]
+    NoSuchHook { group: String, hook: String },
+    #[error("lifecycle action of {instance_id} not completed within {budget:?}: {last}")]
+    OutOfTime {
+        instance_id: String,
+        budget: Duration,
+        last: String,
+    },
+    #[error("{instance_id} is {state} in its group, not waiting on a lifecycle action")]
+    NotWaiting { instance_id: String, state: String },
+}
+
+/// The lifecycle action to complete. The token is not in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HookTarget {
+    pub group: String,
+    pub hook: String,
+    pub instance_id: String,
+    pub token: Option<String>,
+    pub heartbeat_timeout: Duration,
+}
+
+impl std::fmt::Debug for HookTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookTarget")
+            .field("group", &self.group)
+            .field("hook", &self.hook)
+            .field("instance_id", &self.instance_id)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HookTarget {
+    fn action_ref(&self, by_token: bool) -> ActionRef<'_> {
+        ActionRef {
+            group: &self.group,
+            hook: &self.hook,
+            instance_id: &self.instance_id,
+            token: if by_token {
+                self.token.as_deref()
+            } else {
+                None
+            },
+        }
+    }
+
+    /// Heartbeats come at most a third of the timeout apart, so that two can be lost.
+    pub fn heartbeat_interval(&self) -> Duration {
+        (self.heartbeat_timeout / 3).max(Duration::from_secs(1))
+    }
+}
+
+/// How a completion ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    Completed,
+    /// Someone (a peer, an earlier drover, the timeout) already completed it.
+    AlreadyDone,
+}
+
+/// Finds the group and the termination hook: from what the source knew, the config, the
+/// instance's group membership and `DescribeLifecycleHooks`. `Ok(None)` when the instance
+/// is in no group or its group has no termination hook: nothing to complete.
+pub async fn resolve_target(
+    asg: &AutoScaling,
+    instance_id: &str,
+    group: Option<&str>,
+    hook: Option<&str>,
+    configured_hook: Option<&str>,
+    token: Option<&str>,
+) -> Result<Option<HookTarget>, LifecycleError> {
+    let group = match group {
+        Some(g) => g.to_string(),
+        None => match asg.membership(instance_id).await? {
+            Some(m) => m.group,
+            None => return Ok(None),
+        },
+    };
+    let hooks = asg.hooks(&group).await?;
+    let wanted = hook.or(configured_hook);
+    let chosen = match wanted {
+        Some(name) => hooks.iter().find(|h| h.name == name),
+        None => hooks
+            .iter()
+            .find(|h| h.transition == TERMINATING_TRANSITION),
+    };
+    let Some(chosen) = chosen else {
+        return match wanted {
+            // A message named the hook: trust it even if Describe does not show it (yet).
+            Some(name) if hook.is_some() => Ok(Some(HookTarget {
+                group,
+                hook: name.to_string(),
+                instance_id: instance_id.to_string(),
+                token: token.map(str::to_string),
+                heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+            })),
+            Some(name) => Err(LifecycleError::NoSuchHook {
+                group,
+                hook: name.to_string(),
+            }),
+            None => Ok(None),
+        };
+    };
+    Ok(Some(HookTarget {
+        hook: chosen.name.clone(),
+        heartbeat_timeout: chosen
+            .heartbeat_timeout_secs
+            .and_then(|s| u64::try_from(s).ok())
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT),
+        group,
+        instance_id: instance_id.to_string(),
+        token: token.map(str::to_string),
+    }))
+}
+
+/// Sends heartbeats until `stop` is cancelled. Before the instance reaches
+/// `Terminating:Wait` a heartbeat is refused; that is expected and ignored.
+pub async fn keep_alive(asg: AutoScaling, target: HookTarget, stop: CancellationToken) {
+    let interval = target.heartbeat_interval();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let by_token = target.token.is_some();
+        match asg.heartbeat(&target.action_ref(by_token)).await {
+            Ok(()) => tracing::debug!(hook = %target.hook, "lifecycle heartbeat sent"),
+            Err(e) if e.is_no_active_action() => {
+                tracing::debug!(
+                    "heartbeat refused, the instance is not waiting on the hook yet: {e}"
+                )
+            }
+            Err(e) => tracing::warn!("lifecycle heartbeat failed: {e}"),
+        }
+    }
+}
+
+/// Completes the action with `result` before `deadline`.
+///
+/// `No active Lifecycle Action` is ambiguous: before `Terminating:Wait` it means "too
+/// early" (IMDS says `Terminated` seconds before the group catches up), after completion
+/// it means "already done". The group's view of the instance tells them apart.
+pub async fn complete(
+    asg: &AutoScaling,
+    target: &HookTarget,
+    result: &str,
+    deadline: Instant,
+) -> Result<Completion, LifecycleError> {
+    let started = Instant::now();
+    let mut by_token = target.token.is_some();
+    let mut delay = Duration::from_millis(500);
+    let mut last;
+    loop {
+        match asg.complete(&target.action_ref(by_token), result).await {
+            Ok(()) => return Ok(Completion::Completed),
+            Err(e) if e.is_no_active_action() => {
+                let state = asg
+                    .membership(&target.instance_id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|m| m.lifecycle_state);
+                match state.as_deref() {
+                    None | Some("Terminating:Proceed") | Some("Terminated") => {
+                        return Ok(Completion::AlreadyDone)
+                    }
+                    Some("Terminating:Wait") if by_token => {
+                        // Waiting, but not on that token (a newer action): use the instance id.
+                        by_token = false;
+                        continue;
+                    }
+                    Some("Terminating" | "Terminating:Wait" | "InService") => {
+                        tracing::info!(
+                            state = state.as_deref().unwrap_or("?"),
+                            "the group is not ready for the lifecycle answer yet; retrying"
+                        );
+                        last = format!("instance {}: {e}", state.as_deref().unwrap_or("?"));
+                    }
+                    Some(other) => {
+                        return Err(LifecycleError::NotWaiting {
+                            instance_id: target.instance_id.clone(),
+                            state: other.to_string(),
+                        })
+                    }
+                }
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!("completing the lifecycle action failed: {e}; retrying");
+                last = e.to_string();
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() + delay >= deadline {
+            return Err(LifecycleError::OutOfTime {
+                instance_id: target.instance_id.clone(),
+                budget: deadline.saturating_duration_since(started),
+                last,
+            });
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(timeout: u64) -> HookTarget {
+        HookTarget {
+            group: "g".into(),
+            hook: "h".into(),
+            instance_id: "i-1".into(),
+            token: Some("tok-secret".into()),
+            heartbeat_timeout: Duration::from_secs(timeout),
+        }
+    }
+
+    #[test]
+    fn heartbeats_come_at_most_a_third_apart() {
+        assert_eq!(target(300).heartbeat_interval(), Duration::from_secs(100));
+        assert_eq!(target(30).heartbeat_interval(), Duration::from_secs(10));
+        assert_eq!(target(1).heartbeat_interval(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn debug_hides_the_token() {
+        assert!(!format!("{:?}", target(30)).contains("tok-secret"));
+    }
+}

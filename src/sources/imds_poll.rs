@@ -1,0 +1,76 @@
+//! The IMDS sources: the instance's target lifecycle state turning `Terminated`, and a
+//! pending Spot interruption, both polled every `lifecycle.imds_poll`. Costs no AWS API
+//! call while idle.
+
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::imds::{Imds, ImdsError};
+use crate::termination::{Source, Termination};
+
+/// One IMDS read in a poll may take this long before the poll moves on.
+const READ_BUDGET: Duration = Duration::from_secs(3);
+
+/// Polls until `stop` is cancelled; sends each kind of termination once.
+pub async fn watch(
+    own_instance: String,
+    interval: Duration,
+    tx: mpsc::Sender<Termination>,
+    stop: CancellationToken,
+) {
+    let mut imds = Imds::new();
+    let mut sent_state = false;
+    let mut sent_spot = false;
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let mut failed = None;
+        if !sent_state {
+            match imds.target_lifecycle_state_within(READ_BUDGET).await {
+                Ok(Some(state)) if state == "Terminated" => {
+                    tracing::info!("target lifecycle state is Terminated");
+                    let t = Termination::new(own_instance.clone(), Source::ImdsTargetState);
+                    sent_state = tx.send(t).await.is_ok();
+                }
+                Ok(_) => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        if !sent_spot {
+            match imds.spot_action(READ_BUDGET).await {
+                Ok(Some(action))
+                    if matches!(action.action.as_str(), "terminate" | "stop" | "hibernate") =>
+                {
+                    tracing::warn!(action = %action.action, time = %action.time, "Spot interruption notice");
+                    let mut t = Termination::new(own_instance.clone(), Source::Spot);
+                    t.urgent = true;
+                    t.deadline = humantime::parse_rfc3339_weak(&action.time)
+                        .ok()
+                        .or_else(|| SystemTime::now().checked_add(Duration::from_secs(120)));
+                    sent_spot = tx.send(t).await.is_ok();
+                }
+                Ok(_) => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            None => failures = 0,
+            Some(e) => {
+                failures += 1;
+                // The SDK's client keeps a token it was told is bad until its TTL runs out;
+                // a fresh client fetches a new one.
+                if matches!(e, ImdsError::Status { status: 401, .. }) {
+                    imds = Imds::new();
+                }
+                if failures == 1 || failures % 60 == 0 {
+                    tracing::warn!("polling IMDS failed ({failures} in a row): {e}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,538 @@
+//! The termination half end to end: `drover run` and `drover deregister` against the test
+//! bed, moto SQS and a private Docker engine.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{direct_message, eventually, Bed, BedOptions, GROUP, HOOK, ROUTING_KEY};
+use nix::sys::signal::Signal;
+use testbed::moto::MotoServer;
+use testbed::rancher::{HostSpec, RancherOptions};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A bed whose drover watches a fresh moto queue.
+async fn bed_with_queue(opts: BedOptions) -> (Bed, MotoServer, String) {
+    let moto = MotoServer::start().await.expect("moto starts");
+    let queue = moto.create_queue("drover-lifecycle", Some(5)).await;
+    let mut bed = Bed::with(opts).await;
+    bed.extra_env
+        .push(("AWS_ENDPOINT_URL_SQS".into(), moto.url()));
+    bed.extra_env
+        .push(("DROVER_LIFECYCLE_QUEUE_URL".into(), queue.clone()));
+    // These tests drive terminations through the queue; IMDS polling has its own tests.
+    bed.extra_env
+        .push(("DROVER_LIFECYCLE_IMDS_POLL".into(), "0s".into()));
+    (bed, moto, queue)
+}
+
+fn peer(bed: &Bed, n: u32) -> (String, String) {
+    let instance = format!("i-0000000000000{n:04x}");
+    let id = bed.rancher.add_host(HostSpec {
+        hostname: format!("peer-{n}"),
+        labels: BTreeMap::from([("aws.instance_id".to_string(), instance.clone())]),
+        state: "active".into(),
+        agent_state: None,
+        agent_ip: format!("10.0.3.{n}"),
+    });
+    bed.asg
+        .add_instance(GROUP, &instance, "m5.large", "us-east-1b");
+    (instance, id)
+}
+
+fn completions_of(bed: &Bed, instance: &str) -> Vec<testbed::autoscaling::Completion> {
+    bed.asg
+        .completions()
+        .into_iter()
+        .filter(|c| c.instance_id == instance)
+        .collect()
+}
+
+async fn queue_empty(moto: &MotoServer, queue: &str) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if moto.approximate_counts(queue).await == (0, 0) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < end, "queue not empty");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_message_takes_the_host_out_and_completes_the_hook() {
+    let (bed, moto, queue) = bed_with_queue(BedOptions::default()).await;
+    let host_id = bed.register().await;
+    // A ghost with the same hostname (another engine's host, long gone) must stay untouched.
+    let hostname = bed.rancher.host(&host_id).expect("host").hostname;
+    let ghost = bed.rancher.add_host(HostSpec {
+        hostname,
+        labels: BTreeMap::from([("aws.instance_id".to_string(), "i-0ffffffffffffffff".into())]),
+        state: "active".into(),
+        agent_state: Some("disconnected".into()),
+        agent_ip: "10.0.9.9".into(),
+    });
+    let mut run = bed.spawn(&["run"]);
+    run.wait_for("watching for termination", LONG).await;
+
+    let token = bed
+        .asg
+        .begin_termination(&bed.instance_id, Duration::ZERO)
+        .expect("token");
+    moto.send(&queue, &direct_message(&bed.instance_id, &token))
+        .await;
+    let done = eventually("hook completed", LONG, || {
+        completions_of(&bed, &bed.instance_id).into_iter().next()
+    })
+    .await;
+    assert_eq!(done.result, "CONTINUE");
+    assert!(done.by_token && !done.by_timeout);
+    assert_eq!((done.group.as_str(), done.hook.as_str()), (GROUP, HOOK));
+
+    let host = bed.rancher.host(&host_id).expect("host");
+    assert_eq!(host.state, "purged", "{:?}", host.history);
+    for step in [
+        "deactivating",
+        "inactive",
+        "removing",
+        "removed",
+        "purging",
+        "purged",
+    ] {
+        assert!(
+            host.history.iter().any(|s| s == step),
+            "{step}: {:?}",
+            host.history
+        );
+    }
+    let ghost = bed.rancher.host(&ghost).expect("ghost");
+    assert_eq!(ghost.history, vec!["active".to_string()], "ghost untouched");
+    queue_empty(&moto, &queue).await;
+    // The local agent stops reconnecting.
+    let agent = eventually("rancher-agent stopped", LONG, || {
+        let c = futures_executor_block(bed.docker.container("rancher-agent"));
+        c.filter(|c| !c.running)
+    })
+    .await;
+    assert!(!agent.running);
+
+    // Stays up after its own termination, until SIGTERM.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(LONG).await, Some(0), "{}", run.output());
+    assert_eq!(completions_of(&bed, &bed.instance_id).len(), 1);
+    let record = std::fs::read_to_string(
+        bed.state_dir()
+            .join(format!("takeout-{}.json", bed.instance_id)),
+    )
+    .expect("take-out record");
+    assert!(record.contains("\"hook_completed\": true"), "{record}");
+}
+
+/// Runs a future to completion from a sync closure (the helpers poll with closures).
+fn futures_executor_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_shape_and_the_test_notification() {
+    let (bed, moto, queue) = bed_with_queue(BedOptions::default()).await;
+    bed.register().await;
+    let (eb_instance, eb_host) = peer(&bed, 1);
+    let (sns_instance, sns_host) = peer(&bed, 2);
+    let mut run = bed.spawn(&["run"]);
+    run.wait_for("watching for termination", LONG).await;
+
+    moto.send(
+        &queue,
+        &serde_json::json!({
+            "AccountId": "123456789012", "RequestId": "r-1",
+            "AutoScalingGroupARN": "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:x:autoScalingGroupName/crawlers",
+            "AutoScalingGroupName": GROUP, "Service": "AWS Auto Scaling",
+            "Event": "autoscaling:TEST_NOTIFICATION", "Time": "2026-11-23T12:00:00.000Z"
+        })
+        .to_string(),
+    )
+    .await;
+    let eb_token = bed
+        .asg
+        .begin_termination(&eb_instance, Duration::ZERO)
+        .expect("token");
+    moto.send(
+        &queue,
+        &serde_json::json!({
+            "version": "0", "id": "6a7e8feb-b491-4cf7-a9f1-bf3703467718",
+            "detail-type": "EC2 Instance-terminate Lifecycle Action",
+            "source": "aws.autoscaling", "account": "123456789012",
+            "time": "2026-11-23T12:00:00Z", "region": "us-east-1",
+            "resources": ["arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:x"],
+            "detail": {
+                "LifecycleActionToken": eb_token, "AutoScalingGroupName": GROUP,
+                "LifecycleHookName": HOOK, "EC2InstanceId": eb_instance,
+                "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+                "Origin": "AutoScalingGroup", "Destination": "EC2"
+            }
+        })
+        .to_string(),
+    )
+    .await;
+    let sns_token = bed
+        .asg
+        .begin_termination(&sns_instance, Duration::ZERO)
+        .expect("token");
+    moto.send(
+        &queue,
+        &serde_json::json!({
+            "Type": "Notification", "MessageId": "m-1",
+            "TopicArn": "arn:aws:sns:us-east-1:123456789012:lifecycle",
+            "Subject": "Auto Scaling:  Lifecycle action 'TERMINATING' for instance",
+            "Message": direct_message(&sns_instance, &sns_token),
+            "Timestamp": "2026-11-23T12:00:00.000Z", "SignatureVersion": "1"
+        })
+        .to_string(),
+    )
+    .await;
+
+    for (instance, host) in [(&eb_instance, &eb_host), (&sns_instance, &sns_host)] {
+        let c = eventually("peer hook completed", LONG, || {
+            completions_of(&bed, instance).into_iter().next()
+        })
+        .await;
+        assert_eq!(c.result, "CONTINUE");
+        assert_eq!(bed.rancher.host(host).expect("host").state, "purged");
+    }
+    queue_empty(&moto, &queue).await;
+    // The own host was not touched by peers' terminations.
+    assert_eq!(bed.my_hosts()[0].state, "active");
+    assert!(
+        run.output().contains("test notification"),
+        "{}",
+        run.output()
+    );
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(LONG).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_a_host_here_is_handed_back_and_never_deleted() {
+    let (bed, moto, queue) = bed_with_queue(BedOptions::default()).await;
+    bed.register().await;
+    let mut run = bed.spawn(&["run"]);
+    run.wait_for("watching for termination", LONG).await;
+    let stranger = "i-0123456789abcdef0";
+    moto.send(
+        &queue,
+        &direct_message(stranger, "11111111-2222-3333-4444-555555555555"),
+    )
+    .await;
+    run.wait_for("handing it back", LONG).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (visible, hidden) = moto.approximate_counts(&queue).await;
+    assert_eq!(visible + hidden, 1, "the message is still in the queue");
+    assert!(bed.asg.completions().is_empty());
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(LONG).await, Some(0));
+    // Handed back at once: received again (by this drover, the only consumer) quickly.
+    let received = moto.receive(&queue, 1).await;
+    assert_eq!(received.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_transitions_are_covered_by_heartbeats() {
+    let (bed, moto, queue) = bed_with_queue(BedOptions {
+        rancher: RancherOptions {
+            transition_delay: Duration::from_secs(3),
+            ..BedOptions::default().rancher
+        },
+        hook_timeout: Duration::from_secs(3),
+        ..BedOptions::default()
+    })
+    .await;
+    bed.register().await;
+    let mut run = bed.spawn(&["run"]);
+    run.wait_for("watching for termination", LONG).await;
+    let token = bed
+        .asg
+        .begin_termination(&bed.instance_id, Duration::ZERO)
+        .expect("token");
+    moto.send(&queue, &direct_message(&bed.instance_id, &token))
+        .await;
+    let done = eventually("hook completed", LONG, || {
+        completions_of(&bed, &bed.instance_id).into_iter().next()
+    })
+    .await;
+    // Three transitions of 3 s each outlast a 3 s heartbeat timeout: only heartbeats kept
+    // the action alive until drover answered.
+    assert!(!done.by_timeout, "timed out instead of being completed");
+    assert_eq!(done.result, "CONTINUE");
+    assert!(
+        bed.asg.heartbeats().len() >= 3,
+        "heartbeats: {:?}",
+        bed.asg.heartbeats()
+    );
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(LONG).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rancher_failing_throughout_pages_then_answers_on_failure() {
+    let (mut bed, moto, queue) = bed_with_queue(BedOptions::default()).await;
+    bed.register().await;
+    bed.extra_env.push((
+        "DROVER_PAGER_PAGERDUTY_ROUTING_KEY".into(),
+        ROUTING_KEY.into(),
+    ));
+    bed.extra_env
+        .push(("DROVER_LIFECYCLE_DRAIN_TIMEOUT".into(), "5s".into()));
+    bed.extra_env
+        .push(("DROVER_LIFECYCLE_ON_FAILURE".into(), "abandon".into()));
+    bed.extra_env
+        .push(("DROVER_PAGER_WEBHOOK_URL".into(), bed.pager.webhook_url()));
+    let mut run = bed.spawn(&["run"]);
+    run.wait_for("watching for termination", LONG).await;
+    // From now on every action answers 503, and the pager is rate limited twice.
+    bed.rancher.inject("action=", Some("POST"), 503, 100_000);
+    bed.pager.fail_next(2, 429);
+    let token = bed
+        .asg
+        .begin_termination(&bed.instance_id, Duration::ZERO)
+        .expect("token");
+    moto.send(&queue, &direct_message(&bed.instance_id, &token))
+        .await;
+    let done = eventually("hook answered", LONG, || {
+        completions_of(&bed, &bed.instance_id).into_iter().next()
+    })
+    .await;
+    assert_eq!(done.result, "ABANDON");
+    let events = bed.pager.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    assert_eq!(event["event_action"], "trigger");
+    assert_eq!(event["dedup_key"], format!("drover-{}", bed.instance_id));
+    let summary = event["payload"]["summary"].as_str().expect("summary");
+    assert!(
+        summary.contains(&bed.instance_id)
+            && summary.contains("deactivate")
+            && summary.contains(GROUP),
+        "{summary}"
+    );
+    assert!(
+        event["payload"]["custom_details"]["timeline"].is_array(),
+        "{event}"
+    );
+    let enqueues = bed
+        .pager
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v2/enqueue")
+        .count();
+    assert_eq!(enqueues, 3, "two 429s, then accepted");
+    assert_eq!(bed.pager.webhooks().len(), 1);
+    // The page came before the lifecycle answer.
+    let paged_at = run.output().find("paged: deactivate failed");
+    let answered_at = run.output().find("completed lifecycle action");
+    assert!(
+        paged_at.is_some() && paged_at < answered_at,
+        "{}",
+        run.output()
+    );
+    // The hook is completed (with ABANDON), so the message goes.
+    queue_empty(&moto, &queue).await;
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(LONG).await, Some(0));
+    assert!(!run.output().contains(ROUTING_KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_removing_then_restarted_resumes_and_completes_once() {
+    let mut bed = Bed::with(BedOptions {
+        rancher: RancherOptions {
+            transition_delay: Duration::from_millis(500),
+            ..BedOptions::default().rancher
+        },
+        ..BedOptions::default()
+    })
+    .await;
+    bed.extra_env
+        .push(("DROVER_LIFECYCLE_IMDS_POLL".into(), "300ms".into()));
+    let host_id = bed.register().await;
+    bed.rancher.stick(&host_id, "removing");
+    let mut first = bed.spawn(&["run"]);
+    first.wait_for("watching for termination", LONG).await;
+    bed.asg.begin_termination(&bed.instance_id, Duration::ZERO);
+    bed.imds.set_target_lifecycle_state(Some("Terminated"));
+    eventually("host removing", LONG, || {
+        bed.rancher.host(&host_id).filter(|h| h.state == "removing")
+    })
+    .await;
+    first.signal(Signal::SIGKILL);
+    first.wait(LONG).await;
+    bed.rancher.unstick(&host_id);
+
+    let mut second = bed.spawn(&["run"]);
+    second
+        .wait_for("resuming an unfinished take-out", LONG)
+        .await;
+    let done = eventually("hook completed", LONG, || {
+        completions_of(&bed, &bed.instance_id).into_iter().next()
+    })
+    .await;
+    assert_eq!(done.result, "CONTINUE");
+    assert_eq!(bed.rancher.host(&host_id).expect("host").state, "purged");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(completions_of(&bed, &bed.instance_id).len(), 1);
+    // Only one host ever, and no new registration on the way out.
+    assert_eq!(bed.rancher.bootstraps_seen().len(), 1);
+    second.signal(Signal::SIGTERM);
+    assert_eq!(second.wait(LONG).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_message_twice_completes_once_and_malformed_ones_stay() {
+    let (bed, moto, queue) = bed_with_queue(BedOptions::default()).await;
+    bed.register().await;
+    let mut run = bed.spawn(&["run"]);
+    run.wait_for("watching for termination", LONG).await;
+    moto.send(&queue, "this is not json").await;
+    moto.send(&queue, "{\"EC2InstanceId\": 42}").await;
+    let token = bed
+        .asg
+        .begin_termination(&bed.instance_id, Duration::ZERO)
+        .expect("token");
+    let body = direct_message(&bed.instance_id, &token);
+    moto.send(&queue, &body).await;
+    moto.send(&queue, &body).await;
+    eventually("hook completed", LONG, || {
+        completions_of(&bed, &bed.instance_id).into_iter().next()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(completions_of(&bed, &bed.instance_id).len(), 1);
+    let (visible, hidden) = moto.approximate_counts(&queue).await;
+    assert_eq!(
+        visible + hidden,
+        2,
+        "the two malformed messages stay for the redrive policy"
+    );
+    let out = run.output();
+    assert!(out.contains("malformed lifecycle message"), "{out}");
+    assert!(!out.contains(&token), "the token is never logged");
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(LONG).await, Some(0), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imds_terminated_seconds_before_terminating_wait() {
+    let mut bed = Bed::start().await;
+    bed.extra_env
+        .push(("DROVER_LIFECYCLE_IMDS_POLL".into(), "300ms".into()));
+    let host_id = bed.register().await;
+    let mut run = bed.spawn(&["run"]);
+    run.wait_for("watching for termination", LONG).await;
+    // IMDS says Terminated now; the group reaches Terminating:Wait only 4 s later.
+    bed.asg
+        .begin_termination(&bed.instance_id, Duration::from_secs(4));
+    bed.imds.set_target_lifecycle_state(Some("Terminated"));
+    let done = eventually("hook completed", LONG, || {
+        completions_of(&bed, &bed.instance_id).into_iter().next()
+    })
+    .await;
+    assert_eq!(done.result, "CONTINUE");
+    assert!(
+        !done.by_token,
+        "IMDS gives no token: completed by instance id"
+    );
+    let refused = bed
+        .asg
+        .requests()
+        .iter()
+        .filter(|r| r.action == "CompleteLifecycleAction" && r.status == 400)
+        .count();
+    assert!(
+        refused >= 1,
+        "tried before Terminating:Wait and was refused"
+    );
+    assert_eq!(bed.rancher.host(&host_id).expect("host").state, "purged");
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(LONG).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spot_interruption_takes_the_host_out_at_once() {
+    let mut bed = Bed::start().await;
+    bed.extra_env
+        .push(("DROVER_LIFECYCLE_IMDS_POLL".into(), "300ms".into()));
+    bed.extra_env
+        .push(("DROVER_LIFECYCLE_EVACUATE".into(), "true".into()));
+    let host_id = bed.register().await;
+    let mut run = bed.spawn(&["run"]);
+    run.wait_for("watching for termination", LONG).await;
+    bed.imds.set_spot_action(Some(serde_json::json!({
+        "action": "terminate",
+        "time": humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(120)).to_string()
+    })));
+    eventually("host purged", LONG, || {
+        bed.rancher.host(&host_id).filter(|h| h.state == "purged")
+    })
+    .await;
+    let evacuated = bed
+        .rancher
+        .requests()
+        .iter()
+        .any(|r| r.query.contains("action=evacuate"));
+    assert!(!evacuated, "no time for evacuation with a Spot notice");
+    // The group has not started terminating it: nothing to complete.
+    assert!(bed.asg.completions().is_empty());
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(LONG).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_on_sigterm_exit_keeps_the_host() {
+    let mut bed = Bed::start().await;
+    bed.extra_env
+        .push(("DROVER_LIFECYCLE_ON_SIGTERM".into(), "exit".into()));
+    bed.extra_env
+        .push(("DROVER_LIFECYCLE_IMDS_POLL".into(), "0s".into()));
+    let host_id = bed.register().await;
+    let mut run = bed.spawn(&["run"]);
+    run.wait_for("watching for termination", LONG).await;
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(LONG).await, Some(0));
+    assert!(
+        run.output().contains("the host stays registered"),
+        "{}",
+        run.output()
+    );
+    let host = bed.rancher.host(&host_id).expect("host");
+    assert_eq!(host.state, "active");
+    assert!(bed
+        .rancher
+        .requests()
+        .iter()
+        .all(|r| !r.query.contains("action=")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deregister_takes_the_host_out_and_is_idempotent() {
+    let bed = Bed::start().await;
+    let host_id = bed.register().await;
+    let run = bed.drover(&["deregister"]).await;
+    run.assert_code(0);
+    assert_eq!(bed.rancher.host(&host_id).expect("host").state, "purged");
+    assert!(
+        run.stderr.contains("no lifecycle action to complete"),
+        "{}",
+        run.stderr
+    );
+    assert!(bed.asg.completions().is_empty());
+    let again = bed.drover(&["deregister"]).await;
+    again.assert_code(0);
+    assert!(
+        again.stderr.contains("already taken out"),
+        "{}",
+        again.stderr
+    );
+}
