@@ -370,6 +370,7 @@ async fn workflow(
     Ok(Workflow::new(
         Arc::clone(config),
         identity.instance_id.clone(),
+        identity.autoscaling_group.clone(),
         Rancher1::new(client),
         Some(AutoScaling::new(&sdk)),
         pager,

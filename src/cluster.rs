@@ -370,3 +370,59 @@ impl ClusterManager for Rancher1 {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(state: &str, actions: &[&str]) -> Host {
+        let actions: serde_json::Map<String, serde_json::Value> = actions
+            .iter()
+            .map(|a| {
+                (
+                    a.to_string(),
+                    serde_json::Value::String(format!("http://r/?action={a}")),
+                )
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "id": "1h1", "state": state, "actions": actions, "labels": {}
+        }))
+        .expect("host")
+    }
+
+    #[test]
+    fn the_next_step_follows_the_state_and_the_offered_actions() {
+        assert_eq!(
+            next_action(&host("active", &["deactivate", "evacuate"]), false),
+            Some("evacuate")
+        );
+        assert_eq!(
+            next_action(&host("active", &["deactivate", "evacuate"]), true),
+            Some("deactivate")
+        );
+        assert_eq!(
+            next_action(&host("inactive", &["remove", "activate"]), true),
+            Some("remove")
+        );
+        assert_eq!(
+            next_action(&host("removed", &["purge"]), true),
+            Some("purge")
+        );
+        for waiting in ["deactivating", "removing", "purging", "purged"] {
+            assert_eq!(next_action(&host(waiting, &[]), true), None, "{waiting}");
+        }
+        // v2-beta shows a disconnected agent in place of active; deactivate is still offered.
+        assert_eq!(
+            next_action(&host("disconnected", &["deactivate"]), true),
+            Some("deactivate")
+        );
+        // Without an actions map, the table of the reference decides.
+        assert_eq!(next_action(&host("active", &[]), true), Some("deactivate"));
+        assert_eq!(next_action(&host("error", &[]), true), Some("remove"));
+        assert_eq!(
+            next_action(&host("activating", &["deactivate"]), true),
+            Some("deactivate")
+        );
+    }
+}

@@ -93,6 +93,8 @@ impl Timeline {
 pub struct Workflow<C: ClusterManager> {
     config: Arc<Config>,
     own_instance: String,
+    /// The own group as the instance tags told it, which saves a Describe call.
+    own_group: Option<String>,
     cluster: C,
     asg: Option<AutoScaling>,
     pager: Pager,
@@ -105,6 +107,7 @@ impl<C: ClusterManager + 'static> Workflow<C> {
     pub fn new(
         config: Arc<Config>,
         own_instance: String,
+        own_group: Option<String>,
         cluster: C,
         asg: Option<AutoScaling>,
         pager: Pager,
@@ -113,6 +116,7 @@ impl<C: ClusterManager + 'static> Workflow<C> {
         Workflow {
             config,
             own_instance,
+            own_group,
             cluster,
             asg,
             pager,
@@ -269,7 +273,10 @@ impl<C: ClusterManager + 'static> Workflow<C> {
             }
         }
         if record.group.is_none() {
-            record.group = t.group.clone();
+            record.group = t
+                .group
+                .clone()
+                .or_else(|| own.then(|| self.own_group.clone()).flatten());
         }
         if record.hook.is_none() {
             record.hook = t.hook.clone();
@@ -313,6 +320,14 @@ impl<C: ClusterManager + 'static> Workflow<C> {
         }
         if let Some(id) = &host_id {
             span.record("host_id", id.as_str());
+        }
+        // A queue message is only a claim: anyone who can send to the queue could forge one.
+        // Act only when the group itself shows the instance terminating (or gone).
+        if t.source == Source::Sqs && !record.taken_out {
+            if let Some(refusal) = self.unconfirmed_termination(&t.instance_id).await {
+                tracing::warn!("not acting on the termination message: {refusal}");
+                return Outcome::NotCompleted;
+            }
         }
         record.host_id = host_id.clone();
         timeline.push(format!(
@@ -410,6 +425,26 @@ impl<C: ClusterManager + 'static> Workflow<C> {
         record.timeline = timeline.entries();
         self.save(&record);
         outcome
+    }
+
+    /// Why the group does not confirm that `instance_id` is terminating, if it does not.
+    async fn unconfirmed_termination(&self, instance_id: &str) -> Option<String> {
+        let asg = self.asg.as_ref()?;
+        match tokio::time::timeout(FIND_BUDGET, asg.membership(instance_id)).await {
+            Ok(Ok(Some(m))) => {
+                let state = m.lifecycle_state.unwrap_or_default();
+                (!state.starts_with("Terminating")).then(|| {
+                    format!(
+                        "group {} shows {instance_id} {state}, not terminating",
+                        m.group
+                    )
+                })
+            }
+            // Gone from its group: the instance is terminated, its host a ghost to remove.
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => Some(format!("cannot confirm it with Auto Scaling: {e}")),
+            Err(_) => Some("cannot confirm it: Auto Scaling did not answer".into()),
+        }
     }
 
     async fn hook_target(

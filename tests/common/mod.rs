@@ -299,6 +299,7 @@ pub fn all_files_text(dir: &Path) -> String {
 pub struct Running {
     child: tokio::process::Child,
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -306,6 +307,7 @@ impl Running {
         use tokio::io::AsyncBufReadExt;
         let mut child = cmd.spawn().expect("drover starts");
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         for stream in [
             child
                 .stderr
@@ -320,14 +322,18 @@ impl Running {
         .flatten()
         {
             let lines = lines.clone();
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut reader = tokio::io::BufReader::new(stream).lines();
                 while let Ok(Some(line)) = reader.next_line().await {
                     lines.lock().expect("lines").push(line);
                 }
-            });
+            }));
         }
-        Running { child, lines }
+        Running {
+            child,
+            lines,
+            readers,
+        }
     }
 
     pub fn output(&self) -> String {
@@ -353,10 +359,15 @@ impl Running {
 
     /// Waits for the exit (bounded) and returns the code.
     pub async fn wait(&mut self, limit: Duration) -> Option<i32> {
-        match tokio::time::timeout(limit, self.child.wait()).await {
+        let code = match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(status) => status.expect("wait").code(),
             Err(_) => panic!("drover did not exit within {limit:?}:\n{}", self.output()),
+        };
+        // The last lines may still be on their way through the pipes.
+        for reader in self.readers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
         }
+        code
     }
 }
 

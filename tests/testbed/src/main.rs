@@ -209,6 +209,98 @@ dir = "{state}"
             .filter(|h| h.state != "removed" && h.state != "purged")
             .count()
     );
+
+    heading("5. drover run: the resident daemon watches the queue and IMDS");
+    let mut daemon = tokio::process::Command::new(&drover);
+    daemon
+        .arg("run")
+        .envs(env.iter().cloned())
+        .env("DROVER_LIFECYCLE_IMDS_POLL", "1s")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let mut daemon = daemon
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", drover.display()))?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    heading("6. Auto Scaling scales in: a termination lifecycle message arrives");
+    let token = asg
+        .begin_termination(&instance_id, Duration::from_secs(1))
+        .ok_or("the instance is not in the group")?;
+    let message = serde_json::json!({
+        "Origin": "AutoScalingGroup", "Destination": "EC2",
+        "LifecycleHookName": "drain",
+        "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+        "AutoScalingGroupName": "crawlers", "EC2InstanceId": instance_id,
+        "LifecycleActionToken": token, "AccountId": "123456789012",
+        "RequestId": "demo", "Service": "AWS Auto Scaling",
+        "Time": "2026-11-23T12:00:00.000Z"
+    });
+    moto.send(&queue, &message.to_string()).await;
+    println!(
+        "sent to {queue}: EC2_INSTANCE_TERMINATING for {instance_id} (group crawlers, hook drain)"
+    );
+    let end = tokio::time::Instant::now() + Duration::from_secs(90);
+    let completion = loop {
+        if let Some(c) = asg
+            .completions()
+            .into_iter()
+            .find(|c| c.instance_id == instance_id)
+        {
+            break c;
+        }
+        if tokio::time::Instant::now() > end {
+            return Err("the lifecycle action was not completed within 90 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    heading("7. the host's way out, as the test bed saw it");
+    for r in rancher
+        .requests()
+        .iter()
+        .filter(|r| r.query.contains("action="))
+    {
+        println!(
+            "  Rancher {:>4} {}?{} -> {}",
+            r.method, r.path, r.query, r.status
+        );
+    }
+    for h in rancher.hosts() {
+        println!("host {}: {}", h.id, h.history.join(" -> "));
+    }
+    println!(
+        "CompleteLifecycleAction {}/{} {} for {} ({})",
+        completion.group,
+        completion.hook,
+        completion.result,
+        completion.instance_id,
+        if completion.by_token {
+            "by token"
+        } else {
+            "by instance id"
+        }
+    );
+    println!("heartbeats sent: {}", asg.heartbeats().len());
+    let (visible, hidden) = moto.approximate_counts(&queue).await;
+    println!("messages left in the queue: {}", visible + hidden);
+    if let Some(agent) = docker.container("rancher-agent").await {
+        println!("local rancher-agent container: {}", agent.state);
+    }
+
+    heading("8. power-off: SIGTERM to drover run");
+    if let Some(pid) = daemon.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), daemon.wait())
+        .await
+        .map_err(|_| "drover run did not stop within 30 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    println!("(exit {})", status.code().unwrap_or(-1));
     heading("done; stopping the test bed");
     Ok(())
 }
