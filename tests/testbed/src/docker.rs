@@ -471,7 +471,7 @@ mod tests {
             .await
             .expect("start");
 
-        // A bootstrap-like one exits by itself after about three seconds.
+        // A bootstrap-like one exits by itself after about fifteen seconds.
         let body = ContainerCreateBody {
             image: Some(AGENT_IMAGE.to_string()),
             cmd: Some(vec!["http://127.0.0.1:1/v1/scripts/X".to_string()]),
@@ -492,7 +492,7 @@ mod tests {
         assert_eq!(agent.args, vec!["run"]);
         assert_eq!(agent.restart_policy, "always");
         assert_eq!(agent.network_mode, "host");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let boot = engine.container("boot").await.expect("boot");
             if boot.state == "exited" {
