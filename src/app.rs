@@ -495,7 +495,9 @@ pub async fn run_command(config: Arc<Config>) -> Result<(), AppError> {
             }
         }
     }
+    // No new work; what is under way finishes (bounded), then drover exits.
     stop.cancel();
+    wf.wait_idle(Duration::from_secs(90)).await;
     Ok(())
 }
 

@@ -210,6 +210,24 @@ impl<C: ClusterManager + 'static> Workflow<C> {
             .unwrap_or(false)
     }
 
+    /// Waits (at most `limit`) until no take-out is under way, so that a drover stopping
+    /// does not leave a peer's host half taken out: once removed, a host drops out of
+    /// Rancher's lists and no other drover could find it by its label.
+    pub async fn wait_idle(&self, limit: Duration) {
+        let end = Instant::now() + limit;
+        loop {
+            let busy = self.in_flight.lock().map(|m| m.len()).unwrap_or(0);
+            if busy == 0 {
+                return;
+            }
+            if Instant::now() >= end {
+                tracing::warn!("stopping with {busy} take-out(s) still under way");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The outcome of an instance's handling, once it has one.
     pub fn settled(&self, instance_id: &str) -> Option<Outcome> {
         self.settled.lock().ok()?.get(instance_id).copied()
