@@ -472,8 +472,9 @@ pub async fn run_command(config: Arc<Config>) -> Result<(), AppError> {
     tracing::info!("watching for termination");
 
     let name = signals.next().await;
+    let already_out = wf.settled(&own).is_some_and(|o| o.settles_message());
     let decision = match config.lifecycle.on_sigterm {
-        _ if wf.settled(&own).is_some_and(|o| o.settles_message()) => None,
+        _ if already_out => None,
         _ if wf.is_in_flight(&own) => Some("a take-out is under way".to_string()),
         OnSigterm::Exit => None,
         OnSigterm::Deregister => Some("lifecycle.on_sigterm is \"deregister\"".to_string()),
@@ -481,6 +482,7 @@ pub async fn run_command(config: Arc<Config>) -> Result<(), AppError> {
     };
     notify_systemd(sd_notify::NotifyState::Stopping);
     match decision {
+        None if already_out => tracing::info!("{name}: stopping; this host was taken out already"),
         None => tracing::info!("{name}: stopping; the host stays registered"),
         Some(why) => {
             tracing::info!("{name}: taking the host out before stopping ({why})");
