@@ -91,54 +91,63 @@ async fn connect_rancher(
 
 /// `drover register`: the whole boot step within `agent.register_timeout`.
 pub async fn register_command(config: &Config) -> Result<(), AppError> {
-    let budget = config.agent.register_timeout;
-    let deadline = Instant::now() + budget;
+    let deadline = Instant::now() + config.agent.register_timeout;
+    let identity = Imds::new().identity(left(deadline)).await?;
+    register_identity(config, &identity, None, deadline).await
+}
+
+/// Registers the instance `identity` describes, reusing a Rancher client when the caller
+/// has one; gives up at `deadline`.
+async fn register_identity(
+    config: &Config,
+    identity: &InstanceIdentity,
+    client: Option<RancherClient>,
+    deadline: Instant,
+) -> Result<(), AppError> {
+    let span = tracing::info_span!(
+        "host",
+        instance_id = %identity.instance_id,
+        host_id = tracing::field::Empty
+    );
     let work = async {
-        let imds = Imds::new();
-        let identity = imds.identity(left(deadline)).await?;
-        let span = tracing::info_span!(
-            "host",
-            instance_id = %identity.instance_id,
-            host_id = tracing::field::Empty
+        tracing::info!(
+            instance_type = %identity.instance_type,
+            zone = %identity.availability_zone,
+            "read instance identity from IMDS"
         );
-        async {
+        if let Some(state) = identity
+            .target_lifecycle_state
+            .as_deref()
+            .filter(|s| is_warm_pool_state(s))
+        {
             tracing::info!(
-                instance_type = %identity.instance_type,
-                zone = %identity.availability_zone,
-                "read instance identity from IMDS"
+                "target lifecycle state is {state}: the instance is in a warm pool; not registering"
             );
-            if let Some(state) = identity
-                .target_lifecycle_state
-                .as_deref()
-                .filter(|s| is_warm_pool_state(s))
-            {
-                tracing::info!(
-                    "target lifecycle state is {state}: the instance is in a warm pool; not registering"
-                );
-                return Ok(());
-            }
-            let group = resolve_group(&identity).await;
-            if let Some(g) = &group {
-                tracing::info!(group = %g, "instance is in an Auto Scaling group");
-            }
-            let client = connect_rancher(config, deadline).await?;
-            let cluster = Rancher1::new(client);
-            let outcome = register(config, &identity, group.as_deref(), &cluster, deadline).await?;
-            match outcome {
-                RegisterOutcome::AlreadyActive { .. } => {
-                    tracing::info!("already registered; nothing changed")
-                }
-                RegisterOutcome::Registered { .. } => tracing::info!("registered"),
-            }
-            Ok(())
+            return Ok(());
         }
-        .instrument(span)
-        .await
-    };
+        let group = resolve_group(identity).await;
+        if let Some(g) = &group {
+            tracing::info!(group = %g, "instance is in an Auto Scaling group");
+        }
+        let client = match client {
+            Some(c) => c,
+            None => connect_rancher(config, deadline).await?,
+        };
+        let cluster = Rancher1::new(client);
+        let outcome = register(config, identity, group.as_deref(), &cluster, deadline).await?;
+        match outcome {
+            RegisterOutcome::AlreadyActive { .. } => {
+                tracing::info!("already registered; nothing changed")
+            }
+            RegisterOutcome::Registered { .. } => tracing::info!("registered"),
+        }
+        Ok(())
+    }
+    .instrument(span);
     // Every step already watches the deadline; this is the hard stop should one not.
     match tokio::time::timeout_at(deadline + Duration::from_secs(5), work).await {
         Ok(result) => result,
-        Err(_) => Err(AppError::RegisterTimeout(budget)),
+        Err(_) => Err(AppError::RegisterTimeout(config.agent.register_timeout)),
     }
 }
 
@@ -362,9 +371,8 @@ async fn check_autoscaling(
 async fn workflow(
     config: &Arc<Config>,
     identity: &InstanceIdentity,
-    deadline: Instant,
+    client: RancherClient,
 ) -> Result<Workflow<Rancher1>, AppError> {
-    let client = connect_rancher(config, deadline).await?;
     let sdk = crate::aws::sdk_config(&identity.region).await;
     let pager = Pager::new(&config.pager).map_err(|e| AppError::Setup(e.to_string()))?;
     Ok(Workflow::new(
@@ -381,12 +389,8 @@ async fn workflow(
 pub async fn deregister_command(config: Arc<Config>) -> Result<(), AppError> {
     let imds = Imds::new();
     let identity = imds.identity(Duration::from_secs(60)).await?;
-    let wf = workflow(
-        &config,
-        &identity,
-        Instant::now() + Duration::from_secs(120),
-    )
-    .await?;
+    let client = connect_rancher(&config, Instant::now() + Duration::from_secs(120)).await?;
+    let wf = workflow(&config, &identity, client).await?;
     match wf.handle(Termination::new(&identity.instance_id, Source::Command)).await {
         Outcome::Done => Ok(()),
         other => Err(AppError::Deregister(match other {
@@ -417,14 +421,9 @@ pub async fn run_command(config: Arc<Config>) -> Result<(), AppError> {
 
     let (tx, rx) = mpsc::channel::<Termination>(64);
     let stop = CancellationToken::new();
-    let wf = Arc::new(
-        workflow(
-            &config,
-            &identity,
-            Instant::now() + config.agent.register_timeout,
-        )
-        .await?,
-    );
+    // One client serves registration and the workflow.
+    let client = connect_rancher(&config, Instant::now() + config.agent.register_timeout).await?;
+    let wf = Arc::new(workflow(&config, &identity, client.clone()).await?);
 
     // A take-out an earlier drover started (and was killed in) comes first; a machine
     // already terminating is not registered again.
@@ -446,8 +445,13 @@ pub async fn run_command(config: Arc<Config>) -> Result<(), AppError> {
         tracing::info!("target lifecycle state is already Terminated; not registering");
         wf.dispatch(Termination::new(&own, Source::ImdsTargetState));
     } else {
-        wait_out_warm_pool(&imds, &identity, &mut signals).await?;
-        register_command(&config).await?;
+        let mut identity = identity.clone();
+        if let Some(state) = wait_out_warm_pool(&imds, &identity, &mut signals).await? {
+            identity.target_lifecycle_state = state;
+        }
+        // The budget starts now: the warm pool may have held the instance for hours.
+        let deadline = Instant::now() + config.agent.register_timeout;
+        register_identity(&config, &identity, Some(client), deadline).await?;
     }
 
     tokio::spawn(Arc::clone(&wf).run(rx, stop.clone()));
@@ -504,18 +508,18 @@ pub async fn run_command(config: Arc<Config>) -> Result<(), AppError> {
 }
 
 /// In a warm pool the instance waits, stopped or running, until Auto Scaling puts it in
-/// service: register only then.
+/// service: register only then. `Some(new state)` when it had to wait.
 async fn wait_out_warm_pool(
     imds: &Imds,
     identity: &InstanceIdentity,
     signals: &mut StopSignals,
-) -> Result<(), AppError> {
+) -> Result<Option<Option<String>>, AppError> {
     let Some(state) = identity
         .target_lifecycle_state
         .clone()
         .filter(|s| is_warm_pool_state(s))
     else {
-        return Ok(());
+        return Ok(None);
     };
     tracing::info!(
         "target lifecycle state is {state}: waiting in the warm pool before registering"
@@ -537,7 +541,7 @@ async fn wait_out_warm_pool(
                     "target lifecycle state is now {}",
                     s.as_deref().unwrap_or("unset")
                 );
-                return Ok(());
+                return Ok(Some(s));
             }
             Err(e) => tracing::debug!("reading the target lifecycle state: {e}"),
         }

@@ -84,6 +84,15 @@ pub struct GroupMembership {
     pub lifecycle_state: Option<String>,
 }
 
+impl GroupMembership {
+    /// `Terminating`, `Terminating:Wait` or `Terminating:Proceed`.
+    pub fn is_terminating(&self) -> bool {
+        self.lifecycle_state
+            .as_deref()
+            .is_some_and(|s| s.starts_with("Terminating"))
+    }
+}
+
 /// A lifecycle hook of a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LifecycleHook {

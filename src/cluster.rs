@@ -66,8 +66,6 @@ pub struct TakeOutPlan {
 /// What taking a host out did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TakeOutReport {
-    /// The actions drover sent, in order (already-done steps are skipped, not listed).
-    pub actions: Vec<String>,
     /// `purged`, or `gone` when the server no longer knows the host.
     pub final_state: String,
 }
@@ -152,10 +150,6 @@ fn next_poll(delay: Duration) -> Duration {
 impl Rancher1 {
     pub fn new(client: RancherClient) -> Rancher1 {
         Rancher1 { client }
-    }
-
-    pub fn client(&self) -> &RancherClient {
-        &self.client
     }
 
     async fn tokens(&self, deadline: Instant) -> Result<Vec<RegistrationToken>, ClusterError> {
@@ -304,7 +298,6 @@ impl ClusterManager for Rancher1 {
                 .await;
                 match sent {
                     Ok(after) => {
-                        report.actions.push(action.to_string());
                         state = after.state;
                         if action == "evacuate" {
                             evacuated = true;

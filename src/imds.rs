@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use aws_config::imds::client::error::ImdsError as SdkImdsError;
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use serde::Deserialize;
 
 /// The instance tag Auto Scaling puts on its members.
@@ -128,13 +128,7 @@ impl Imds {
     ) -> Result<Option<String>, ImdsError> {
         let attempt = || async { self.get(path).await };
         let retried = attempt
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(200))
-                    .with_max_delay(Duration::from_secs(5))
-                    .with_jitter()
-                    .without_max_times(),
-            )
+            .retry(crate::retry::backoff(Duration::from_secs(5)))
             .when(ImdsError::is_transient)
             .notify(|err, wait| {
                 tracing::warn!("IMDS not ready ({err}); retrying in {wait:?}");

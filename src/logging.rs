@@ -49,17 +49,6 @@ pub fn init(config: &LogConfig) {
     let _ = result;
 }
 
-/// Logging before the config is known: errors only, plain text.
-pub fn init_early() -> tracing::subscriber::DefaultGuard {
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new("warn"))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .finish();
-    tracing::subscriber::set_default(subscriber)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,15 +56,6 @@ pub enum RegisterOutcome {
     },
 }
 
-impl RegisterOutcome {
-    pub fn host_id(&self) -> &str {
-        match self {
-            RegisterOutcome::AlreadyActive { host_id } => host_id,
-            RegisterOutcome::Registered { host_id, .. } => host_id,
-        }
-    }
-}
-
 /// The labels for `CATTLE_HOST_LABELS`: the automatic ones first (the agent keeps the first
 /// of a repeated key), then the user's, as a query string.
 pub fn cattle_host_labels(

@@ -22,15 +22,6 @@ pub enum RetryError<E: std::error::Error + 'static> {
     },
 }
 
-impl<E: std::error::Error + 'static> RetryError<E> {
-    pub fn into_inner(self) -> Option<E> {
-        match self {
-            RetryError::Failed(e) => Some(e),
-            RetryError::OutOfTime { .. } => None,
-        }
-    }
-}
-
 /// The backoff every drover retry uses: short first, growing to `max_delay`, with jitter so
 /// that a fleet acting at once does not retry in lockstep.
 pub fn backoff(max_delay: Duration) -> ExponentialBuilder {

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::autoscaling::AutoScaling;
+use crate::autoscaling::{AutoScaling, GroupMembership};
 use crate::cluster::{ClusterManager, TakeOutPlan};
 use crate::config::{Config, LifecycleResult};
 use crate::docker::AgentDocker;
@@ -266,7 +266,6 @@ impl<C: ClusterManager + 'static> Workflow<C> {
 
     async fn handle_inner(&self, t: Termination, span: tracing::Span) -> Outcome {
         let own = t.instance_id == self.own_instance;
-        let timeline = Timeline::default();
         let previous = self.read_record(&t.instance_id);
         if let Some(prev) = previous.as_ref().filter(|r| r.finished()) {
             tracing::info!(source = %t.source, "this instance was already taken out and its hook completed");
@@ -285,11 +284,8 @@ impl<C: ClusterManager + 'static> Workflow<C> {
             started_at: now_rfc3339(),
             ..TakeOutRecord::default()
         });
-        for (at, event) in &record.timeline {
-            if let Ok(mut tl) = timeline.0.lock() {
-                tl.push((at.clone(), event.clone()));
-            }
-        }
+        // A resumed take-out continues the timeline it had.
+        let timeline = Timeline(Arc::new(Mutex::new(record.timeline.clone())));
         if record.group.is_none() {
             record.group = t
                 .group
@@ -320,14 +316,7 @@ impl<C: ClusterManager + 'static> Workflow<C> {
                 Err(e) => {
                     timeline.push(format!("looking the host up failed: {e}"));
                     return self
-                        .finish_failed(
-                            &t,
-                            &mut record,
-                            &timeline,
-                            "find host",
-                            &e.to_string(),
-                            None,
-                        )
+                        .finish_failed(&mut record, &timeline, "find host", &e.to_string(), None)
                         .await;
                 }
             },
@@ -417,7 +406,7 @@ impl<C: ClusterManager + 'static> Workflow<C> {
 
         if let Some((step, error)) = failure {
             return self
-                .finish_failed(&t, &mut record, &timeline, &step, &error, target.as_ref())
+                .finish_failed(&mut record, &timeline, &step, &error, target.as_ref())
                 .await;
         }
         let outcome = self
@@ -447,22 +436,30 @@ impl<C: ClusterManager + 'static> Workflow<C> {
 
     /// Why the group does not confirm that `instance_id` is terminating, if it does not.
     async fn unconfirmed_termination(&self, instance_id: &str) -> Option<String> {
-        let asg = self.asg.as_ref()?;
-        match tokio::time::timeout(FIND_BUDGET, asg.membership(instance_id)).await {
-            Ok(Ok(Some(m))) => {
-                let state = m.lifecycle_state.unwrap_or_default();
-                (!state.starts_with("Terminating")).then(|| {
-                    format!(
-                        "group {} shows {instance_id} {state}, not terminating",
-                        m.group
-                    )
-                })
-            }
+        match self.membership(instance_id).await? {
+            Ok(Some(m)) if !m.is_terminating() => Some(format!(
+                "group {} shows {instance_id} {}, not terminating",
+                m.group,
+                m.lifecycle_state.as_deref().unwrap_or("?")
+            )),
             // Gone from its group: the instance is terminated, its host a ghost to remove.
-            Ok(Ok(None)) => None,
-            Ok(Err(e)) => Some(format!("cannot confirm it with Auto Scaling: {e}")),
-            Err(_) => Some("cannot confirm it: Auto Scaling did not answer".into()),
+            Ok(_) => None,
+            Err(e) => Some(format!("cannot confirm it with Auto Scaling: {e}")),
         }
+    }
+
+    /// The instance's place in its group, bounded; `None` without an Auto Scaling client.
+    async fn membership(
+        &self,
+        instance_id: &str,
+    ) -> Option<Result<Option<GroupMembership>, String>> {
+        let asg = self.asg.as_ref()?;
+        Some(
+            match tokio::time::timeout(FIND_BUDGET, asg.membership(instance_id)).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err("Auto Scaling did not answer".into()),
+            },
+        )
     }
 
     async fn hook_target(
@@ -475,13 +472,8 @@ impl<C: ClusterManager + 'static> Workflow<C> {
         // Asked by hand or by a signal, the instance may not be terminating at all: then no
         // lifecycle action waits, and waiting for one would only hold drover up.
         if matches!(t.source, Source::Command | Source::Signal | Source::Spot) {
-            match tokio::time::timeout(FIND_BUDGET, asg.membership(&t.instance_id)).await {
-                Ok(Ok(Some(m)))
-                    if !m
-                        .lifecycle_state
-                        .as_deref()
-                        .is_some_and(|s| s.starts_with("Terminating")) =>
-                {
+            match self.membership(&t.instance_id).await {
+                Some(Ok(Some(m))) if !m.is_terminating() => {
                     timeline.push(format!(
                         "the instance is {} in group {}; no lifecycle action to complete",
                         m.lifecycle_state.as_deref().unwrap_or("?"),
@@ -489,7 +481,7 @@ impl<C: ClusterManager + 'static> Workflow<C> {
                     ));
                     return None;
                 }
-                Ok(Ok(None)) => {
+                Some(Ok(None)) => {
                     timeline.push(
                         "the instance is in no Auto Scaling group; no lifecycle action to complete",
                     );
@@ -603,14 +595,12 @@ impl<C: ClusterManager + 'static> Workflow<C> {
     /// Taking the host out failed: page, then answer the hook with `on_failure`.
     async fn finish_failed(
         &self,
-        t: &Termination,
         record: &mut TakeOutRecord,
         timeline: &Timeline,
         step: &str,
         error: &str,
         target: Option<&HookTarget>,
     ) -> Outcome {
-        let _ = t;
         self.page(record, timeline, step, error).await;
         let outcome = self
             .answer_hook(record, timeline, target, self.config.lifecycle.on_failure)

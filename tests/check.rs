@@ -30,15 +30,7 @@ async fn every_check_passes_against_the_test_bed() {
         .push(("DROVER_LIFECYCLE_HOOK_NAME".into(), common::HOOK.into()));
     let run = bed.drover(&["check"]).await;
     run.assert_code(0);
-    for name in [
-        "config",
-        "imds",
-        "docker",
-        "rancher",
-        "sqs",
-        "autoscaling",
-        "pager",
-    ] {
+    for name in common::CHECKS {
         assert_eq!(
             mark_of(&run.stdout, name),
             Some("ok"),

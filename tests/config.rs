@@ -171,15 +171,7 @@ fn loose_secret_file_mode_is_a_warning() {
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains("chmod 600"), "{stderr}");
     assert!(!stderr.contains(SECRET) && !stdout.contains(SECRET));
-    for name in [
-        "config",
-        "imds",
-        "docker",
-        "rancher",
-        "sqs",
-        "autoscaling",
-        "pager",
-    ] {
+    for name in common::CHECKS {
         assert!(
             stdout
                 .lines()

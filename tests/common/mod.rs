@@ -19,6 +19,16 @@ pub const ACCESS: &str = "DROVERTESTACCESS";
 pub const ROUTING_KEY: &str = "R0UT1NGKEYdroverTEST0123456789ab";
 pub const GROUP: &str = "crawlers";
 pub const HOOK: &str = "drain";
+/// Every line `drover check` prints, by name.
+pub const CHECKS: [&str; 7] = [
+    "config",
+    "imds",
+    "docker",
+    "rancher",
+    "sqs",
+    "autoscaling",
+    "pager",
+];
 
 /// How the Docker engine of a bed starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
