@@ -215,11 +215,6 @@ level = "debug"
             .env("AWS_ENDPOINT_URL_AUTO_SCALING", self.asg.url())
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_CONFIG_FILE", self.dir.path().join("no-aws-config"))
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                self.dir.path().join("no-aws-creds"),
-            )
             .env("DOCKER_HOST", self.docker.docker_host())
             .args(args)
             .stdin(Stdio::null())

@@ -1489,10 +1489,18 @@ impl Watcher {
                 self.seen.insert(id);
                 continue;
             }
-            let Ok(inspected) = docker.inspect_container(&id, None).await else {
+            let inspected = match docker.inspect_container(&id, None).await {
+                Ok(inspected) => inspected,
                 // Gone already (auto-removed).
-                self.seen.insert(id);
-                continue;
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {
+                    self.seen.insert(id);
+                    continue;
+                }
+                // Any other failure (a busy engine, a dropped connection) is not a verdict
+                // on the container: fail this poll and look again next time.
+                Err(e) => return Err(e),
             };
             let args = inspected.args.clone().unwrap_or_default();
             if !args.first().is_some_and(|a| a.starts_with(prefix)) {
