@@ -227,7 +227,16 @@ async fn a_peer_without_a_host_here_is_handed_back_and_never_deleted() {
         &direct_message(stranger, "11111111-2222-3333-4444-555555555555"),
     )
     .await;
-    run.wait_for("handing it back", LONG).await;
+    // Handed back at once (visibility 0): this drover, the only consumer, receives it
+    // again right away, and hands it back again.
+    eventually("handed back twice", LONG, || {
+        (run.output()
+            .matches("no host of this environment belongs to that instance")
+            .count()
+            >= 2)
+            .then_some(())
+    })
+    .await;
     // A message for a peer whose host is here but which its group shows in service is a
     // forgery (or a mistake): the peer's host stays, and so does the message.
     let (healthy, healthy_host) = peer(&bed, 7);
@@ -245,9 +254,6 @@ async fn a_peer_without_a_host_here_is_handed_back_and_never_deleted() {
     assert_eq!(healthy_host.history, vec!["active".to_string()]);
     run.signal(Signal::SIGTERM);
     assert_eq!(run.wait(LONG).await, Some(0));
-    // Handed back at once: visible again right away.
-    let received = moto.receive(&queue, 1).await;
-    assert!(!received.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
