@@ -386,8 +386,19 @@ async fn workflow(
 }
 
 /// `drover deregister`: take this host out now and complete its lifecycle action.
-pub async fn deregister_command(config: Arc<Config>) -> Result<(), AppError> {
+pub async fn deregister_command(config: Arc<Config>, if_going_away: bool) -> Result<(), AppError> {
     let imds = Imds::new();
+    if if_going_away {
+        match machine_going_away(&imds).await {
+            Some(why) => tracing::info!("taking the host out: {why}"),
+            None => {
+                tracing::info!(
+                    "the machine is not going away (no termination, no Spot notice, no power-off): the host stays registered"
+                );
+                return Ok(());
+            }
+        }
+    }
     let identity = imds.identity(Duration::from_secs(60)).await?;
     let client = connect_rancher(&config, Instant::now() + Duration::from_secs(120)).await?;
     let wf = workflow(&config, &identity, client).await?;
@@ -409,6 +420,14 @@ fn notify_systemd(state: sd_notify::NotifyState<'_>) {
     }
 }
 
+/// Asks systemd for `budget` more time in the current phase (start or stop), so that a
+/// config with longer timeouts than the unit's defaults is not killed half-way. systemd only
+/// ever extends, never shortens, the unit's own timeout.
+fn extend_systemd_timeout(budget: Duration) {
+    let usec = u32::try_from(budget.as_micros()).unwrap_or(u32::MAX);
+    notify_systemd(sd_notify::NotifyState::ExtendTimeoutUsec(usec));
+}
+
 /// `drover run`: register, tell systemd, watch every termination source, take the host out
 /// on the first one, and stay up until SIGTERM.
 pub async fn run_command(config: Arc<Config>) -> Result<(), AppError> {
@@ -419,6 +438,9 @@ pub async fn run_command(config: Arc<Config>) -> Result<(), AppError> {
     let identity = imds.identity(config.agent.register_timeout).await?;
     let own = identity.instance_id.clone();
 
+    // Start-up may take register_timeout plus an image pull; more than the unit's
+    // TimeoutStartSec when an operator raised register_timeout.
+    extend_systemd_timeout(config.agent.register_timeout + Duration::from_secs(300));
     let (tx, rx) = mpsc::channel::<Termination>(64);
     let stop = CancellationToken::new();
     // One client serves registration and the workflow.
@@ -446,8 +468,16 @@ pub async fn run_command(config: Arc<Config>) -> Result<(), AppError> {
         wf.dispatch(Termination::new(&own, Source::ImdsTargetState));
     } else {
         let mut identity = identity.clone();
-        if let Some(state) = wait_out_warm_pool(&imds, &identity, &mut signals).await? {
-            identity.target_lifecycle_state = state;
+        match wait_out_warm_pool(&imds, &identity, &mut signals).await {
+            WarmPoolWait::NotInPool => {}
+            WarmPoolWait::LeftPool(state) => identity.target_lifecycle_state = state,
+            // Auto Scaling stops a Warmed:Stopped instance: a clean stop, nothing to undo.
+            WarmPoolWait::Stopped(name) => {
+                tracing::info!(
+                    "{name} while waiting in the warm pool: stopping; nothing was registered"
+                );
+                return Ok(());
+            }
         }
         // The budget starts now: the warm pool may have held the instance for hours.
         let deadline = Instant::now() + config.agent.register_timeout;
@@ -473,6 +503,7 @@ pub async fn run_command(config: Arc<Config>) -> Result<(), AppError> {
         ));
     }
     notify_systemd(sd_notify::NotifyState::Ready);
+    notify_systemd(sd_notify::NotifyState::Status("watching for termination"));
     tracing::info!("watching for termination");
 
     let name = signals.next().await;
@@ -490,6 +521,8 @@ pub async fn run_command(config: Arc<Config>) -> Result<(), AppError> {
         None => tracing::info!("{name}: stopping; the host stays registered"),
         Some(why) => {
             tracing::info!("{name}: taking the host out before stopping ({why})");
+            notify_systemd(sd_notify::NotifyState::Status("taking the host out"));
+            extend_systemd_timeout(stop_budget(&config));
             let (t, reply) = Termination::new(&own, Source::Signal).with_reply();
             if tx.send(t).await.is_ok() {
                 // Bounded: the workflow gives up after drain_timeout plus its completion
@@ -503,32 +536,59 @@ pub async fn run_command(config: Arc<Config>) -> Result<(), AppError> {
     }
     // No new work; what is under way finishes (bounded), then drover exits.
     stop.cancel();
-    wf.wait_idle(Duration::from_secs(90)).await;
+    wf.wait_idle(STOP_WAIT).await;
     Ok(())
 }
 
+/// The most a take-out at stop can take: draining, completing the lifecycle action,
+/// paging, then the wait for take-outs of peers under way. drover.service's TimeoutStopSec
+/// covers this for the default drain_timeout.
+pub fn stop_budget(config: &Config) -> Duration {
+    config.lifecycle.drain_timeout
+        + crate::workflow::COMPLETE_BUDGET
+        + crate::workflow::PAGE_BUDGET
+        + STOP_WAIT
+}
+
+/// How long `run` waits, on stop, for take-outs under way to finish.
+const STOP_WAIT: Duration = Duration::from_secs(90);
+
+/// How a wait in the warm pool ended.
+enum WarmPoolWait {
+    /// The instance was not in a warm pool.
+    NotInPool,
+    /// Auto Scaling took it out of the pool; its new target lifecycle state.
+    LeftPool(Option<String>),
+    /// A stop signal came first (Auto Scaling stopping a `Warmed:Stopped` instance).
+    Stopped(&'static str),
+}
+
 /// In a warm pool the instance waits, stopped or running, until Auto Scaling puts it in
-/// service: register only then. `Some(new state)` when it had to wait.
+/// service: register only then.
 async fn wait_out_warm_pool(
     imds: &Imds,
     identity: &InstanceIdentity,
     signals: &mut StopSignals,
-) -> Result<Option<Option<String>>, AppError> {
+) -> WarmPoolWait {
     let Some(state) = identity
         .target_lifecycle_state
         .clone()
         .filter(|s| is_warm_pool_state(s))
     else {
-        return Ok(None);
+        return WarmPoolWait::NotInPool;
     };
     tracing::info!(
         "target lifecycle state is {state}: waiting in the warm pool before registering"
     );
+    // Ready now, not after registration: a start job pending for hours would hold up boot
+    // (multi-user.target waits for it) and the operator's own launch steps with it.
+    notify_systemd(sd_notify::NotifyState::Ready);
+    notify_systemd(sd_notify::NotifyState::Status(&format!(
+        "waiting in the warm pool ({state})"
+    )));
     loop {
         tokio::select! {
-            name = signals.next() => {
-                return Err(AppError::Setup(format!("{name} while waiting in the warm pool")));
-            }
+            name = signals.next() => return WarmPoolWait::Stopped(name),
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
         match imds
@@ -541,9 +601,61 @@ async fn wait_out_warm_pool(
                     "target lifecycle state is now {}",
                     s.as_deref().unwrap_or("unset")
                 );
-                return Ok(Some(s));
+                return WarmPoolWait::LeftPool(s);
             }
             Err(e) => tracing::debug!("reading the target lifecycle state: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Sources;
+
+    fn default_config() -> Config {
+        let env = [
+            ("DROVER_RANCHER_URL", "https://rancher.example.com"),
+            ("DROVER_RANCHER_PROJECT_ID", "1a5"),
+            ("DROVER_RANCHER_ACCESS_KEY", "AK"),
+            ("DROVER_RANCHER_SECRET_KEY", "SK"),
+        ];
+        Config::load(Sources {
+            path: "/nonexistent/drover.toml".into(),
+            path_explicit: false,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            overrides: &[],
+        })
+        .expect("defaults load")
+    }
+
+    /// The value of `key` in a unit file, as a duration.
+    fn unit_duration(unit: &str, key: &str) -> Duration {
+        let value = unit
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} in the unit"));
+        humantime::parse_duration(value.trim()).expect("a systemd time span humantime reads")
+    }
+
+    #[test]
+    fn the_units_stop_timeout_covers_a_take_out_with_default_config() {
+        let budget = stop_budget(&default_config());
+        for unit in [
+            include_str!("../packaging/systemd/drover.service"),
+            include_str!("../packaging/systemd/drover-oneshot.service"),
+        ] {
+            let stop = unit_duration(unit, "TimeoutStopSec");
+            assert!(stop > budget, "TimeoutStopSec {stop:?} <= {budget:?}");
+            let start = unit_duration(unit, "TimeoutStartSec");
+            let register = default_config().agent.register_timeout;
+            assert!(
+                start > register,
+                "TimeoutStartSec {start:?} <= {register:?}"
+            );
         }
     }
 }

@@ -1,13 +1,16 @@
 //! Command-line arguments, parsed and checked only; nothing here does I/O.
+//!
+//! `packaging/assets` includes this file to generate the man page and shell completions, so
+//! it uses nothing from the crate but clap.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// drover joins an EC2 container host to a Rancher 1.x environment at boot and takes it out
+/// Joins an EC2 container host to a Rancher 1.x environment at boot and takes it out
 /// cleanly when Auto Scaling terminates the instance.
 #[derive(Debug, Parser)]
-#[command(name = "drover", version, about, long_about = None)]
+#[command(name = "drover", version)]
 pub struct Cli {
     /// Config file (TOML). Default: /etc/drover/drover.toml, which may be absent when every
     /// required key comes from DROVER_<SECTION>_<KEY> variables.
@@ -30,7 +33,13 @@ pub enum Command {
     Register,
     /// One-shot: take this host out of Rancher (evacuate if configured, deactivate, remove,
     /// purge), stop the local agent, complete the lifecycle action, page on failure.
-    Deregister,
+    Deregister {
+        /// Only when the machine is going away: its target lifecycle state is Terminated, a
+        /// Spot interruption is pending, or systemd is powering off or halting (not
+        /// rebooting). Otherwise exit 0 and leave the host registered. For ExecStop= lines.
+        #[arg(long)]
+        if_going_away: bool,
+    },
     /// The resident daemon: register, notify systemd, watch every termination source, take
     /// the host out on the first one, stay up until SIGTERM.
     Run,

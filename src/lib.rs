@@ -85,7 +85,9 @@ pub fn main_entry() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Register => app::register_command(&config).await,
-            Command::Deregister => app::deregister_command(config.clone()).await,
+            Command::Deregister { if_going_away } => {
+                app::deregister_command(config.clone(), if_going_away).await
+            }
             Command::Run => app::run_command(config.clone()).await,
             Command::Check => app::check_command(&config).await,
         }

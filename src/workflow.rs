@@ -26,9 +26,9 @@ use crate::termination::{Outcome, Source, Termination};
 
 /// Budget for completing the lifecycle action once the take-out has ended. The group may
 /// lag `Terminating:Wait` by a while; heartbeats keep the action alive meanwhile.
-const COMPLETE_BUDGET: Duration = Duration::from_secs(300);
+pub const COMPLETE_BUDGET: Duration = Duration::from_secs(300);
 /// Budget for paging, so that paging never holds the hook for long.
-const PAGE_BUDGET: Duration = Duration::from_secs(30);
+pub const PAGE_BUDGET: Duration = Duration::from_secs(30);
 /// Budget for finding a host before anything else.
 const FIND_BUDGET: Duration = Duration::from_secs(60);
 

@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use common::{all_files_text, Bed, BedOptions, DockerMode, ACCESS, SECRET};
+use nix::sys::signal::Signal;
 use testbed::imds::ImdsOptions;
 use testbed::rancher::{HostSpec, RancherOptions};
+
+const LONG: Duration = Duration::from_secs(60);
 
 fn env_of(seen: &testbed::rancher::BootstrapSeen, name: &str) -> Option<String> {
     seen.env
@@ -283,6 +286,39 @@ async fn warm_pool_instance_is_not_registered() {
     assert!(bed.rancher.bootstraps_seen().is_empty());
     assert!(bed.rancher.requests().is_empty(), "Rancher not even asked");
     assert!(bed.registration().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_waits_in_the_warm_pool_registers_in_service_and_stops_cleanly_there() {
+    let mut bed = Bed::with(BedOptions {
+        imds: ImdsOptions {
+            target_lifecycle_state: Some("Warmed:Running".into()),
+            ..ImdsOptions::default()
+        },
+        ..BedOptions::default()
+    })
+    .await;
+    bed.extra_env
+        .push(("DROVER_LIFECYCLE_IMDS_POLL".into(), "0s".into()));
+
+    // Auto Scaling stops the instance while it waits: a clean exit, nothing registered,
+    // so that systemd doesn't mark the unit failed on every parked instance.
+    let mut run = bed.spawn(&["run"]);
+    run.wait_for("waiting in the warm pool", LONG).await;
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(LONG).await, Some(0), "{}", run.output());
+    assert!(run.output().contains("nothing was registered"));
+    assert!(bed.rancher.bootstraps_seen().is_empty());
+
+    // Put in service while drover waits: it registers then.
+    let mut run = bed.spawn(&["run"]);
+    run.wait_for("waiting in the warm pool", LONG).await;
+    bed.imds.set_target_lifecycle_state(Some("InService"));
+    run.wait_for("watching for termination", LONG).await;
+    assert_eq!(bed.my_hosts().len(), 1);
+    assert!(bed.registration().is_some());
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(LONG).await, Some(0), "{}", run.output());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

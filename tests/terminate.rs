@@ -552,6 +552,41 @@ async fn deregister_takes_the_host_out_and_is_idempotent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deregister_if_going_away_acts_only_when_the_machine_goes() {
+    // The one-shot unit's ExecStop: a reboot or a plain stop keeps the host.
+    let bed = Bed::start().await;
+    let host_id = bed.register().await;
+    let stay = bed.drover(&["deregister", "--if-going-away"]).await;
+    stay.assert_code(0);
+    assert!(
+        stay.stderr.contains("the host stays registered"),
+        "{}",
+        stay.stderr
+    );
+    assert_eq!(bed.rancher.host(&host_id).expect("host").state, "active");
+    assert!(bed
+        .rancher
+        .requests()
+        .iter()
+        .all(|r| !r.query.contains("action=")));
+
+    // Terminating per IMDS: the host goes and the hook is completed.
+    bed.asg.begin_termination(&bed.instance_id, Duration::ZERO);
+    bed.imds.set_target_lifecycle_state(Some("Terminated"));
+    let go = bed.drover(&["deregister", "--if-going-away"]).await;
+    go.assert_code(0);
+    assert!(
+        go.stderr.contains("target lifecycle state is Terminated"),
+        "{}",
+        go.stderr
+    );
+    assert_eq!(bed.rancher.host(&host_id).expect("host").state, "purged");
+    let done = completions_of(&bed, &bed.instance_id);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].result, "CONTINUE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_on_sigterm_deregister_takes_the_host_out_first() {
     let mut bed = Bed::start().await;
     bed.extra_env
