@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test bed needs on a fresh Debian machine (as root), and nothing that is
 # already there: Docker's engine (the tests start private ones), busybox-static (the stand-in
-# rancher/agent image is built from it) and moto in a venv (a real SQS).
+# rancher/agent image is built from it), moto in a venv (a real SQS), and the real tools the
+# packaging tests run: systemd-analyze, cloud-init, rpm, debootstrap, python-hcl2, cargo-deb
+# and cargo-generate-rpm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +12,10 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v docker >/dev/null 2>&1 || need+=(docker.io)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v tar >/dev/null 2>&1 || need+=(tar)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v cloud-init >/dev/null 2>&1 || need+=(cloud-init)
+command -v rpm >/dev/null 2>&1 || need+=(rpm)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 if [ ${#need[@]} -gt 0 ]; then
     echo "testbed-setup: installing ${need[*]}"
     apt-get update -qq
@@ -21,4 +27,27 @@ if [ ! -x "$venv/bin/moto_server" ]; then
     echo "testbed-setup: creating $venv with moto"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5,<6'
+fi
+if ! "$venv/bin/python" -c 'import hcl2' 2>/dev/null; then
+    echo "testbed-setup: adding python-hcl2 to $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check 'python-hcl2>=7,<9'
+fi
+
+# Packaging tools, pinned, in the repo's own cargo root so that nothing global changes.
+tools=.testbed/cargo
+if [ ! -x "$tools/bin/cargo-deb" ] || [ ! -x "$tools/bin/cargo-generate-rpm" ]; then
+    echo "testbed-setup: building cargo-deb and cargo-generate-rpm into $tools"
+    cargo install -q --locked --root "$tools" cargo-deb@3.8.0 cargo-generate-rpm@0.21.1
+fi
+
+# A scratch Debian root (minbase plus systemd) that the package tests install the .deb into
+# (with dpkg --root) and run systemd-analyze verify against. Built once, copied per test.
+rootfs=.testbed/rootfs
+if [ ! -x "$rootfs/usr/bin/systemd-analyze" ]; then
+    echo "testbed-setup: debootstrapping a scratch Debian root into $rootfs"
+    rm -rf "$rootfs" "$rootfs.partial"
+    suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+    debootstrap --variant=minbase --include=systemd "$suite" "$rootfs.partial" \
+        http://deb.debian.org/debian >/dev/null
+    mv "$rootfs.partial" "$rootfs"
 fi

@@ -1171,3 +1171,35 @@ secret_key = "s3cr3t-value"
         assert!(e.contains("--set"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod documented {
+    use super::KEYS;
+
+    /// Every key is in the man page and in the package's default config, so that an
+    /// operator never meets a key only in the source.
+    #[test]
+    fn every_key_is_in_the_man_page_and_the_packaged_config() {
+        let manual = include_str!("../packaging/assets/src/manual.roff");
+        let template = include_str!("../packaging/drover.toml");
+        for (section, key, _) in KEYS {
+            assert!(
+                manual.contains(&format!(".SS \"[{section}]\"")),
+                "man page lacks [{section}]"
+            );
+            assert!(
+                manual
+                    .lines()
+                    .any(|l| l.starts_with(".B") && l.split([' ', ',', '"']).any(|w| w == *key)),
+                "man page lacks {section}.{key}"
+            );
+            // The template shows the *_file form of the two secrets only.
+            if *key != "secret_key" && *key != "pagerduty_routing_key" {
+                assert!(
+                    template.contains(&format!("# {key} =")),
+                    "packaging/drover.toml lacks {section}.{key}"
+                );
+            }
+        }
+    }
+}

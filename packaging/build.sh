@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds the release packages: target/debian/drover_<version>-1_<arch>.deb and
+# target/generate-rpm/drover-<version>-1.<arch>.rpm.
+#
+#   packaging/build.sh            both
+#   packaging/build.sh deb        only the .deb (or: rpm)
+#
+# Needs cargo-deb and cargo-generate-rpm (scripts/testbed-setup.sh builds pinned versions
+# into .testbed/cargo/bin; `cargo install cargo-deb cargo-generate-rpm` works too) and
+# `strip`. The binary links against glibc: build on the oldest distribution you deploy to
+# (Debian 12 gives glibc 2.34+: Amazon Linux 2023, Ubuntu 22.04+, RHEL 9+).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+what=${1:-all}
+case $what in all | deb | rpm) ;; *) echo "usage: $0 [deb|rpm]" >&2; exit 2 ;; esac
+
+export PATH="$PWD/.testbed/cargo/bin:$PATH"
+target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+
+cargo build --release --locked -p drover
+# The release profile strips already; strip again in case a profile override kept symbols.
+strip -s "$target/release/drover"
+# Man pages and completions from the same clap definitions as the binary.
+cargo run --release --locked -q -p drover-assets -- "$target/release/dist"
+
+if [ "$what" != rpm ]; then
+    cargo deb -p drover --no-build --locked
+fi
+if [ "$what" != deb ]; then
+    cargo generate-rpm -p .
+fi
+ls -l "$target"/debian/*.deb "$target"/generate-rpm/*.rpm 2>/dev/null || true

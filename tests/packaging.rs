@@ -1,0 +1,723 @@
+//! The packages end to end: a .deb built by cargo-deb and an .rpm built by
+//! cargo-generate-rpm from the Cargo metadata and `packaging/`, checked with the real tools
+//! (dpkg-deb, dpkg --root, rpm, systemd-analyze, man), installed into a scratch Debian root
+//! and removed again.
+//!
+//! The packages carry the binary these tests were built with (stripped), not a release
+//! build: what is checked here is the packaging, and a second optimised build of the AWS
+//! SDK would double the test command's time. `packaging/build.sh` makes the release ones.
+//! The tools come from `scripts/testbed-setup.sh`.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(ROOT).join(path)
+}
+
+fn setup_hint(what: &str) -> String {
+    format!("{what} is missing: run scripts/testbed-setup.sh (the test command does)")
+}
+
+/// Runs a command and returns its output; panics with both streams when it fails.
+fn run(cmd: &mut Command) -> Output {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    assert!(
+        out.status.success(),
+        "{shown} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(cmd: &mut Command) -> String {
+    String::from_utf8_lossy(&run(cmd).stdout).into_owned()
+}
+
+/// The packages, built once per test run.
+struct Packages {
+    deb: PathBuf,
+    /// The same package with a higher revision, for the upgrade.
+    deb_next: PathBuf,
+    rpm: PathBuf,
+    /// The same package with a higher release, for the upgrade.
+    rpm_next: PathBuf,
+}
+
+fn packages() -> &'static Packages {
+    static BUILT: OnceLock<Packages> = OnceLock::new();
+    BUILT.get_or_init(build_packages)
+}
+
+fn build_packages() -> Packages {
+    let tools = repo(".testbed/cargo/bin");
+    let (cargo_deb, cargo_rpm) = (tools.join("cargo-deb"), tools.join("cargo-generate-rpm"));
+    for tool in [&cargo_deb, &cargo_rpm] {
+        assert!(tool.exists(), "{}", setup_hint(&tool.display().to_string()));
+    }
+    // A target dir of its own, laid out as the package metadata expects (target/release).
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("packages");
+    let _ = std::fs::remove_dir_all(&target);
+    let release = target.join("release");
+    std::fs::create_dir_all(&release).expect("package target dir");
+    let binary = release.join("drover");
+    std::fs::copy(env!("CARGO_BIN_EXE_drover"), &binary).expect("copy the binary");
+    run(Command::new("strip").arg("-s").arg(&binary));
+
+    // Man pages and completions, from the same clap definitions, by the same generator
+    // packaging/build.sh runs; in a target dir of its own so that it never waits for the
+    // lock of the one this test runs from.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo)
+        .current_dir(ROOT)
+        .env("CARGO_TARGET_DIR", target.join("assets-build"))
+        .args(["run", "-q", "-p", "drover-assets", "--"])
+        .arg(release.join("dist")));
+
+    let deb_out = target.join("deb");
+    let deb_next_out = target.join("deb-next");
+    let rpm_out = target.join("rpm");
+    let rpm_next_out = target.join("rpm-next");
+    // Existing directories: the tools take a path that isn't one as the file name.
+    for dir in [&deb_out, &deb_next_out, &rpm_out, &rpm_next_out] {
+        std::fs::create_dir_all(dir).expect("package output dir");
+    }
+    run(Command::new(&cargo_deb)
+        .current_dir(ROOT)
+        .env("CARGO_TARGET_DIR", &target)
+        .args(["-p", "drover", "--no-build", "--fast", "--output"])
+        .arg(&deb_out));
+    run(Command::new(&cargo_deb)
+        .current_dir(ROOT)
+        .env("CARGO_TARGET_DIR", &target)
+        .args([
+            "-p",
+            "drover",
+            "--no-build",
+            "--fast",
+            "--deb-revision",
+            "2",
+            "--output",
+        ])
+        .arg(&deb_next_out));
+    run(Command::new(&cargo_rpm)
+        .current_dir(ROOT)
+        .env("CARGO_TARGET_DIR", &target)
+        .args(["-p", ".", "--payload-compress", "gzip", "-o"])
+        .arg(&rpm_out));
+    run(Command::new(&cargo_rpm)
+        .current_dir(ROOT)
+        .env("CARGO_TARGET_DIR", &target)
+        .args(["-p", ".", "--payload-compress", "gzip"])
+        .args(["--set-metadata", "release = \"2\""])
+        .arg("-o")
+        .arg(&rpm_next_out));
+
+    let only = |dir: &Path, ext: &str| -> PathBuf {
+        let found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .expect("package output dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == ext))
+            .collect();
+        assert_eq!(found.len(), 1, "one .{ext} in {}: {found:?}", dir.display());
+        found[0].clone()
+    };
+    Packages {
+        deb: only(&deb_out, "deb"),
+        deb_next: only(&deb_next_out, "deb"),
+        rpm: only(&rpm_out, "rpm"),
+        rpm_next: only(&rpm_next_out, "rpm"),
+    }
+}
+
+/// A throwaway copy of the scratch Debian root (minbase plus systemd) from the setup.
+fn scratch_root() -> tempfile::TempDir {
+    let pristine = repo(".testbed/rootfs");
+    assert!(
+        pristine.join("usr/bin/systemd-analyze").exists(),
+        "{}",
+        setup_hint(".testbed/rootfs")
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("drover-root-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temp dir");
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", pristine.display()))
+        .arg(dir.path()));
+    dir
+}
+
+fn dpkg(root: &Path, args: &[&str]) -> Output {
+    run(Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(args))
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Every path under `root`, relative, except the package manager's own records and logs.
+fn tree(root: &Path) -> BTreeSet<String> {
+    let listing = stdout(
+        Command::new("find")
+            .arg(".")
+            .current_dir(root)
+            .args(["-path", "./var/lib/dpkg", "-prune", "-o"])
+            .args(["-path", "./var/log", "-prune", "-o"])
+            .args(["-path", "./proc", "-prune", "-o", "-print"]),
+    );
+    listing.lines().map(str::to_string).collect()
+}
+
+/// `systemd-analyze verify` of the installed units, inside the root: it must print
+/// nothing, since it exits 0 on some errors.
+fn verify_units(root: &Path, units: &[&str]) -> String {
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", root.display()))
+        .args(units)
+        // The man page check (Documentation=man:drover(1)) looks in the root's pages.
+        .env("MANPATH", root.join("usr/share/man"))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", setup_hint("systemd-analyze")));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn deb_carries_the_binary_units_config_man_pages_and_completions_with_the_right_modes() {
+    let deb = &packages().deb;
+    let listing = stdout(Command::new("dpkg-deb").arg("--contents").arg(deb));
+    let entry = |path: &str| -> (String, String) {
+        let line = listing
+            .lines()
+            .find(|l| l.ends_with(&format!(".{path}")))
+            .unwrap_or_else(|| panic!("{path} is not in the .deb:\n{listing}"));
+        let mut fields = line.split_whitespace();
+        let perms = fields.next().unwrap_or_default().to_string();
+        let owner = fields.next().unwrap_or_default().to_string();
+        (perms, owner)
+    };
+    let expect = [
+        ("/usr/bin/drover", "-rwxr-xr-x"),
+        ("/etc/drover/drover.toml", "-rw-------"),
+        ("/usr/libexec/drover/fetch-secret", "-rwxr-xr-x"),
+        ("/usr/lib/systemd/system/drover.service", "-rw-r--r--"),
+        (
+            "/usr/lib/systemd/system/drover-oneshot.service",
+            "-rw-r--r--",
+        ),
+        ("/usr/share/man/man1/drover.1", "-rw-r--r--"),
+        ("/usr/share/man/man1/drover-run.1", "-rw-r--r--"),
+        ("/usr/share/man/man1/drover-register.1", "-rw-r--r--"),
+        ("/usr/share/man/man1/drover-deregister.1", "-rw-r--r--"),
+        ("/usr/share/man/man1/drover-check.1", "-rw-r--r--"),
+        (
+            "/usr/share/bash-completion/completions/drover",
+            "-rw-r--r--",
+        ),
+        ("/usr/share/zsh/vendor-completions/_drover", "-rw-r--r--"),
+        (
+            "/usr/share/fish/vendor_completions.d/drover.fish",
+            "-rw-r--r--",
+        ),
+    ];
+    for (path, perms) in expect {
+        assert_eq!(
+            entry(path),
+            (perms.to_string(), "0/0".to_string()),
+            "{path}"
+        );
+    }
+    // The units are the files in packaging/, byte for byte.
+    let extract = tempfile::tempdir().expect("temp dir");
+    run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(deb)
+        .arg(extract.path()));
+    for unit in ["drover.service", "drover-oneshot.service"] {
+        let packaged = std::fs::read(extract.path().join("usr/lib/systemd/system").join(unit));
+        let source = std::fs::read(repo("packaging/systemd").join(unit));
+        assert_eq!(packaged.ok(), source.ok(), "{unit}");
+    }
+
+    let field = |name: &str| stdout(Command::new("dpkg-deb").arg("-f").arg(deb).arg(name));
+    assert_eq!(field("Package").trim(), "drover");
+    assert_eq!(field("Version").trim(), format!("{VERSION}-1"));
+    assert!(field("Depends").contains("libc6"), "{}", field("Depends"));
+
+    let control = tempfile::tempdir().expect("temp dir");
+    run(Command::new("dpkg-deb")
+        .arg("-e")
+        .arg(deb)
+        .arg(control.path()));
+    let read = |name: &str| std::fs::read_to_string(control.path().join(name)).unwrap_or_default();
+    // Only the config is a conffile: an upgrade never overwrites it.
+    assert_eq!(read("conffiles").trim(), "/etc/drover/drover.toml");
+    // Enabled on install, never started by the package; only a running one is restarted
+    // on upgrade, and removal stops it.
+    let postinst = read("postinst");
+    assert!(
+        postinst.contains("deb-systemd-helper enable drover.service"),
+        "{postinst}"
+    );
+    assert!(!postinst.contains("deb-systemd-helper enable drover-oneshot.service\n\telse"));
+    assert!(
+        postinst.contains("try-restart drover.service"),
+        "{postinst}"
+    );
+    for forbidden in ["invoke start", "invoke restart", "systemctl start"] {
+        assert!(
+            !postinst.contains(forbidden),
+            "postinst starts drover:\n{postinst}"
+        );
+    }
+    assert!(read("prerm").contains("stop drover"), "{}", read("prerm"));
+}
+
+#[test]
+fn deb_installs_into_a_scratch_root_enabled_but_not_started_upgrades_and_purges_cleanly() {
+    let pkgs = packages();
+    let root = scratch_root();
+    let root = root.path();
+    let before = tree(root);
+
+    dpkg(root, &["--install", &pkgs.deb.display().to_string()]);
+    // Enabled for the next boot (the image bake), and nothing started: there is no
+    // systemd running in the root, and the scripts never start it anyway.
+    let wants = root.join("etc/systemd/system/multi-user.target.wants");
+    assert!(
+        wants.join("drover.service").symlink_metadata().is_ok(),
+        "drover.service is not enabled"
+    );
+    assert!(
+        wants
+            .join("drover-oneshot.service")
+            .symlink_metadata()
+            .is_err(),
+        "the one-shot variant must ship disabled"
+    );
+    assert_eq!(mode(&root.join("etc/drover")), 0o700);
+    assert_eq!(mode(&root.join("etc/drover/drover.toml")), 0o600);
+    assert!(!root.join("var/lib/drover/registration.json").exists());
+
+    // The binary runs from the root, with the root's own libraries.
+    let version = stdout(
+        Command::new("chroot")
+            .arg(root)
+            .args(["/usr/bin/drover", "--version"]),
+    );
+    assert_eq!(version.trim(), format!("drover {VERSION}"));
+    // The package's default config is valid TOML that names what is missing: exit 2.
+    let out = Command::new("chroot")
+        .arg(root)
+        .args(["/usr/bin/drover", "check"])
+        .output()
+        .expect("drover check in the root");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rancher.url"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let verify = verify_units(root, &["drover.service", "drover-oneshot.service"]);
+    assert!(verify.is_empty(), "systemd-analyze verify:\n{verify}");
+
+    // An operator's config survives an upgrade.
+    let config = root.join("etc/drover/drover.toml");
+    let mine = "[rancher]\nurl = \"https://rancher.internal\"\n";
+    std::fs::write(&config, mine).expect("edit the config");
+    dpkg(
+        root,
+        &[
+            "--install",
+            "--force-confdef",
+            &pkgs.deb_next.display().to_string(),
+        ],
+    );
+    assert_eq!(std::fs::read_to_string(&config).ok().as_deref(), Some(mine));
+    assert_eq!(mode(&config), 0o600);
+    let status = stdout(
+        Command::new("dpkg-query")
+            .arg(format!(
+                "--admindir={}",
+                root.join("var/lib/dpkg").display()
+            ))
+            .args(["-W", "-f", "${Version} ${Status}", "drover"]),
+    );
+    assert_eq!(status, format!("{VERSION}-2 install ok installed"));
+
+    // Remove keeps the config (a conffile); purge leaves the root as it was.
+    dpkg(root, &["--remove", "drover"]);
+    assert!(!root.join("usr/bin/drover").exists());
+    assert!(config.exists(), "remove must keep the conffile");
+    dpkg(root, &["--purge", "drover"]);
+    let after = tree(root);
+    let added: Vec<_> = after.difference(&before).collect();
+    let lost: Vec<_> = before.difference(&after).collect();
+    assert!(
+        added.is_empty() && lost.is_empty(),
+        "purge left {added:?} and lost {lost:?}"
+    );
+}
+
+#[test]
+fn systemd_analyze_verify_speaks_up_about_a_broken_unit() {
+    // The control for the check above: a unit with an error must produce output.
+    let pkgs = packages();
+    let root = scratch_root();
+    let root = root.path();
+    dpkg(root, &["--install", &pkgs.deb.display().to_string()]);
+    let unit = root.join("etc/systemd/system/drover-broken.service");
+    let text = std::fs::read_to_string(repo("packaging/systemd/drover.service"))
+        .expect("the unit")
+        .replace("Type=notify", "Type=notifyy")
+        .replace(
+            "ExecStart=/usr/bin/drover run",
+            "ExecStart=/usr/bin/drovr run",
+        );
+    std::fs::write(&unit, text).expect("write the broken unit");
+    let verify = verify_units(root, &["drover-broken.service"]);
+    assert!(verify.contains("notifyy"), "{verify}");
+    assert!(verify.contains("drovr"), "{verify}");
+}
+
+#[test]
+fn rpm_carries_the_same_files_with_config_noreplace_and_scriptlets_that_never_start() {
+    let rpm = &packages().rpm;
+    let query = |format: &str| {
+        stdout(
+            Command::new("rpm")
+                .args(["-qp", "--nosignature", "--qf", format])
+                .arg(rpm),
+        )
+    };
+    assert_eq!(query("%{NAME} %{VERSION}"), format!("drover {VERSION}"));
+    let files = query(
+        "[%{FILENAMES} %{FILEMODES:perms} %{FILEUSERNAME}:%{FILEGROUPNAME} %{FILEFLAGS:fflags}\\n]",
+    );
+    let entry = |path: &str| -> Vec<String> {
+        files
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(path))
+            .unwrap_or_else(|| panic!("{path} is not in the .rpm:\n{files}"))
+            .split_whitespace()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(entry("/usr/bin/drover")[..2], ["-rwxr-xr-x", "root:root"]);
+    // %config(noreplace): an upgrade leaves an edited config alone.
+    assert_eq!(
+        entry("/etc/drover/drover.toml"),
+        ["-rw-------", "root:root", "cn"]
+    );
+    assert_eq!(entry("/usr/libexec/drover/fetch-secret")[0], "-rwxr-xr-x");
+    for unit in ["drover.service", "drover-oneshot.service"] {
+        assert_eq!(
+            entry(&format!("/usr/lib/systemd/system/{unit}"))[0],
+            "-rw-r--r--"
+        );
+    }
+    for page in [
+        "drover",
+        "drover-run",
+        "drover-register",
+        "drover-deregister",
+        "drover-check",
+    ] {
+        entry(&format!("/usr/share/man/man1/{page}.1"));
+    }
+    entry("/usr/share/bash-completion/completions/drover");
+    entry("/usr/share/zsh/site-functions/_drover");
+    entry("/usr/share/fish/vendor_completions.d/drover.fish");
+
+    let scripts = stdout(
+        Command::new("rpm")
+            .args(["-qp", "--nosignature", "--scripts"])
+            .arg(rpm),
+    );
+    assert!(scripts.contains("enable drover.service"), "{scripts}");
+    assert!(scripts.contains("try-restart drover.service"), "{scripts}");
+    assert!(!scripts.contains("systemctl start"), "{scripts}");
+    assert!(!scripts.contains("enable --now"), "{scripts}");
+}
+
+/// man's output without the overstrike (`X\bX`) it uses for bold when not on a terminal.
+fn plain(bytes: &[u8]) -> String {
+    let mut out: Vec<char> = Vec::new();
+    for c in String::from_utf8_lossy(bytes).chars() {
+        if c == '\u{8}' {
+            out.pop();
+        } else {
+            out.push(c);
+        }
+    }
+    out.into_iter().collect()
+}
+
+#[test]
+fn man_pages_render_without_warnings() {
+    let pkgs = packages();
+    let extract = tempfile::tempdir().expect("temp dir");
+    run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&pkgs.deb)
+        .arg(extract.path()));
+    let pages = extract.path().join("usr/share/man/man1");
+    for page in [
+        "drover",
+        "drover-run",
+        "drover-register",
+        "drover-deregister",
+        "drover-check",
+    ] {
+        let file = pages.join(format!("{page}.1"));
+        let out = Command::new("man")
+            .args(["--warnings", "-E", "UTF-8", "-l"])
+            .arg(&file)
+            .env("MANWIDTH", "80")
+            .env("MAN_KEEP_FORMATTING", "0")
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", setup_hint("man")));
+        let text = plain(&out.stdout);
+        let warnings = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && warnings.is_empty(),
+            "{page}: {warnings}"
+        );
+        assert!(text.contains("SYNOPSIS"), "{page}:\n{text}");
+        assert!(
+            text.contains(VERSION),
+            "{page} carries the version:\n{text}"
+        );
+    }
+    let main = plain(
+        &run(Command::new("man")
+            .args(["-E", "UTF-8", "-l"])
+            .arg(pages.join("drover.1"))
+            .env("MANWIDTH", "200"))
+        .stdout,
+    );
+    for section in [
+        "CONFIGURATION",
+        "ENVIRONMENT",
+        "FILES",
+        "EXIT STATUS",
+        "SIGNALS",
+    ] {
+        assert!(main.contains(section), "drover(1) lacks {section}");
+    }
+    for sub in ["register", "deregister", "run", "check"] {
+        assert!(
+            main.contains(&format!("drover-{sub}(1)")),
+            "drover(1) lacks {sub}"
+        );
+    }
+}
+
+#[test]
+fn completions_know_every_subcommand_and_flag() {
+    let pkgs = packages();
+    let extract = tempfile::tempdir().expect("temp dir");
+    run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&pkgs.deb)
+        .arg(extract.path()));
+    let bash = extract
+        .path()
+        .join("usr/share/bash-completion/completions/drover");
+    run(Command::new("bash").arg("-n").arg(&bash));
+    // Completing `drover dereg` in a real bash offers deregister.
+    let script = format!(
+        "source {}; COMP_WORDS=(drover dereg); COMP_CWORD=1; COMP_LINE='drover dereg'; \
+         COMP_POINT=${{#COMP_LINE}}; _drover drover dereg drover; echo \"${{COMPREPLY[@]}}\"",
+        bash.display()
+    );
+    let offered = stdout(Command::new("bash").arg("-c").arg(script));
+    assert_eq!(offered.trim(), "deregister");
+    let text = std::fs::read_to_string(&bash).expect("bash completion");
+    for word in [
+        "register",
+        "deregister",
+        "run",
+        "check",
+        "--config",
+        "--set",
+        "--if-going-away",
+    ] {
+        assert!(text.contains(word), "bash completion lacks {word}");
+    }
+    for file in [
+        "usr/share/zsh/vendor-completions/_drover",
+        "usr/share/fish/vendor_completions.d/drover.fish",
+    ] {
+        let text = std::fs::read_to_string(extract.path().join(file)).expect(file);
+        for word in ["deregister", "if-going-away"] {
+            assert!(text.contains(word), "{file} lacks {word}");
+        }
+    }
+}
+
+fn rpm_in(root: &Path, args: &[&str]) -> Output {
+    // --nodeps: the scratch root is Debian, whose libc rpm's database doesn't know.
+    run(Command::new("rpm")
+        .arg(format!("--root={}", root.display()))
+        .args(["--nodeps", "--nosignature"])
+        .args(args))
+}
+
+#[test]
+fn rpm_installs_enabled_but_not_started_keeps_an_edited_config_and_erases_cleanly() {
+    let pkgs = packages();
+    let root = scratch_root();
+    let root = root.path();
+    run(Command::new("rpm")
+        .arg(format!("--root={}", root.display()))
+        .arg("--initdb"));
+    rpm_in(root, &["-i", &pkgs.rpm.display().to_string()]);
+    let wants = root.join("etc/systemd/system/multi-user.target.wants");
+    assert!(
+        wants.join("drover.service").symlink_metadata().is_ok(),
+        "%post must enable drover.service"
+    );
+    assert!(wants
+        .join("drover-oneshot.service")
+        .symlink_metadata()
+        .is_err());
+    assert_eq!(mode(&root.join("etc/drover")), 0o700);
+    let config = root.join("etc/drover/drover.toml");
+    assert_eq!(mode(&config), 0o600);
+    let version = stdout(
+        Command::new("chroot")
+            .arg(root)
+            .args(["/usr/bin/drover", "--version"]),
+    );
+    assert_eq!(version.trim(), format!("drover {VERSION}"));
+
+    let mine = "[rancher]\nurl = \"https://rancher.internal\"\n";
+    std::fs::write(&config, mine).expect("edit the config");
+    rpm_in(root, &["-U", &pkgs.rpm_next.display().to_string()]);
+    assert_eq!(std::fs::read_to_string(&config).ok().as_deref(), Some(mine));
+    assert!(wants.join("drover.service").symlink_metadata().is_ok());
+
+    rpm_in(root, &["-e", "drover"]);
+    assert!(!root.join("usr/bin/drover").exists());
+    assert!(
+        wants.join("drover.service").symlink_metadata().is_err(),
+        "%preun must disable drover.service"
+    );
+    // An edited config is kept aside, never lost.
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/drover/drover.toml.rpmsave"))
+            .ok()
+            .as_deref(),
+        Some(mine)
+    );
+}
+
+#[test]
+fn bake_script_leaves_drover_enabled_not_running_and_no_state_of_the_build_vm() {
+    let pkgs = packages();
+    let root = scratch_root();
+    let root = root.path();
+    // Leftovers of a build VM that must not reach the image.
+    std::fs::create_dir_all(root.join("var/lib/drover")).expect("state dir");
+    std::fs::write(root.join("var/lib/drover/registration.json"), "{}").expect("record");
+    std::fs::create_dir_all(root.join("etc/drover")).expect("config dir");
+    std::fs::write(root.join("etc/drover/rancher.secret"), "bake-vm-secret").expect("secret");
+    std::fs::copy(&pkgs.deb, root.join("tmp/drover.deb")).expect("copy the .deb");
+    std::fs::copy(
+        repo("packaging/bake/install.sh"),
+        root.join("tmp/install.sh"),
+    )
+    .expect("copy install.sh");
+
+    // Dependencies come from the network in a real bake; the scratch root has what
+    // drover itself needs.
+    let out = run(Command::new("chroot")
+        .arg(root)
+        .args(["sh", "-eu", "/tmp/install.sh"])
+        .env("DROVER_DEB", "/tmp/drover.deb")
+        .env("DROVER_SKIP_DEPS", "1"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!(
+            "drover {VERSION} installed, enabled for first boot"
+        )),
+        "{said}"
+    );
+    assert!(root
+        .join("etc/systemd/system/multi-user.target.wants/drover.service")
+        .symlink_metadata()
+        .is_ok());
+    assert!(!root.join("var/lib/drover").exists());
+    assert!(!root.join("etc/drover/rancher.secret").exists());
+    assert!(root.join("etc/drover/drover.toml").exists());
+
+    // Without a package it says so and fails.
+    let missing = Command::new("chroot")
+        .arg(root)
+        .args(["sh", "-eu", "/tmp/install.sh"])
+        .env("DROVER_DEB", "/tmp/nope.deb")
+        .output()
+        .expect("install.sh");
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/tmp/nope.deb not found"));
+}
+
+#[test]
+fn packer_template_parses_and_bakes_the_deb_with_install_sh() {
+    let python = repo(".testbed/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{}",
+        setup_hint("the venv with python-hcl2")
+    );
+    let parsed = stdout(Command::new(&python).arg("-c").arg(
+        "import hcl2, json, sys\nwith open(sys.argv[1]) as f:\n    print(json.dumps(hcl2.load(f)))",
+    ).arg(repo("packaging/bake/drover.pkr.hcl")));
+    let doc: serde_json::Value = serde_json::from_str(&parsed).expect("hcl2 JSON");
+    // python-hcl2 8 keeps the quotes of string literals (\"required\"); 7 drops them.
+    let text = doc.to_string().replace("\\\"", "");
+    for needle in [
+        "amazon-ebs",
+        "install.sh",
+        "DROVER_DEB=/tmp/drover.deb",
+        "\"http_tokens\":\"required\"",
+        "debian-12-amd64-*",
+    ] {
+        assert!(
+            text.contains(needle),
+            "drover.pkr.hcl lacks {needle}: {text}"
+        );
+    }
+    if Command::new("packer").arg("version").output().is_ok() {
+        run(Command::new("packer")
+            .args(["fmt", "-check"])
+            .arg(repo("packaging/bake/drover.pkr.hcl")));
+    }
+}
