@@ -3,7 +3,7 @@
 # already there: Docker's engine (the tests start private ones), busybox-static (the stand-in
 # rancher/agent image is built from it), moto in a venv (a real SQS), and the real tools the
 # packaging tests run: systemd-analyze, cloud-init, rpm, debootstrap, python-hcl2, cargo-deb
-# and cargo-generate-rpm.
+# and cargo-generate-rpm, the AWS CLI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,8 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v cloud-init >/dev/null 2>&1 || need+=(cloud-init)
 command -v rpm >/dev/null 2>&1 || need+=(rpm)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v man >/dev/null 2>&1 || need+=(man-db)
+command -v strip >/dev/null 2>&1 || need+=(binutils)
 if [ ${#need[@]} -gt 0 ]; then
     echo "testbed-setup: installing ${need[*]}"
     apt-get update -qq
@@ -31,6 +33,15 @@ fi
 if ! "$venv/bin/python" -c 'import hcl2' 2>/dev/null; then
     echo "testbed-setup: adding python-hcl2 to $venv"
     "$venv/bin/pip" install -q --disable-pip-version-check 'python-hcl2>=7,<9'
+fi
+
+# The AWS CLI that packaging/fetch-secret calls, in a venv of its own: v1 pins botocore,
+# which must not fight moto's.
+awscli=.testbed/awscli
+if [ ! -x "$awscli/bin/aws" ]; then
+    echo "testbed-setup: creating $awscli with the AWS CLI"
+    python3 -m venv "$awscli"
+    "$awscli/bin/pip" install -q --disable-pip-version-check 'awscli>=1.32,<2'
 fi
 
 # Packaging tools, pinned, in the repo's own cargo root so that nothing global changes.
