@@ -29,7 +29,7 @@ pub enum ImdsError {
     Unreachable { path: String, detail: String },
     #[error("IMDS answered {path} with something unexpected: {detail}")]
     Invalid { path: String, detail: String },
-    #[error("IMDS did not answer {path} within {budget:?} (last error: {last})")]
+    #[error("IMDS did not answer {path} within {} (last error: {last})", crate::retry::rounded(*budget))]
     GaveUp {
         path: String,
         budget: Duration,

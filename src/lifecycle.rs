@@ -18,7 +18,7 @@ pub enum LifecycleError {
     AutoScaling(#[from] AutoScalingError),
     #[error("group {group} has no termination hook named {hook:?}")]
     NoSuchHook { group: String, hook: String },
-    #[error("lifecycle action of {instance_id} not completed within {budget:?}: {last}")]
+    #[error("lifecycle action of {instance_id} not completed within {}: {last}", crate::retry::rounded(*budget))]
     OutOfTime {
         instance_id: String,
         budget: Duration,

@@ -14,12 +14,23 @@ pub enum RetryError<E: std::error::Error + 'static> {
     #[error(transparent)]
     Failed(E),
     /// The deadline passed while still trying.
-    #[error("{what}: no success within {budget:?}; last error: {last}")]
+    #[error("{what}: no success within {}; last error: {last}", rounded(*budget))]
     OutOfTime {
         what: String,
         budget: Duration,
         last: String,
     },
+}
+
+/// A budget for people to read: a budget computed from a deadline is a hair under what was
+/// meant (9.999998898s), so round it, to whole seconds from one second up.
+pub fn rounded(budget: Duration) -> humantime::FormattedDuration {
+    let shown = if budget >= Duration::from_secs(1) {
+        Duration::from_secs(budget.as_secs_f64().round() as u64)
+    } else {
+        Duration::from_millis(budget.as_millis() as u64)
+    };
+    humantime::format_duration(shown)
 }
 
 /// The backoff every drover retry uses: short first, growing to `max_delay`, with jitter so
@@ -133,5 +144,20 @@ mod tests {
             Err(RetryError::Failed(e)) => assert!(e.0, "last transient error after deadline"),
             Ok(()) => panic!("cannot succeed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod rounding {
+    use super::*;
+
+    #[test]
+    fn budgets_read_as_meant() {
+        assert_eq!(
+            rounded(Duration::from_nanos(9_999_998_898)).to_string(),
+            "10s"
+        );
+        assert_eq!(rounded(Duration::from_secs(300)).to_string(), "5m");
+        assert_eq!(rounded(Duration::from_micros(250_400)).to_string(), "250ms");
     }
 }
