@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/testbed-setup.sh
+scripts/testbed-setup.sh base
 cargo build --quiet -p drover -p testbed
 export DROVER_MOTO_SERVER="$PWD/.testbed/venv/bin/moto_server"
 exec target/debug/drover-testbed demo --drover target/debug/drover

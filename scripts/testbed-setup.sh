@@ -4,8 +4,18 @@
 # rancher/agent image is built from it), moto in a venv (a real SQS), and the real tools the
 # packaging tests run: systemd-analyze, cloud-init, rpm, debootstrap, python-hcl2, cargo-deb
 # and cargo-generate-rpm, the AWS CLI.
+#
+#   scripts/testbed-setup.sh            everything
+#   scripts/testbed-setup.sh base       packages and venvs (quick)
+#   scripts/testbed-setup.sh packaging  the slow part: cargo-deb and cargo-generate-rpm, the
+#                                       scratch root; scripts/test.sh runs it beside the build
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+part=${1:-all}
+case $part in all | base | packaging) ;; *) echo "usage: $0 [base|packaging]" >&2; exit 2 ;; esac
+
+if [ "$part" != packaging ]; then
 
 need=()
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
@@ -44,21 +54,44 @@ if [ ! -x "$awscli/bin/aws" ]; then
     "$awscli/bin/pip" install -q --disable-pip-version-check 'awscli>=1.32,<2'
 fi
 
-# Packaging tools, pinned, in the repo's own cargo root so that nothing global changes.
-tools=.testbed/cargo
-if [ ! -x "$tools/bin/cargo-deb" ] || [ ! -x "$tools/bin/cargo-generate-rpm" ]; then
-    echo "testbed-setup: building cargo-deb and cargo-generate-rpm into $tools"
-    cargo install -q --locked --root "$tools" cargo-deb@3.8.0 cargo-generate-rpm@0.21.1
 fi
 
-# A scratch Debian root (minbase plus systemd) that the package tests install the .deb into
-# (with dpkg --root) and run systemd-analyze verify against. Built once, copied per test.
-rootfs=.testbed/rootfs
-if [ ! -x "$rootfs/usr/bin/systemd-analyze" ]; then
-    echo "testbed-setup: debootstrapping a scratch Debian root into $rootfs"
-    rm -rf "$rootfs" "$rootfs.partial"
-    suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
-    debootstrap --variant=minbase --include=systemd "$suite" "$rootfs.partial" \
-        http://deb.debian.org/debian >/dev/null
-    mv "$rootfs.partial" "$rootfs"
+if [ "$part" != base ]; then
+    # A scratch Debian root (minbase plus systemd) that the package tests install the .deb
+    # into (dpkg --root, rpm --root) and run systemd-analyze verify against; copied per test.
+    # Fetched in the background while the tools build: one waits on the network, the other
+    # on the CPU.
+    rootfs=.testbed/rootfs
+    bootstrap=
+    if [ ! -x "$rootfs/usr/bin/systemd-analyze" ]; then
+        echo "testbed-setup: debootstrapping a scratch Debian root into $rootfs"
+        rm -rf "$rootfs" "$rootfs.partial"
+        suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+        debootstrap --variant=minbase --include=systemd "$suite" "$rootfs.partial" \
+            http://deb.debian.org/debian >.testbed/debootstrap.log 2>&1 &
+        bootstrap=$!
+    fi
+
+    # Packaging tools, pinned, in the repo's own cargo root so that nothing global changes.
+    # Built unoptimised but for the digest and checksum crates the .rpm spends its time in:
+    # a third of the CPU time of a release build, and as fast on the test packages.
+    tools=.testbed/cargo
+    if [ ! -x "$tools/bin/cargo-deb" ] || [ ! -x "$tools/bin/cargo-generate-rpm" ]; then
+        echo "testbed-setup: building cargo-deb and cargo-generate-rpm into $tools"
+        fast=()
+        for crate in keccak sha3 sha2 sha1 md-5 miniz_oxide crc32fast; do
+            fast+=(--config "profile.dev.package.$crate.opt-level=3")
+        done
+        cargo install -q --locked --debug --root "$tools" --config profile.dev.debug=0 \
+            "${fast[@]}" cargo-deb@3.8.0 cargo-generate-rpm@0.21.1
+    fi
+
+    if [ -n "$bootstrap" ]; then
+        if ! wait "$bootstrap"; then
+            echo "testbed-setup: debootstrap failed:" >&2
+            tail -20 .testbed/debootstrap.log >&2
+            exit 1
+        fi
+        mv "$rootfs.partial" "$rootfs"
+    fi
 fi
