@@ -138,9 +138,21 @@ pub struct Rancher1 {
     client: RancherClient,
 }
 
-/// Polls of a host's transition start short and grow to a few seconds.
-const FIRST_POLL: Duration = Duration::from_millis(200);
+/// Polls of a host's transition start short and grow to a few seconds. The first re-read
+/// after an action comes at once: a fast server has finished the transition by then, and
+/// every step of a take-out otherwise waited out a poll for nothing (3 × 200 ms of a
+/// 250 ms take-out, in the benchmark).
+const FIRST_POLL: Duration = Duration::from_millis(50);
 const LAST_POLL: Duration = Duration::from_secs(3);
+
+/// The wait before the next read of a host in transition.
+fn next_host_poll(delay: Duration) -> Duration {
+    if delay.is_zero() {
+        FIRST_POLL
+    } else {
+        (delay * 2).min(LAST_POLL)
+    }
+}
 
 /// Polls start short and grow: most transitions take a second, some take minutes.
 fn next_poll(delay: Duration) -> Duration {
@@ -258,7 +270,7 @@ impl ClusterManager for Rancher1 {
         let mut evacuated = !plan.evacuate || self.client.api() == ResolvedApi::V1;
         let mut state = String::from("unknown");
         let mut step = "reading the host";
-        let mut delay = FIRST_POLL;
+        let mut delay = Duration::ZERO;
         let fail = |step: &str, state: &str, error: String| TakeOutError {
             host_id: host_id.to_string(),
             step: step.to_string(),
@@ -302,7 +314,7 @@ impl ClusterManager for Rancher1 {
                         if action == "evacuate" {
                             evacuated = true;
                         }
-                        delay = FIRST_POLL;
+                        delay = Duration::ZERO;
                     }
                     Err(RetryError::Failed(e)) if e.is_not_found() => {
                         progress("host no longer known to Rancher");
@@ -327,8 +339,10 @@ impl ClusterManager for Rancher1 {
                     "lifecycle.drain_timeout ran out while the host was still on its way".into(),
                 ));
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(LAST_POLL);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            delay = next_host_poll(delay);
         }
     }
 
