@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
+use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
@@ -26,6 +27,11 @@ pub async fn sdk_config(fallback_region: &str) -> SdkConfig {
                 .build(),
         )
         .retry_config(RetryConfig::standard().with_max_attempts(3))
+        // Stalled-stream protection samples throughput on a 100 ms timer while a response is
+        // pending, and an SQS long poll is a response pending for 20 s: on an idle host that
+        // was 200 wake-ups a poll and nearly all of drover's idle CPU. The timeouts above
+        // bound every call already.
+        .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
         .load()
         .await
 }
