@@ -127,7 +127,13 @@ async fn delete(sqs: &Sqs, queue_url: &str, m: &ReceivedMessage) {
     for attempt in 1..=3 {
         match sqs.delete(queue_url, &m.receipt).await {
             Ok(()) => {
-                tracing::debug!(message_id = %m.message_id, "deleted the lifecycle message");
+                // The receive count says how often the fleet saw the message before it was
+                // settled: 1 is the norm, a count near the redrive limit needs a look.
+                tracing::info!(
+                    message_id = %m.message_id,
+                    receive_count = m.receive_count,
+                    "deleted the lifecycle message"
+                );
                 return;
             }
             Err(e) => {
