@@ -7,6 +7,7 @@
 //! and keeps a log of the requests it answered so that tests can assert on what drover did.
 
 pub mod autoscaling;
+pub mod bench;
 pub mod docker;
 pub mod http;
 pub mod imds;

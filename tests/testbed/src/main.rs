@@ -1,22 +1,41 @@
 //! `drover-testbed demo`: runs the real drover binary against the whole test bed (its own
 //! stand-ins, moto SQS, a private dockerd) and prints what happened, step by step.
+//! `drover-testbed bench`: measures it there (see `testbed::bench`).
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use testbed::autoscaling::{AutoScalingServer, HookSpec};
+use testbed::bench::{self, Settings};
 use testbed::docker::DockerEngine;
 use testbed::imds::{ImdsOptions, ImdsServer};
 use testbed::moto::MotoServer;
 use testbed::pager::PagerServer;
 use testbed::rancher::{RancherOptions, RancherServer};
 
-const USAGE: &str = "usage: drover-testbed demo [--drover PATH]";
+const USAGE: &str = "usage: drover-testbed demo [--drover PATH]
+       drover-testbed bench [--drover PATH] [--idle SECS] [--runs N] [--fleet N]
+                            [--only footprint,reaction,boot,fleet] [--out FILE.md]";
 
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("bench") {
+        match bench_settings(&args[1..]) {
+            Some(settings) => {
+                if let Err(e) = bench(settings).await {
+                    eprintln!("bench failed: {e}");
+                    std::process::exit(1);
+                }
+                return;
+            }
+            None => {
+                eprintln!("{USAGE}");
+                std::process::exit(2);
+            }
+        }
+    }
     if args.first().map(String::as_str) != Some("demo") {
         eprintln!("{USAGE}");
         std::process::exit(2);
@@ -325,4 +344,89 @@ async fn run(drover: &PathBuf, args: &[&str], env: &[(String, String)]) -> Resul
     let code = status.code().unwrap_or(-1);
     println!("(exit {code})");
     Ok(code)
+}
+
+fn bench_settings(args: &[String]) -> Option<Settings> {
+    let mut settings = Settings {
+        drover: PathBuf::from("target/release/drover"),
+        idle: Duration::from_secs(60),
+        runs: 20,
+        fleet: 50,
+        out: None,
+        only: Vec::new(),
+    };
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let value = rest.next()?;
+        match arg.as_str() {
+            "--drover" => settings.drover = PathBuf::from(value),
+            "--idle" => settings.idle = Duration::from_secs(value.parse().ok()?),
+            "--runs" => settings.runs = value.parse().ok().filter(|n| *n > 0)?,
+            "--fleet" => settings.fleet = value.parse().ok().filter(|n| *n >= 2)?,
+            "--out" => settings.out = Some(PathBuf::from(value)),
+            "--only" => settings.only = value.split(',').map(str::to_string).collect(),
+            _ => return None,
+        }
+    }
+    Some(settings)
+}
+
+async fn bench(settings: Settings) -> Result<(), String> {
+    if !settings.drover.exists() {
+        return Err(format!(
+            "{} not found; build it first (cargo build --release)",
+            settings.drover.display()
+        ));
+    }
+    let wanted = |s: &str| settings.only.is_empty() || settings.only.iter().any(|o| o == s);
+    let moto = MotoServer::start()
+        .await
+        .map_err(|e| format!("moto_server: {e} (run scripts/testbed-setup.sh)"))?;
+    let docker = DockerEngine::launch()
+        .await
+        .map_err(|e| format!("dockerd: {e} (run scripts/testbed-setup.sh)"))?;
+    let started = std::time::Instant::now();
+    let mut rows = Vec::new();
+    if wanted("footprint") {
+        rows.extend(bench::footprint::run(&settings, &docker, &moto).await?);
+    }
+    if wanted("reaction") {
+        rows.extend(bench::reaction::run(&settings, &docker, &moto).await?);
+    }
+    if wanted("boot") {
+        rows.extend(bench::boot::run(&settings, &docker).await?);
+    }
+    if wanted("fleet") {
+        rows.extend(bench::fleet::run(&settings, &docker, &moto).await?);
+    }
+    let machine = bench::machine();
+    println!("\n{}", bench::table(&rows));
+    println!(
+        "machine: {machine}; took {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(out) = &settings.out {
+        let date = std::process::Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let text = format!(
+            "# drover benchmark results\n\nMeasured by `scripts/bench.sh` on {date}.\n\n\
+             - Machine: {machine}\n\
+             - drover: `{}` ({} bytes)\n\
+             - Idle window {}s; {} runs per reaction source; fleet of {}\n\n{}",
+            settings.drover.display(),
+            std::fs::metadata(&settings.drover)
+                .map(|m| m.len())
+                .unwrap_or(0),
+            settings.idle.as_secs(),
+            settings.runs,
+            settings.fleet,
+            bench::markdown(&rows)
+        );
+        std::fs::write(out, text).map_err(|e| format!("{}: {e}", out.display()))?;
+        println!("wrote {}", out.display());
+    }
+    Ok(())
 }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Benchmarks drover's release build against the test bed and writes BENCHMARKS.md:
+# footprint while idle, reaction time per source, boot overhead, AWS calls per idle
+# host-hour, and a fleet simulation (N drovers on one queue, half terminated at once).
+#
+#   scripts/bench.sh                      the full run (about 10 minutes)
+#   scripts/bench.sh --fleet 100 --runs 50 --idle 300
+#   scripts/bench.sh --only reaction      one section: footprint, reaction, boot, fleet
+#
+# Prints a table; measurements, not assertions. The machine is shared and noisy: compare
+# figures within one run. Works where scripts/test.sh works (Debian, root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/testbed-setup.sh base
+cleanup() {
+    pkill -TERM -f 'dockerd --host unix:///tmp/tb-' 2>/dev/null || true
+    pkill -TERM -f 'moto_server -H 127.0.0.1' 2>/dev/null || true
+}
+trap cleanup EXIT
+
+cargo build --release --locked -p drover -p testbed
+export DROVER_MOTO_SERVER="$PWD/.testbed/venv/bin/moto_server"
+out=BENCHMARKS.md
+case " $* " in *" --only "*) out=target/bench-partial.md ;; esac
+target/release/drover-testbed bench --drover target/release/drover --out "$out" "$@"
