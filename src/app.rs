@@ -611,25 +611,9 @@ async fn wait_out_warm_pool(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Sources;
 
     fn default_config() -> Config {
-        let env = [
-            ("DROVER_RANCHER_URL", "https://rancher.example.com"),
-            ("DROVER_RANCHER_PROJECT_ID", "1a5"),
-            ("DROVER_RANCHER_ACCESS_KEY", "AK"),
-            ("DROVER_RANCHER_SECRET_KEY", "SK"),
-        ];
-        Config::load(Sources {
-            path: "/nonexistent/drover.toml".into(),
-            path_explicit: false,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            overrides: &[],
-        })
-        .expect("defaults load")
+        crate::config::defaults_for_tests()
     }
 
     /// The value of `key` in a unit file, as a duration.

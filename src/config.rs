@@ -1112,22 +1112,7 @@ secret_key = "s3cr3t-value"
         })
         .expect_err("missing file");
         assert!(e.to_string().contains("/nonexistent/drover.toml"), "{e}");
-        let env = [
-            ("DROVER_RANCHER_URL", "http://r"),
-            ("DROVER_RANCHER_PROJECT_ID", "1a5"),
-            ("DROVER_RANCHER_ACCESS_KEY", "a"),
-            ("DROVER_RANCHER_SECRET_KEY", "b"),
-        ];
-        Config::load(Sources {
-            path: PathBuf::from("/nonexistent/drover.toml"),
-            path_explicit: false,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            overrides: &[],
-        })
-        .expect("env only");
+        defaults_for_tests();
     }
 
     #[test]
@@ -1170,6 +1155,28 @@ secret_key = "s3cr3t-value"
             .to_string();
         assert!(e.contains("--set"), "{e}");
     }
+}
+
+/// The defaults, with only the four required keys set from the environment and no file at
+/// the (absent) default path.
+#[cfg(test)]
+pub(crate) fn defaults_for_tests() -> Config {
+    let env = [
+        ("DROVER_RANCHER_URL", "http://r"),
+        ("DROVER_RANCHER_PROJECT_ID", "1a5"),
+        ("DROVER_RANCHER_ACCESS_KEY", "a"),
+        ("DROVER_RANCHER_SECRET_KEY", "b"),
+    ];
+    Config::load(Sources {
+        path: PathBuf::from("/nonexistent/drover.toml"),
+        path_explicit: false,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        overrides: &[],
+    })
+    .expect("env only")
 }
 
 #[cfg(test)]

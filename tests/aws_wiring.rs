@@ -665,20 +665,21 @@ fn placeholders_lenient(text: &str) -> BTreeSet<String> {
     found
 }
 
+/// The `policy` expression of the aws_iam_role_policy that renders `file`.
+fn policy_expr(tf: &Terraform, file: &str) -> String {
+    tf.of_type("aws_iam_role_policy")
+        .map(|p| text(p, "policy").to_string())
+        .find(|p| p.contains(&format!("/../{file}\"")))
+        .unwrap_or_else(|| panic!("no aws_iam_role_policy renders {file}"))
+}
+
 #[test]
 fn terraform_passes_every_policy_placeholder() {
     let tf = Terraform::load();
-    let policies: Vec<String> = tf
-        .of_type("aws_iam_role_policy")
-        .map(|p| text(p, "policy").to_string())
-        .collect();
     for file in ["iam-policy.json", "iam-policy-secrets.json"] {
         let policy = Policy::load(file);
-        let expr = policies
-            .iter()
-            .find(|p| p.contains(&format!("/../{file}\"")))
-            .unwrap_or_else(|| panic!("no aws_iam_role_policy renders {file}"));
-        let vars = templatefile_vars(expr, &format!("../{file}"));
+        let expr = policy_expr(&tf, file);
+        let vars = templatefile_vars(&expr, &format!("../{file}"));
         let passed = tf.local_keys(&vars);
         let missing: BTreeSet<String> = policy.placeholders.difference(&passed).cloned().collect();
         assert!(
@@ -767,17 +768,10 @@ fn terraform_renders_the_templates() {
         return;
     };
     let tf = Terraform::load();
-    let policies: Vec<String> = tf
-        .of_type("aws_iam_role_policy")
-        .map(|p| text(p, "policy").to_string())
-        .collect();
     for file in ["iam-policy.json", "iam-policy-secrets.json"] {
         let policy = Policy::load(file);
-        let expr = policies
-            .iter()
-            .find(|p| p.contains(&format!("/../{file}\"")))
-            .expect("the policy resource");
-        let vars = tf.local_keys(&templatefile_vars(expr, &format!("../{file}")));
+        let expr = policy_expr(&tf, file);
+        let vars = tf.local_keys(&templatefile_vars(&expr, &format!("../{file}")));
         let render = format!(
             "jsonencode(jsondecode({}))",
             templatefile_expr(&aws_dir().join(file), &vars)

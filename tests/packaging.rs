@@ -93,38 +93,30 @@ fn build_packages() -> Packages {
     for dir in [&deb_out, &deb_next_out, &rpm_out, &rpm_next_out] {
         std::fs::create_dir_all(dir).expect("package output dir");
     }
-    run(Command::new(&cargo_deb)
-        .current_dir(ROOT)
-        .env("CARGO_TARGET_DIR", &target)
-        .args(["-p", "drover", "--no-build", "--fast", "--output"])
-        .arg(&deb_out));
-    run(Command::new(&cargo_deb)
-        .current_dir(ROOT)
-        .env("CARGO_TARGET_DIR", &target)
-        .args([
-            "-p",
-            "drover",
-            "--no-build",
-            "--fast",
-            "--deb-revision",
-            "2",
-            "--output",
-        ])
-        .arg(&deb_next_out));
+    // A packaging tool on the tested binary: `args`, then the output directory.
+    let package = |tool: &Path, args: &[&str], out: &Path| {
+        run(Command::new(tool)
+            .current_dir(ROOT)
+            .env("CARGO_TARGET_DIR", &target)
+            .args(args)
+            .arg(out));
+    };
+    let deb = ["-p", "drover", "--no-build", "--fast"];
+    package(&cargo_deb, &[&deb[..], &["--output"]].concat(), &deb_out);
+    package(
+        &cargo_deb,
+        &[&deb[..], &["--deb-revision", "2", "--output"]].concat(),
+        &deb_next_out,
+    );
     // Uncompressed: compression is cargo-generate-rpm's business, not what is checked here,
     // and the unoptimised test build of the tool takes most of a minute for it.
-    run(Command::new(&cargo_rpm)
-        .current_dir(ROOT)
-        .env("CARGO_TARGET_DIR", &target)
-        .args(["-p", ".", "--payload-compress", "none", "-o"])
-        .arg(&rpm_out));
-    run(Command::new(&cargo_rpm)
-        .current_dir(ROOT)
-        .env("CARGO_TARGET_DIR", &target)
-        .args(["-p", ".", "--payload-compress", "none"])
-        .args(["--set-metadata", "release = \"2\""])
-        .arg("-o")
-        .arg(&rpm_next_out));
+    let rpm = ["-p", ".", "--payload-compress", "none"];
+    package(&cargo_rpm, &[&rpm[..], &["-o"]].concat(), &rpm_out);
+    package(
+        &cargo_rpm,
+        &[&rpm[..], &["--set-metadata", "release = \"2\"", "-o"]].concat(),
+        &rpm_next_out,
+    );
 
     let only = |dir: &Path, ext: &str| -> PathBuf {
         let found: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -208,6 +200,13 @@ fn verify_units(root: &Path, units: &[&str]) -> String {
     )
 }
 
+/// The .deb unpacked by `dpkg-deb <how>` (`-x` its files, `-e` its control files).
+fn unpacked(deb: &Path, how: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    run(Command::new("dpkg-deb").arg(how).arg(deb).arg(dir.path()));
+    dir
+}
+
 #[test]
 fn deb_carries_the_binary_units_config_man_pages_and_completions_with_the_right_modes() {
     let deb = &packages().deb;
@@ -254,11 +253,7 @@ fn deb_carries_the_binary_units_config_man_pages_and_completions_with_the_right_
         );
     }
     // The units are the files in packaging/, byte for byte.
-    let extract = tempfile::tempdir().expect("temp dir");
-    run(Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(deb)
-        .arg(extract.path()));
+    let extract = unpacked(deb, "-x");
     for unit in ["drover.service", "drover-oneshot.service"] {
         let packaged = std::fs::read(extract.path().join("usr/lib/systemd/system").join(unit));
         let source = std::fs::read(repo("packaging/systemd").join(unit));
@@ -270,11 +265,7 @@ fn deb_carries_the_binary_units_config_man_pages_and_completions_with_the_right_
     assert_eq!(field("Version").trim(), format!("{VERSION}-1"));
     assert!(field("Depends").contains("libc6"), "{}", field("Depends"));
 
-    let control = tempfile::tempdir().expect("temp dir");
-    run(Command::new("dpkg-deb")
-        .arg("-e")
-        .arg(deb)
-        .arg(control.path()));
+    let control = unpacked(deb, "-e");
     let read = |name: &str| std::fs::read_to_string(control.path().join(name)).unwrap_or_default();
     // Only the config is a conffile: an upgrade never overwrites it.
     assert_eq!(read("conffiles").trim(), "/etc/drover/drover.toml");
@@ -483,12 +474,7 @@ fn plain(bytes: &[u8]) -> String {
 
 #[test]
 fn man_pages_render_without_warnings() {
-    let pkgs = packages();
-    let extract = tempfile::tempdir().expect("temp dir");
-    run(Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&pkgs.deb)
-        .arg(extract.path()));
+    let extract = unpacked(&packages().deb, "-x");
     let pages = extract.path().join("usr/share/man/man1");
     for page in [
         "drover",
@@ -543,12 +529,7 @@ fn man_pages_render_without_warnings() {
 
 #[test]
 fn completions_know_every_subcommand_and_flag() {
-    let pkgs = packages();
-    let extract = tempfile::tempdir().expect("temp dir");
-    run(Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&pkgs.deb)
-        .arg(extract.path()));
+    let extract = unpacked(&packages().deb, "-x");
     let bash = extract
         .path()
         .join("usr/share/bash-completion/completions/drover");

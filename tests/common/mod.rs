@@ -392,18 +392,5 @@ pub async fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> O
 
 /// A lifecycle message as Auto Scaling sends it straight to SQS.
 pub fn direct_message(instance_id: &str, token: &str) -> String {
-    serde_json::json!({
-        "Origin": "AutoScalingGroup",
-        "Destination": "EC2",
-        "LifecycleHookName": HOOK,
-        "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
-        "AutoScalingGroupName": GROUP,
-        "EC2InstanceId": instance_id,
-        "LifecycleActionToken": token,
-        "AccountId": "123456789012",
-        "RequestId": "4e5a7e4d-1b2c-4d3e-9f00-123456789abc",
-        "Service": "AWS Auto Scaling",
-        "Time": "2026-11-23T12:00:00.000Z"
-    })
-    .to_string()
+    testbed::autoscaling::termination_message(GROUP, HOOK, instance_id, token)
 }

@@ -750,6 +750,25 @@ fn uuid() -> String {
     )
 }
 
+/// The message Auto Scaling sends to the hook's queue when it terminates `instance_id`
+/// (the direct SQS shape).
+pub fn termination_message(group: &str, hook: &str, instance_id: &str, token: &str) -> String {
+    serde_json::json!({
+        "Origin": "AutoScalingGroup",
+        "Destination": "EC2",
+        "LifecycleHookName": hook,
+        "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+        "AutoScalingGroupName": group,
+        "EC2InstanceId": instance_id,
+        "LifecycleActionToken": token,
+        "AccountId": "123456789012",
+        "RequestId": "4e5a7e4d-1b2c-4d3e-9f00-123456789abc",
+        "Service": "AWS Auto Scaling",
+        "Time": "2026-11-23T12:00:00.000Z"
+    })
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use super::{
     add_active_host, add_group, drover_command, instance, lifecycle_message, log_of, ms,
-    wait_for_log, Endpoints, Node, Row, Settings,
+    wait_for_log, zero_delay_rancher, Endpoints, Node, Row, Settings,
 };
 use crate::autoscaling::AutoScalingServer;
 use crate::docker::DockerEngine;
 use crate::imds::ImdsServer;
 use crate::moto::MotoServer;
-use crate::rancher::{RancherOptions, RancherServer};
+use crate::rancher::RancherServer;
 
 /// How many receives each message took, from the deleting drover's log line.
 fn receive_counts(nodes: &[Node]) -> Vec<u64> {
@@ -43,11 +43,7 @@ pub async fn run(
     moto: &MotoServer,
 ) -> Result<Vec<Row>, String> {
     let n = settings.fleet.max(2);
-    let rancher = RancherServer::start(RancherOptions {
-        transition_delay: Duration::ZERO,
-        ..RancherOptions::default()
-    })
-    .await;
+    let rancher = RancherServer::start(zero_delay_rancher()).await;
     let asg = AutoScalingServer::start().await;
     add_group(&asg);
     let queue = moto

@@ -3,15 +3,10 @@
 
 use std::time::Duration;
 
-use super::{
-    add_active_host, add_group, drover_command, instance, wait_for_log, Endpoints, Node, Row,
-    Settings,
-};
-use crate::autoscaling::AutoScalingServer;
+use super::{start_watching, Row, Settings};
 use crate::docker::DockerEngine;
-use crate::imds::ImdsServer;
 use crate::moto::MotoServer;
-use crate::rancher::{RancherOptions, RancherServer};
+use crate::rancher::RancherOptions;
 
 /// What /proc says about a process.
 #[derive(Debug, Clone, Copy, Default)]
@@ -85,14 +80,6 @@ async fn idle_in_mode(
     docker: &DockerEngine,
     moto: &MotoServer,
 ) -> Result<Idle, String> {
-    let opts = instance(1);
-    let imds = ImdsServer::start(opts.clone()).await;
-    let rancher = RancherServer::start(RancherOptions::default()).await;
-    let asg = AutoScalingServer::start().await;
-    add_group(&asg);
-    asg.add_instance(super::GROUP, &opts.instance_id, "m5.large", "us-east-1b");
-    add_active_host(&rancher, &opts);
-    let node = Node::new(&opts.instance_id).map_err(|e| e.to_string())?;
     let queue = match mode {
         "sqs" => Some(
             moto.create_queue(&format!("idle-{}", std::process::id()), None)
@@ -100,27 +87,22 @@ async fn idle_in_mode(
         ),
         _ => None,
     };
-    let imds_poll = if mode == "sqs" { "0s" } else { "5s" };
-    node.write_config(&rancher, queue.as_deref(), imds_poll, "info")
-        .map_err(|e| e.to_string())?;
-    let ends = Endpoints {
-        imds: &imds,
-        asg: &asg,
-        sqs: Some(moto.url()),
-        docker_host: docker.docker_host(),
-    };
-    let mut child = drover_command(&settings.drover, &node, &ends, &["run"])
-        .map_err(|e| e.to_string())?
-        .spawn()
-        .map_err(|e| format!("{}: {e}", settings.drover.display()))?;
-    let pid = child.id().ok_or("drover exited at once")?;
-    wait_for_log(&node, "watching for termination", Duration::from_secs(60)).await?;
+    let mut w = start_watching(
+        settings,
+        1,
+        RancherOptions::default(),
+        queue.as_deref(),
+        docker,
+        moto,
+    )
+    .await?;
+    let pid = w.child.id().ok_or("drover exited at once")?;
     // Let start-up settle (the first long poll, the first IMDS read).
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let moto_before = receive_calls(moto);
-    let asg_before = asg.requests().len();
-    let imds_before = imds.requests().len();
+    let asg_before = w.asg.requests().len();
+    let imds_before = w.imds.requests().len();
     let start = sample(pid).map_err(|e| e.to_string())?;
     let began = tokio::time::Instant::now();
     tokio::time::sleep(settings.idle).await;
@@ -132,11 +114,10 @@ async fn idle_in_mode(
         end,
         window,
         sqs_calls: receive_calls(moto).saturating_sub(moto_before),
-        autoscaling_calls: asg.requests().len().saturating_sub(asg_before),
-        imds_requests: imds.requests().len().saturating_sub(imds_before),
+        autoscaling_calls: w.asg.requests().len().saturating_sub(asg_before),
+        imds_requests: w.imds.requests().len().saturating_sub(imds_before),
     };
-    let _ = child.start_kill();
-    let _ = child.wait().await;
+    w.stop().await;
     Ok(idle)
 }
 

@@ -15,8 +15,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::autoscaling::{AutoScalingServer, HookSpec};
+use crate::docker::DockerEngine;
 use crate::imds::{ImdsOptions, ImdsServer};
-use crate::rancher::{HostSpec, RancherServer};
+use crate::moto::MotoServer;
+use crate::rancher::{HostSpec, RancherOptions, RancherServer};
 
 pub const GROUP: &str = "crawlers";
 pub const HOOK: &str = "drain";
@@ -206,22 +208,74 @@ pub fn add_active_host(rancher: &RancherServer, opts: &ImdsOptions) -> String {
     })
 }
 
+/// Rancher answering at once: the figures are then drover's own.
+pub fn zero_delay_rancher() -> RancherOptions {
+    RancherOptions {
+        transition_delay: Duration::ZERO,
+        ..RancherOptions::default()
+    }
+}
+
+/// One instance whose host is active, with its `drover run` watching for termination.
+pub struct Watching {
+    pub imds: ImdsServer,
+    pub rancher: RancherServer,
+    pub asg: AutoScalingServer,
+    pub node: Node,
+    pub child: tokio::process::Child,
+}
+
+/// Starts instance `n`'s stand-ins and `drover run`, and waits until it watches: on
+/// `queue` alone (IMDS polling off) when given, on IMDS polling every 5 s otherwise.
+pub async fn start_watching(
+    settings: &Settings,
+    n: usize,
+    rancher: RancherOptions,
+    queue: Option<&str>,
+    docker: &DockerEngine,
+    moto: &MotoServer,
+) -> Result<Watching, String> {
+    let opts = instance(n);
+    let imds = ImdsServer::start(opts.clone()).await;
+    let rancher = RancherServer::start(rancher).await;
+    let asg = AutoScalingServer::start().await;
+    add_group(&asg);
+    asg.add_instance(GROUP, &opts.instance_id, "m5.large", "us-east-1b");
+    add_active_host(&rancher, &opts);
+    let node = Node::new(&opts.instance_id).map_err(|e| e.to_string())?;
+    let imds_poll = if queue.is_some() { "0s" } else { "5s" };
+    node.write_config(&rancher, queue, imds_poll, "info")
+        .map_err(|e| e.to_string())?;
+    let ends = Endpoints {
+        imds: &imds,
+        asg: &asg,
+        sqs: Some(moto.url()),
+        docker_host: docker.docker_host(),
+    };
+    let child = drover_command(&settings.drover, &node, &ends, &["run"])
+        .map_err(|e| e.to_string())?
+        .spawn()
+        .map_err(|e| format!("{}: {e}", settings.drover.display()))?;
+    wait_for_log(&node, "watching for termination", Duration::from_secs(60)).await?;
+    Ok(Watching {
+        imds,
+        rancher,
+        asg,
+        node,
+        child,
+    })
+}
+
+impl Watching {
+    pub async fn stop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
 /// The message Auto Scaling sends for a termination.
 pub fn lifecycle_message(instance_id: &str, token: &str) -> String {
-    serde_json::json!({
-        "Origin": "AutoScalingGroup",
-        "Destination": "EC2",
-        "LifecycleHookName": HOOK,
-        "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
-        "AutoScalingGroupName": GROUP,
-        "EC2InstanceId": instance_id,
-        "LifecycleActionToken": token,
-        "AccountId": "123456789012",
-        "RequestId": "4e5a7e4d-1b2c-4d3e-9f00-123456789abc",
-        "Service": "AWS Auto Scaling",
-        "Time": "2026-11-23T12:00:00.000Z"
-    })
-    .to_string()
+    crate::autoscaling::termination_message(GROUP, HOOK, instance_id, token)
 }
 
 /// Polls the Auto Scaling stand-in until the instance's lifecycle action is completed.

@@ -5,14 +5,11 @@
 use std::time::Duration;
 
 use super::{
-    add_active_host, add_group, drover_command, instance, lifecycle_message, median_p95, ms,
-    wait_for_completion, wait_for_log, Endpoints, Node, Row, Settings,
+    lifecycle_message, median_p95, ms, start_watching, wait_for_completion, zero_delay_rancher,
+    Row, Settings,
 };
-use crate::autoscaling::AutoScalingServer;
 use crate::docker::DockerEngine;
-use crate::imds::ImdsServer;
 use crate::moto::MotoServer;
-use crate::rancher::{RancherOptions, RancherServer};
 
 /// drover's IMDS poll interval in these runs (the default).
 const IMDS_POLL: Duration = Duration::from_secs(5);
@@ -25,38 +22,21 @@ async fn once(
     docker: &DockerEngine,
     moto: &MotoServer,
 ) -> Result<Duration, String> {
-    let opts = instance(n);
-    let id = opts.instance_id.clone();
-    let imds = ImdsServer::start(opts.clone()).await;
-    let rancher = RancherServer::start(RancherOptions {
-        transition_delay: Duration::ZERO,
-        ..RancherOptions::default()
-    })
-    .await;
-    let asg = AutoScalingServer::start().await;
-    add_group(&asg);
-    asg.add_instance(super::GROUP, &id, "m5.large", "us-east-1b");
-    add_active_host(&rancher, &opts);
-    let node = Node::new(&id).map_err(|e| e.to_string())?;
     let queue = if source == "sqs" {
         Some(moto.create_queue(&format!("react-{n}"), None).await)
     } else {
         None
     };
-    let poll = if source == "sqs" { "0s" } else { "5s" };
-    node.write_config(&rancher, queue.as_deref(), poll, "info")
-        .map_err(|e| e.to_string())?;
-    let ends = Endpoints {
-        imds: &imds,
-        asg: &asg,
-        sqs: Some(moto.url()),
-        docker_host: docker.docker_host(),
-    };
-    let mut child = drover_command(&settings.drover, &node, &ends, &["run"])
-        .map_err(|e| e.to_string())?
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    wait_for_log(&node, "watching for termination", Duration::from_secs(60)).await?;
+    let mut w = start_watching(
+        settings,
+        n,
+        zero_delay_rancher(),
+        queue.as_deref(),
+        docker,
+        moto,
+    )
+    .await?;
+    let id = w.node.instance_id.clone();
     // Into the steady state: the first long poll is waiting, the first IMDS poll is done.
     // For IMDS, the state turns at a random point of the poll cycle, as it does on a host.
     let phase = if source == "imds" {
@@ -66,21 +46,21 @@ async fn once(
     };
     tokio::time::sleep(Duration::from_millis(500) + phase).await;
 
-    let token = asg
+    let token = w
+        .asg
         .begin_termination(&id, Duration::ZERO)
         .ok_or("the group has no termination hook")?;
     let sent = tokio::time::Instant::now();
     match &queue {
         Some(q) => moto.send(q, &lifecycle_message(&id, &token)).await,
-        None => imds.set_target_lifecycle_state(Some("Terminated")),
+        None => w.imds.set_target_lifecycle_state(Some("Terminated")),
     }
-    let waited = wait_for_completion(&asg, &id, Duration::from_secs(60)).await;
+    let waited = wait_for_completion(&w.asg, &id, Duration::from_secs(60)).await;
     let took = sent.elapsed();
-    let _ = child.start_kill();
-    let _ = child.wait().await;
-    waited.map_err(|e| format!("{e}; log:\n{}", super::tail(&super::log_of(&node), 20)))?;
+    w.stop().await;
+    waited.map_err(|e| format!("{e}; log:\n{}", super::tail(&super::log_of(&w.node), 20)))?;
     if std::env::var_os("DROVER_BENCH_VERBOSE").is_some() {
-        eprintln!("--- {source} run {n}: {took:?}\n{}", super::log_of(&node));
+        eprintln!("--- {source} run {n}: {took:?}\n{}", super::log_of(&w.node));
     }
     Ok(took)
 }
