@@ -1,19 +1,37 @@
 //! Reads this instance's identity and lifecycle signals from IMDSv2.
 //!
-//! The token dance, 401 handling and per-request retries come from `aws_config::imds`;
-//! this module adds one typed method per path, `Ok(None)` for 404, and an overall bound on
-//! retries, because at boot IMDS may not answer yet and a hung boot step is worse than a
-//! failed one.
+//! A small client of its own rather than `aws_config::imds`: drover polls two paths every
+//! few seconds for the life of the host, and the SDK's request pipeline made those polls
+//! most of its idle CPU (see BENCHMARKS.md). IMDSv2 is two requests: a token `PUT`, then
+//! `GET`s carrying it. This module caches the token, fetches a fresh one on expiry or 401,
+//! has one typed method per path, `Ok(None)` for 404, and an overall bound on retries,
+//! because at boot IMDS may not answer yet and a hung boot step is worse than a failed one.
 
 use std::net::Ipv4Addr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use aws_config::imds::client::error::ImdsError as SdkImdsError;
 use backon::Retryable;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// The instance tag Auto Scaling puts on its members.
 const GROUP_TAG: &str = "aws:autoscaling:groupName";
+const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
+const DEFAULT_ENDPOINT_IPV6: &str = "http://[fd00:ec2::254]";
+const TOKEN_PATH: &str = "/latest/api/token";
+const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+/// The longest life IMDS gives a token (6 hours): one `PUT` covers thousands of polls.
+const TOKEN_TTL: Duration = Duration::from_secs(21_600);
+/// A token this close to its end is replaced before use, so that no request races expiry.
+const TOKEN_MARGIN: Duration = Duration::from_secs(120);
+/// IMDS is a link-local service: it answers in milliseconds or not at all. A hop limit too
+/// low for where drover runs shows up as a token `PUT` that never answers.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// No metadata drover reads is anywhere near this; a longer answer is not IMDS.
+const MAX_BODY: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImdsError {
@@ -29,6 +47,8 @@ pub enum ImdsError {
     Unreachable { path: String, detail: String },
     #[error("IMDS answered {path} with something unexpected: {detail}")]
     Invalid { path: String, detail: String },
+    #[error("AWS_EC2_METADATA_SERVICE_ENDPOINT is not an http(s) URL: {0:?}")]
+    Endpoint(String),
     #[error("IMDS did not answer {path} within {} (last error: {last})", crate::retry::rounded(*budget))]
     GaveUp {
         path: String,
@@ -43,7 +63,7 @@ impl ImdsError {
         match self {
             ImdsError::Status { status, .. } => *status >= 500 || *status == 429,
             ImdsError::Unreachable { .. } | ImdsError::Token { .. } => true,
-            ImdsError::Invalid { .. } | ImdsError::GaveUp { .. } => false,
+            ImdsError::Invalid { .. } | ImdsError::Endpoint(_) | ImdsError::GaveUp { .. } => false,
         }
     }
 }
@@ -72,10 +92,26 @@ pub struct SpotAction {
     pub time: String,
 }
 
-/// IMDSv2 client for this instance.
-#[derive(Clone, Debug)]
+/// A session token and when to stop using it. Its value is a credential for the metadata
+/// service, so it is kept out of `Debug`.
+struct Token {
+    value: SecretString,
+    renew_at: Instant,
+}
+
+/// IMDSv2 client for this instance. Clones share the token.
+#[derive(Clone)]
 pub struct Imds {
-    client: aws_config::imds::Client,
+    endpoint: Result<String, String>,
+    token: Arc<Mutex<Option<Token>>>,
+}
+
+impl std::fmt::Debug for Imds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Imds")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Imds {
@@ -84,40 +120,137 @@ impl Default for Imds {
     }
 }
 
+/// One HTTP client for every `Imds`: building one sets up TLS and a connection pool, and
+/// the polling source makes a new `Imds` now and then.
+fn http() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            // IMDS refuses requests that went through a proxy, and is never behind one.
+            .no_proxy()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            // Building fails only if the TLS backend cannot start at all, which no request
+            // to anything could survive either; fall back to a default client then.
+            .unwrap_or_default()
+    })
+}
+
 impl Imds {
-    /// The endpoint comes from `AWS_EC2_METADATA_SERVICE_ENDPOINT` (or the AWS profile),
-    /// the SDK's own rule.
+    /// The endpoint comes from `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6` picks the IPv6 address, else the usual
+    /// `169.254.169.254`: the SDK's own rule.
     pub fn new() -> Imds {
-        let client = aws_config::imds::Client::builder()
-            .connect_timeout(Duration::from_secs(1))
-            .read_timeout(Duration::from_secs(2))
-            // Our own bounded retry loop decides how long to keep trying.
-            .max_attempts(2)
-            .build();
-        Imds { client }
+        let var = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        match var("AWS_EC2_METADATA_SERVICE_ENDPOINT") {
+            Some(url) => Imds::with_endpoint(&url),
+            None => match var("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE") {
+                Some(mode) if mode.trim().eq_ignore_ascii_case("ipv6") => {
+                    Imds::with_endpoint(DEFAULT_ENDPOINT_IPV6)
+                }
+                _ => Imds::with_endpoint(DEFAULT_ENDPOINT),
+            },
+        }
+    }
+
+    /// A client of the IMDS at `url` (`http://host[:port]`).
+    pub fn with_endpoint(url: &str) -> Imds {
+        Imds {
+            endpoint: parse_endpoint(url),
+            token: Arc::new(Mutex::new(None)),
+        }
     }
 
     /// One path under `/latest/`; 404 is `Ok(None)`.
     pub async fn get(&self, path: &str) -> Result<Option<String>, ImdsError> {
         let full = format!("/latest/{path}");
-        match self.client.get(full.clone()).await {
-            Ok(value) => Ok(Some(value.as_ref().to_string())),
-            Err(SdkImdsError::ErrorResponse(resp)) if resp.response().status().as_u16() == 404 => {
-                Ok(None)
+        let endpoint = self
+            .endpoint
+            .as_ref()
+            .map_err(|bad| ImdsError::Endpoint(bad.clone()))?;
+        let url = format!("{endpoint}{full}");
+        let mut token = self.token(&full, endpoint).await?;
+        let mut refreshed = false;
+        loop {
+            let response = http()
+                .get(&url)
+                .header(TOKEN_HEADER, token.expose_secret())
+                .send()
+                .await
+                .map_err(|e| ImdsError::Unreachable {
+                    path: full.clone(),
+                    detail: error_chain(&e),
+                })?;
+            match response.status().as_u16() {
+                200 => return read_text(response, &full).await.map(Some),
+                404 => return Ok(None),
+                // The token expired or IMDS restarted: one more try with a fresh one.
+                401 if !refreshed => {
+                    self.forget_token();
+                    token = self.token(&full, endpoint).await?;
+                    refreshed = true;
+                }
+                status => {
+                    if status == 401 {
+                        self.forget_token();
+                    }
+                    return Err(ImdsError::Status { path: full, status });
+                }
             }
-            Err(SdkImdsError::ErrorResponse(resp)) => Err(ImdsError::Status {
-                path: full,
-                status: resp.response().status().as_u16(),
-            }),
-            Err(e @ SdkImdsError::FailedToLoadToken(_)) => Err(ImdsError::Token {
-                path: full,
-                detail: error_chain(&e),
-            }),
-            Err(e) => Err(ImdsError::Unreachable {
-                path: full,
-                detail: error_chain(&e),
-            }),
         }
+    }
+
+    fn forget_token(&self) {
+        if let Ok(mut cached) = self.token.lock() {
+            *cached = None;
+        }
+    }
+
+    /// The cached token, or a new one from IMDS.
+    async fn token(&self, path: &str, endpoint: &str) -> Result<SecretString, ImdsError> {
+        if let Ok(cached) = self.token.lock() {
+            if let Some(token) = cached.as_ref().filter(|t| Instant::now() < t.renew_at) {
+                return Ok(token.value.clone());
+            }
+        }
+        let refused = |detail: String| ImdsError::Token {
+            path: path.to_string(),
+            detail,
+        };
+        let response = http()
+            .put(format!("{endpoint}{TOKEN_PATH}"))
+            .header(TTL_HEADER, TOKEN_TTL.as_secs())
+            .send()
+            .await
+            .map_err(|e| refused(error_chain(&e)))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(refused(format!("it answered {status}")));
+        }
+        // IMDS echoes the life it granted; trust it over what was asked for.
+        let ttl = response
+            .headers()
+            .get(TTL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(TOKEN_TTL, Duration::from_secs);
+        let value = read_text(response, TOKEN_PATH).await?;
+        let value = value.trim();
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(refused(
+                "the token it sent is empty or not printable".into(),
+            ));
+        }
+        let token = SecretString::from(value.to_string());
+        if let Ok(mut cached) = self.token.lock() {
+            *cached = Some(Token {
+                value: token.clone(),
+                renew_at: Instant::now() + ttl.saturating_sub(TOKEN_MARGIN.min(ttl / 2)),
+            });
+        }
+        Ok(token)
     }
 
     /// Like [`Imds::get`], retrying transient failures with backoff until `budget` is spent.
@@ -260,6 +393,45 @@ impl Imds {
     }
 }
 
+fn parse_endpoint(url: &str) -> Result<String, String> {
+    let trimmed = url.trim().trim_end_matches('/');
+    match url::Url::parse(trimmed) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            Ok(trimmed.to_string())
+        }
+        _ => Err(shorten(url, 80)),
+    }
+}
+
+/// The body as text, refusing what is too long or not UTF-8 rather than trusting it.
+async fn read_text(mut response: reqwest::Response, path: &str) -> Result<String, ImdsError> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(ImdsError::Invalid {
+                        path: path.to_string(),
+                        detail: format!("an answer longer than {MAX_BODY} bytes"),
+                    });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(ImdsError::Unreachable {
+                    path: path.to_string(),
+                    detail: error_chain(&e),
+                })
+            }
+        }
+    }
+    String::from_utf8(body).map_err(|_| ImdsError::Invalid {
+        path: path.to_string(),
+        detail: "an answer that is not UTF-8".into(),
+    })
+}
+
 fn parse_ipv4(path: &str, value: &str) -> Result<Ipv4Addr, ImdsError> {
     value.trim().parse().map_err(|_| ImdsError::Invalid {
         path: format!("/latest/{path}"),
@@ -300,6 +472,160 @@ pub fn is_warm_pool_state(state: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use testbed::imds::{ImdsOptions, ImdsServer};
+
+    fn token_puts(imds: &ImdsServer) -> usize {
+        imds.requests()
+            .iter()
+            .filter(|r| r.method == "PUT" && r.path == TOKEN_PATH)
+            .count()
+    }
+
+    #[tokio::test]
+    async fn one_token_serves_every_read() {
+        let server = ImdsServer::start(ImdsOptions::default()).await;
+        let imds = Imds::with_endpoint(&server.url());
+        let identity = imds
+            .identity(Duration::from_secs(5))
+            .await
+            .expect("identity");
+        assert_eq!(identity.instance_id, "i-0a1b2c3d4e5f60718");
+        assert_eq!(identity.local_ipv4, Some(Ipv4Addr::new(10, 0, 1, 23)));
+        assert_eq!(identity.autoscaling_group.as_deref(), Some("crawlers"));
+        assert_eq!(
+            identity.target_lifecycle_state, None,
+            "404 until the first transition"
+        );
+        // A clone shares the token.
+        let again = imds.clone();
+        assert_eq!(
+            again
+                .spot_action(Duration::from_secs(1))
+                .await
+                .expect("spot"),
+            None
+        );
+        assert!(server.metadata_gets() >= 8);
+        assert_eq!(token_puts(&server), 1);
+    }
+
+    #[tokio::test]
+    async fn an_expired_token_is_replaced_and_the_read_still_answers() {
+        let server = ImdsServer::start(ImdsOptions::default()).await;
+        let imds = Imds::with_endpoint(&format!("{}/", server.url()));
+        server.set_target_lifecycle_state(Some("InService"));
+        let state = || imds.target_lifecycle_state_within(Duration::from_secs(2));
+        assert_eq!(state().await.expect("state").as_deref(), Some("InService"));
+        server.expire_tokens();
+        server.set_target_lifecycle_state(Some("Terminated"));
+        assert_eq!(state().await.expect("state").as_deref(), Some("Terminated"));
+        assert_eq!(token_puts(&server), 2);
+        let refused = server.requests().iter().filter(|r| r.status == 401).count();
+        assert_eq!(refused, 1, "one 401, then the fresh token");
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_within_the_budget() {
+        let server = ImdsServer::start(ImdsOptions::default()).await;
+        let imds = Imds::with_endpoint(&server.url());
+        // The token PUT and the first GET fail, then IMDS recovers.
+        server.fail_next(2, 500);
+        let id = imds
+            .get_within("meta-data/instance-id", Duration::from_secs(10))
+            .await
+            .expect("answers after the 500s");
+        assert_eq!(id.as_deref(), Some("i-0a1b2c3d4e5f60718"));
+        let failed = server.requests().iter().filter(|r| r.status == 500).count();
+        assert_eq!(failed, 2);
+    }
+
+    #[tokio::test]
+    async fn a_token_request_that_never_answers_is_bounded_and_explained() {
+        let server = ImdsServer::start(ImdsOptions::default()).await;
+        server.set_token_hang(true);
+        let imds = Imds::with_endpoint(&server.url());
+        let started = Instant::now();
+        let err = imds
+            .get_within("meta-data/instance-id", Duration::from_secs(3))
+            .await
+            .expect_err("no token, no answer");
+        assert!(started.elapsed() < Duration::from_secs(10), "bounded");
+        let text = err.to_string();
+        assert!(text.contains("within 3s"), "{text}");
+        assert!(text.contains("hop limit"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_bad_endpoint_fails_at_once_and_names_the_variable() {
+        for bad in ["169.254.169.254", "ftp://x", "not a url"] {
+            let imds = Imds::with_endpoint(bad);
+            let err = imds
+                .get_within("meta-data/instance-id", Duration::from_secs(30))
+                .await
+                .expect_err("bad endpoint");
+            assert!(matches!(err, ImdsError::Endpoint(_)), "{bad}: {err}");
+            assert!(err
+                .to_string()
+                .contains("AWS_EC2_METADATA_SERVICE_ENDPOINT"));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_token_never_shows_in_debug_output() {
+        let server = ImdsServer::start(ImdsOptions::default()).await;
+        let imds = Imds::with_endpoint(&server.url());
+        imds.get("meta-data/instance-id").await.expect("read");
+        let token = imds
+            .token
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .map(|t| t.value.expose_secret().to_string())
+            .expect("a cached token");
+        assert!(token.len() > 20);
+        let shown = format!("{imds:?}");
+        assert!(!shown.contains(&token), "{shown}");
+    }
+
+    /// A bare HTTP server that answers every request with `body`.
+    async fn answering(body: Vec<u8>) -> (String, tokio::task::JoinHandle<()>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut request = [0u8; 4096];
+                let _ = conn.read(&mut request).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(&body).await;
+            }
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_is_not_text_or_too_long_is_refused() {
+        let bodies = [
+            (b"\xff\xfe".to_vec(), "UTF-8"),
+            (vec![b'a'; MAX_BODY + 1], "longer"),
+        ];
+        for (body, expected) in bodies {
+            let (url, server) = answering(body).await;
+            let err = Imds::with_endpoint(&url)
+                .get("meta-data/instance-id")
+                .await
+                .expect_err("refused");
+            assert!(err.to_string().contains(expected), "{err}");
+            server.abort();
+        }
+    }
 
     #[test]
     fn warm_pool_states() {

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::imds::{Imds, ImdsError};
+use crate::imds::Imds;
 use crate::termination::{Source, Termination};
 
 /// One IMDS read in a poll may take this long before the poll moves on.
@@ -20,7 +20,7 @@ pub async fn watch(
     tx: mpsc::Sender<Termination>,
     stop: CancellationToken,
 ) {
-    let mut imds = Imds::new();
+    let imds = Imds::new();
     let mut sent_state = false;
     let mut sent_spot = false;
     let mut failures = 0u32;
@@ -62,11 +62,6 @@ pub async fn watch(
             None => failures = 0,
             Some(e) => {
                 failures += 1;
-                // The SDK's client keeps a token it was told is bad until its TTL runs out;
-                // a fresh client fetches a new one.
-                if matches!(e, ImdsError::Status { status: 401, .. }) {
-                    imds = Imds::new();
-                }
                 if failures == 1 || failures % 60 == 0 {
                     tracing::warn!("polling IMDS failed ({failures} in a row): {e}");
                 }
