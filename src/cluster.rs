@@ -66,7 +66,8 @@ pub struct TakeOutPlan {
 /// What taking a host out did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TakeOutReport {
-    /// `purged`, or `gone` when the server no longer knows the host.
+    /// `purged`; `removed` or `purging` when the purge did not finish in time (the server
+    /// purges removed hosts on its own); `gone` when the server no longer knows the host.
     pub final_state: String,
 }
 
@@ -277,6 +278,22 @@ impl ClusterManager for Rancher1 {
             state: state.to_string(),
             error,
         };
+        // A removed host has left the environment: it drops out of every list, and the
+        // server purges it on its own some minutes later. From then on a failure (the purge
+        // refused, the budget spent) leaves the take-out done, not failed.
+        let done_or = |state: &str, err: TakeOutError| {
+            if matches!(state, "removed" | "purging") {
+                progress(&format!(
+                    "host {state}; purge not finished ({}), Rancher purges removed hosts on its own",
+                    err.error
+                ));
+                Ok(TakeOutReport {
+                    final_state: state.to_string(),
+                })
+            } else {
+                Err(err)
+            }
+        };
         loop {
             let host = match self.read_host(host_id, deadline).await {
                 Ok(Some(h)) => h,
@@ -285,7 +302,7 @@ impl ClusterManager for Rancher1 {
                     report.final_state = "gone".into();
                     return Ok(report);
                 }
-                Err(e) => return Err(fail(step, &state, e.to_string())),
+                Err(e) => return done_or(&state, fail(step, &state, e.to_string())),
             };
             if host.state != state {
                 if state != "unknown" {
@@ -329,15 +346,19 @@ impl ClusterManager for Rancher1 {
                             evacuated = true;
                         }
                     }
-                    Err(e) => return Err(fail(action, &state, e.to_string())),
+                    Err(e) => return done_or(&state, fail(action, &state, e.to_string())),
                 }
             }
             if Instant::now() + delay >= deadline {
-                return Err(fail(
-                    step,
+                return done_or(
                     &state,
-                    "lifecycle.drain_timeout ran out while the host was still on its way".into(),
-                ));
+                    fail(
+                        step,
+                        &state,
+                        "lifecycle.drain_timeout ran out while the host was still on its way"
+                            .into(),
+                    ),
+                );
             }
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
@@ -396,6 +417,73 @@ mod tests {
             "id": "1h1", "state": state, "actions": actions, "labels": {}
         }))
         .expect("host")
+    }
+
+    /// A Rancher 1.x client of the stand-in at `server`.
+    async fn rancher(server: &testbed::rancher::RancherServer) -> Rancher1 {
+        let mut config = crate::config::defaults_for_tests().rancher;
+        config.url = url::Url::parse(&server.url()).expect("url");
+        config.project_id = server.project_id().to_string();
+        config.access_key = server.access_key().to_string();
+        config.secret_key = secrecy::SecretString::from(server.secret_key().to_string());
+        Rancher1::new(RancherClient::connect(&config).await.expect("connect"))
+    }
+
+    fn active_host(server: &testbed::rancher::RancherServer) -> String {
+        server.add_host(testbed::rancher::HostSpec {
+            hostname: "ip-10-0-1-23".into(),
+            labels: [(
+                crate::rancher::INSTANCE_ID_LABEL.to_string(),
+                "i-0a1b2c3d4e5f60718".to_string(),
+            )]
+            .into_iter()
+            .collect(),
+            state: "active".into(),
+            agent_state: Some("active".into()),
+            agent_ip: "10.0.1.23".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_removed_host_is_out_even_when_the_purge_fails() {
+        let server = testbed::rancher::RancherServer::start(testbed::rancher::RancherOptions {
+            transition_delay: Duration::from_millis(20),
+            ..Default::default()
+        })
+        .await;
+        let id = active_host(&server);
+        server.inject("action=purge", Some("POST"), 500, 1000);
+        let lines = std::sync::Mutex::new(Vec::<String>::new());
+        let progress = |l: &str| lines.lock().expect("lines").push(l.to_string());
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let report = rancher(&server)
+            .await
+            .take_out(&id, TakeOutPlan { evacuate: false }, deadline, &progress)
+            .await
+            .expect("removed is out");
+        assert_eq!(report.final_state, "removed");
+        assert_eq!(server.host(&id).expect("host").state, "removed");
+        let lines = lines.lock().expect("lines").join("\n");
+        assert!(lines.contains("purges removed hosts on its own"), "{lines}");
+    }
+
+    #[tokio::test]
+    async fn a_host_stuck_before_removed_is_a_failure() {
+        let server = testbed::rancher::RancherServer::start(testbed::rancher::RancherOptions {
+            transition_delay: Duration::from_millis(20),
+            ..Default::default()
+        })
+        .await;
+        let id = active_host(&server);
+        server.stick(&id, "removing");
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let err = rancher(&server)
+            .await
+            .take_out(&id, TakeOutPlan { evacuate: false }, deadline, &|_| {})
+            .await
+            .expect_err("stuck in removing");
+        assert_eq!(err.state, "removing");
+        assert!(err.error.contains("drain_timeout"), "{err}");
     }
 
     #[test]
