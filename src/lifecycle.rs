@@ -155,11 +155,13 @@ pub async fn keep_alive(asg: AutoScaling, target: HookTarget, stop: Cancellation
     }
 }
 
-/// Completes the action with `result` before `deadline`.
+/// Completes the action with `result` before `deadline`, and never before the group shows
+/// the instance in `Terminating:Wait`.
 ///
-/// `No active Lifecycle Action` is ambiguous: before `Terminating:Wait` it means "too
-/// early" (IMDS says `Terminated` seconds before the group catches up), after completion
-/// it means "already done". The group's view of the instance tells them apart.
+/// IMDS says `Terminated` seconds before the group catches up, and a message can arrive
+/// before the group reaches the wait state. Asking first keeps drover from answering an
+/// action that is not there yet, and tells "not yet" from "already done", which the
+/// service's `No active Lifecycle Action` leaves ambiguous.
 pub async fn complete(
     asg: &AutoScaling,
     target: &HookTarget,
@@ -168,44 +170,50 @@ pub async fn complete(
 ) -> Result<Completion, LifecycleError> {
     let started = Instant::now();
     let mut by_token = target.token.is_some();
-    let mut delay = Duration::from_millis(500);
-    let mut last;
+    let mut delay = Duration::from_millis(250);
+    let mut last: String;
     loop {
-        match asg.complete(&target.action_ref(by_token), result).await {
-            Ok(()) => return Ok(Completion::Completed),
-            Err(e) if e.is_no_active_action() => {
-                let state = asg
-                    .membership(&target.instance_id)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|m| m.lifecycle_state);
-                match state.as_deref() {
-                    None | Some("Terminating:Proceed") | Some("Terminated") => {
-                        return Ok(Completion::AlreadyDone)
-                    }
-                    Some("Terminating:Wait") if by_token => {
-                        // Waiting, but not on that token (a newer action): use the instance id.
-                        by_token = false;
-                        continue;
-                    }
-                    Some("Terminating" | "Terminating:Wait" | "InService") => {
-                        tracing::info!(
-                            state = state.as_deref().unwrap_or("?"),
-                            "the group is not ready for the lifecycle answer yet; retrying"
-                        );
-                        last = format!("instance {}: {e}", state.as_deref().unwrap_or("?"));
-                    }
-                    Some(other) => {
-                        return Err(LifecycleError::NotWaiting {
-                            instance_id: target.instance_id.clone(),
-                            state: other.to_string(),
-                        })
+        match asg.membership(&target.instance_id).await {
+            // Gone from the group, or past the wait: someone answered, or it timed out.
+            Ok(None) => return Ok(Completion::AlreadyDone),
+            Ok(Some(m)) => match m.lifecycle_state.as_deref() {
+                Some("Terminating:Proceed" | "Terminated") => return Ok(Completion::AlreadyDone),
+                Some("Terminating:Wait") => {
+                    match asg.complete(&target.action_ref(by_token), result).await {
+                        Ok(()) => return Ok(Completion::Completed),
+                        Err(e) if e.is_no_active_action() && by_token => {
+                            // Waiting, but not on that token (a newer action): by instance id.
+                            by_token = false;
+                            continue;
+                        }
+                        // Answered by someone else between the two calls: the next look
+                        // at the group says so.
+                        Err(e) if e.is_no_active_action() || e.is_transient() => {
+                            tracing::warn!("completing the lifecycle action failed: {e}; retrying");
+                            last = e.to_string();
+                        }
+                        Err(e) => return Err(e.into()),
                     }
                 }
-            }
+                Some(
+                    state @ ("Pending" | "Pending:Wait" | "Pending:Proceed" | "InService"
+                    | "Terminating"),
+                ) => {
+                    tracing::info!(
+                        state,
+                        "the group is not at Terminating:Wait yet; waiting to answer"
+                    );
+                    last = format!("instance {} is {state}", target.instance_id);
+                }
+                other => {
+                    return Err(LifecycleError::NotWaiting {
+                        instance_id: target.instance_id.clone(),
+                        state: other.unwrap_or("of unknown state").to_string(),
+                    })
+                }
+            },
             Err(e) if e.is_transient() => {
-                tracing::warn!("completing the lifecycle action failed: {e}; retrying");
+                tracing::warn!("asking Auto Scaling before completing failed: {e}; retrying");
                 last = e.to_string();
             }
             Err(e) => return Err(e.into()),

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::autoscaling::{AutoScaling, GroupMembership};
+use crate::autoscaling::{AutoScaling, AutoScalingError, GroupMembership};
 use crate::cluster::{ClusterManager, TakeOutPlan};
 use crate::config::{Config, LifecycleResult};
 use crate::docker::AgentDocker;
@@ -31,6 +31,16 @@ pub const COMPLETE_BUDGET: Duration = Duration::from_secs(300);
 pub const PAGE_BUDGET: Duration = Duration::from_secs(30);
 /// Budget for finding a host before anything else.
 const FIND_BUDGET: Duration = Duration::from_secs(60);
+
+/// What Auto Scaling says about the lifecycle action to answer.
+#[derive(Debug, Clone)]
+enum HookLookup {
+    Found(HookTarget),
+    /// Certainly nothing to complete: no group, no termination hook, not terminating.
+    NoAction,
+    /// Auto Scaling could not tell; an action may be waiting.
+    Unknown(String),
+}
 
 /// What the state dir knows about one instance's take-out.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -315,8 +325,10 @@ impl<C: ClusterManager + 'static> Workflow<C> {
                 }
                 Err(e) => {
                     timeline.push(format!("looking the host up failed: {e}"));
+                    // The host may stay a ghost, but the hook is still ours to answer.
+                    let hook = self.hook_target(&t, &record, &timeline).await;
                     return self
-                        .finish_failed(&mut record, &timeline, "find host", &e.to_string(), None)
+                        .finish_failed(&mut record, &timeline, "find host", &e.to_string(), &hook)
                         .await;
                 }
             },
@@ -345,7 +357,11 @@ impl<C: ClusterManager + 'static> Workflow<C> {
         ));
 
         // The lifecycle action to answer, and heartbeats while we work.
-        let target = self.hook_target(&t, &record, &timeline).await;
+        let hook = self.hook_target(&t, &record, &timeline).await;
+        let target = match &hook {
+            HookLookup::Found(target) => Some(target.clone()),
+            HookLookup::NoAction | HookLookup::Unknown(_) => None,
+        };
         if let Some(target) = &target {
             record.group = Some(target.group.clone());
             record.hook = Some(target.hook.clone());
@@ -406,16 +422,11 @@ impl<C: ClusterManager + 'static> Workflow<C> {
 
         if let Some((step, error)) = failure {
             return self
-                .finish_failed(&mut record, &timeline, &step, &error, target.as_ref())
+                .finish_failed(&mut record, &timeline, &step, &error, &hook)
                 .await;
         }
         let outcome = self
-            .answer_hook(
-                &mut record,
-                &timeline,
-                target.as_ref(),
-                LifecycleResult::Continue,
-            )
+            .answer_hook(&mut record, &timeline, &hook, LifecycleResult::Continue)
             .await;
         if outcome == Outcome::Done && record.paged {
             let summary = format!("drover: {} taken out and its hook completed", t.instance_id);
@@ -437,28 +448,39 @@ impl<C: ClusterManager + 'static> Workflow<C> {
     /// Why the group does not confirm that `instance_id` is terminating, if it does not.
     async fn unconfirmed_termination(&self, instance_id: &str) -> Option<String> {
         match self.membership(instance_id).await? {
-            Ok(Some(m)) if !m.is_terminating() => Some(format!(
+            Ok(Some(m)) if m.is_terminating() => None,
+            Ok(Some(m)) => Some(format!(
                 "group {} shows {instance_id} {}, not terminating",
                 m.group,
                 m.lifecycle_state.as_deref().unwrap_or("?")
             )),
-            // Gone from its group: the instance is terminated, its host a ghost to remove.
-            Ok(_) => None,
+            // In no group: a plain host, one detached, or an instance long gone. A message
+            // cannot tell these apart from a forgery, and a host is never taken out on a
+            // claim alone; the message goes to the dead-letter queue for a person to see.
+            Ok(None) => Some(format!(
+                "{instance_id} is in no Auto Scaling group, so nothing confirms it is terminating"
+            )),
             Err(e) => Some(format!("cannot confirm it with Auto Scaling: {e}")),
         }
     }
 
-    /// The instance's place in its group, bounded; `None` without an Auto Scaling client.
+    /// The instance's place in its group, transient failures retried within `FIND_BUDGET`;
+    /// `None` without an Auto Scaling client.
     async fn membership(
         &self,
         instance_id: &str,
     ) -> Option<Result<Option<GroupMembership>, String>> {
         let asg = self.asg.as_ref()?;
         Some(
-            match tokio::time::timeout(FIND_BUDGET, asg.membership(instance_id)).await {
-                Ok(result) => result.map_err(|e| e.to_string()),
-                Err(_) => Err("Auto Scaling did not answer".into()),
-            },
+            crate::retry::until(
+                "asking Auto Scaling about the instance",
+                Instant::now() + FIND_BUDGET,
+                Duration::from_secs(5),
+                AutoScalingError::is_transient,
+                || asg.membership(instance_id),
+            )
+            .await
+            .map_err(|e| e.to_string()),
         )
     }
 
@@ -467,8 +489,10 @@ impl<C: ClusterManager + 'static> Workflow<C> {
         t: &Termination,
         record: &TakeOutRecord,
         timeline: &Timeline,
-    ) -> Option<HookTarget> {
-        let asg = self.asg.as_ref()?;
+    ) -> HookLookup {
+        let Some(asg) = self.asg.as_ref() else {
+            return HookLookup::NoAction;
+        };
         // Asked by hand or by a signal, the instance may not be terminating at all: then no
         // lifecycle action waits, and waiting for one would only hold drover up.
         if matches!(t.source, Source::Command | Source::Signal | Source::Spot) {
@@ -479,43 +503,45 @@ impl<C: ClusterManager + 'static> Workflow<C> {
                         m.lifecycle_state.as_deref().unwrap_or("?"),
                         m.group
                     ));
-                    return None;
+                    return HookLookup::NoAction;
                 }
                 Some(Ok(None)) => {
                     timeline.push(
                         "the instance is in no Auto Scaling group; no lifecycle action to complete",
                     );
-                    return None;
+                    return HookLookup::NoAction;
                 }
                 _ => {}
             }
         }
-        let found = tokio::time::timeout(
-            FIND_BUDGET,
-            lifecycle::resolve_target(
-                asg,
-                &t.instance_id,
-                record.group.as_deref(),
-                record.hook.as_deref(),
-                self.config.lifecycle.hook_name.as_deref(),
-                t.token.as_deref(),
-            ),
+        let found = crate::retry::until(
+            "finding the lifecycle hook",
+            Instant::now() + FIND_BUDGET,
+            Duration::from_secs(5),
+            |e: &lifecycle::LifecycleError| {
+                matches!(e, lifecycle::LifecycleError::AutoScaling(a) if a.is_transient())
+            },
+            || {
+                lifecycle::resolve_target(
+                    asg,
+                    &t.instance_id,
+                    record.group.as_deref(),
+                    record.hook.as_deref(),
+                    self.config.lifecycle.hook_name.as_deref(),
+                    t.token.as_deref(),
+                )
+            },
         )
         .await;
         match found {
-            Ok(Ok(Some(target))) => Some(target),
-            Ok(Ok(None)) => {
+            Ok(Some(target)) => HookLookup::Found(target),
+            Ok(None) => {
                 timeline.push("the instance is in no group with a termination hook; no lifecycle action to complete");
-                None
+                HookLookup::NoAction
             }
-            Ok(Err(e)) => {
-                timeline.push(format!("cannot tell the lifecycle hook: {e}"));
-                None
-            }
-            Err(_) => {
-                timeline.push("Auto Scaling did not answer about the hook");
-                None
-            }
+            // Not knowing is not "nothing to do": the action may be waiting, so the message
+            // must come back rather than be deleted.
+            Err(e) => HookLookup::Unknown(format!("cannot tell the lifecycle hook: {e}")),
         }
     }
 
@@ -539,7 +565,7 @@ impl<C: ClusterManager + 'static> Workflow<C> {
         &self,
         record: &mut TakeOutRecord,
         timeline: &Timeline,
-        target: Option<&HookTarget>,
+        hook: &HookLookup,
         result: LifecycleResult,
     ) -> Outcome {
         let failed = result != LifecycleResult::Continue || !record.taken_out;
@@ -548,13 +574,26 @@ impl<C: ClusterManager + 'static> Workflow<C> {
         } else {
             Outcome::Done
         };
-        let (Some(asg), Some(target)) = (&self.asg, target) else {
-            record.hook_completed = true;
-            return settled;
-        };
         if record.hook_completed {
             return settled;
         }
+        let target = match hook {
+            HookLookup::Found(target) => target,
+            HookLookup::NoAction => {
+                record.hook_completed = true;
+                return settled;
+            }
+            HookLookup::Unknown(why) => {
+                timeline.push(why.clone());
+                self.page(record, timeline, "find the lifecycle action", why)
+                    .await;
+                return Outcome::NotCompleted;
+            }
+        };
+        let Some(asg) = &self.asg else {
+            record.hook_completed = true;
+            return settled;
+        };
         match lifecycle::complete(
             asg,
             target,
@@ -599,11 +638,11 @@ impl<C: ClusterManager + 'static> Workflow<C> {
         timeline: &Timeline,
         step: &str,
         error: &str,
-        target: Option<&HookTarget>,
+        hook: &HookLookup,
     ) -> Outcome {
         self.page(record, timeline, step, error).await;
         let outcome = self
-            .answer_hook(record, timeline, target, self.config.lifecycle.on_failure)
+            .answer_hook(record, timeline, hook, self.config.lifecycle.on_failure)
             .await;
         record.timeline = timeline.entries();
         self.save(record);

@@ -246,19 +246,86 @@ async fn a_peer_without_a_host_here_is_handed_back_and_never_deleted() {
     )
     .await;
     run.wait_for("not terminating", LONG).await;
+    // A plain host of the environment, its instance in no group: nothing confirms that it
+    // is terminating, so a message about it is a claim only, and its host stays.
+    let plain = "i-0000000000000beef";
+    let plain_host = bed.rancher.add_host(HostSpec {
+        hostname: "plain".into(),
+        labels: BTreeMap::from([("aws.instance_id".to_string(), plain.to_string())]),
+        state: "active".into(),
+        agent_state: None,
+        agent_ip: "10.0.3.200".into(),
+    });
+    moto.send(
+        &queue,
+        &direct_message(plain, "77777777-8888-9999-aaaa-bbbbbbbbbbbb"),
+    )
+    .await;
+    run.wait_for("is in no Auto Scaling group", LONG).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // Never deleted: both are in the queue, or in its dead-letter queue when the hand-backs
+    // Never deleted: all are in the queue, or in its dead-letter queue when the hand-backs
     // used up the redrive policy's 5 receives (the stranger's can, in a couple of seconds).
     let (visible, hidden) = moto.approximate_counts(&queue).await;
     let (dead, dead_hidden) = moto.approximate_counts(&format!("{queue}-dlq")).await;
     assert_eq!(
         visible + hidden + dead + dead_hidden,
-        2,
-        "both messages are still in the queue or its dead-letter queue"
+        3,
+        "every message is still in the queue or its dead-letter queue"
     );
     assert!(bed.asg.completions().is_empty());
-    let healthy_host = bed.rancher.host(&healthy_host).expect("peer host");
-    assert_eq!(healthy_host.history, vec!["active".to_string()]);
+    for id in [&healthy_host, &plain_host] {
+        let host = bed.rancher.host(id).expect("peer host");
+        assert_eq!(host.history, vec!["active".to_string()], "{id}");
+    }
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait(LONG).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_auto_scaling_cannot_name_keeps_the_message_and_pages() {
+    let (mut bed, moto, queue) = bed_with_queue(BedOptions::default()).await;
+    let host_id = bed.register().await;
+    bed.extra_env.push((
+        "DROVER_PAGER_PAGERDUTY_ROUTING_KEY".into(),
+        ROUTING_KEY.into(),
+    ));
+    let mut run = bed.spawn(&["run"]);
+    run.wait_for("watching for termination", LONG).await;
+    let token = bed
+        .asg
+        .begin_termination(&bed.instance_id, Duration::ZERO)
+        .expect("token");
+    // DescribeLifecycleHooks refused: drover cannot tell which action waits, so it must
+    // neither claim the hook done nor delete the message.
+    bed.asg.fail_next(
+        "DescribeLifecycleHooks",
+        1000,
+        testbed::autoscaling::Fault::ValidationError,
+    );
+    moto.send(&queue, &direct_message(&bed.instance_id, &token))
+        .await;
+    run.wait_for("lifecycle action not completed", LONG).await;
+    assert_eq!(bed.rancher.host(&host_id).expect("host").state, "purged");
+    assert!(completions_of(&bed, &bed.instance_id).is_empty());
+    let pages = bed.pager.events();
+    assert_eq!(pages.len(), 1, "{pages:?}");
+    assert!(
+        pages[0].to_string().contains("find the lifecycle action"),
+        "{}",
+        pages[0]
+    );
+    let (visible, hidden) = moto.approximate_counts(&queue).await;
+    assert_eq!(visible + hidden, 1, "the message stays for another try");
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            bed.state_dir()
+                .join(format!("takeout-{}.json", bed.instance_id)),
+        )
+        .expect("take-out record"),
+    )
+    .expect("json");
+    assert_eq!(record["taken_out"], true);
+    assert_eq!(record["hook_completed"], false);
     run.signal(Signal::SIGTERM);
     assert_eq!(run.wait(LONG).await, Some(0));
 }
@@ -465,16 +532,16 @@ async fn imds_terminated_seconds_before_terminating_wait() {
         !done.by_token,
         "IMDS gives no token: completed by instance id"
     );
-    let refused = bed
+    // drover asked the group and waited, rather than answering an action not there yet.
+    let refused = bed.asg.refused_completions();
+    assert!(refused.is_empty(), "{refused:?}");
+    let completes = bed
         .asg
         .requests()
         .iter()
-        .filter(|r| r.action == "CompleteLifecycleAction" && r.status == 400)
+        .filter(|r| r.action == "CompleteLifecycleAction")
         .count();
-    assert!(
-        refused >= 1,
-        "tried before Terminating:Wait and was refused"
-    );
+    assert_eq!(completes, 1, "one call, once the group was waiting");
     assert_eq!(bed.rancher.host(&host_id).expect("host").state, "purged");
     run.signal(Signal::SIGTERM);
     assert_eq!(run.wait(LONG).await, Some(0));
