@@ -454,6 +454,16 @@ pub async fn run_command(config: Arc<Config>) -> Result<(), AppError> {
         .unwrap_or(None);
     let resume = unfinished.filter(|r| !r.finished());
     let terminating = identity.target_lifecycle_state.as_deref() == Some("Terminated");
+    // A Spot notice already out: the instance has two minutes left. Registering now would
+    // only make a host to take out again (a restart after a crash lands here).
+    let spot = match imds.spot_action(Duration::from_secs(3)).await {
+        Ok(Some(action)) => imds_poll::spot_termination(&own, &action),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!("cannot read the Spot notice at start ({e}); polling will tell");
+            None
+        }
+    };
     if let Some(record) = &resume {
         tracing::info!(
             host_id = record.host_id.as_deref().unwrap_or("?"),
@@ -466,6 +476,9 @@ pub async fn run_command(config: Arc<Config>) -> Result<(), AppError> {
     } else if terminating {
         tracing::info!("target lifecycle state is already Terminated; not registering");
         wf.dispatch(Termination::new(&own, Source::ImdsTargetState));
+    } else if let Some(t) = spot {
+        tracing::info!("a Spot interruption is pending; not registering");
+        wf.dispatch(t);
     } else {
         let mut identity = identity.clone();
         match wait_out_warm_pool(&imds, &identity, &mut signals).await {
@@ -517,7 +530,9 @@ pub async fn run_command(config: Arc<Config>) -> Result<(), AppError> {
     };
     notify_systemd(sd_notify::NotifyState::Stopping);
     match decision {
-        None if already_out => tracing::info!("{name}: stopping; this host was taken out already"),
+        None if already_out => {
+            tracing::info!("{name}: stopping; this host's termination was handled already")
+        }
         None => tracing::info!("{name}: stopping; the host stays registered"),
         Some(why) => {
             tracing::info!("{name}: taking the host out before stopping ({why})");

@@ -7,11 +7,26 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::imds::Imds;
+use crate::imds::{Imds, SpotAction};
 use crate::termination::{Source, Termination};
 
 /// One IMDS read in a poll may take this long before the poll moves on.
 const READ_BUDGET: Duration = Duration::from_secs(3);
+
+/// The termination a Spot notice means, if it means one: urgent, with the notice's time as
+/// the hard deadline (two minutes from now when the time is unreadable).
+pub fn spot_termination(own_instance: &str, action: &SpotAction) -> Option<Termination> {
+    if !matches!(action.action.as_str(), "terminate" | "stop" | "hibernate") {
+        return None;
+    }
+    tracing::warn!(action = %action.action, time = %action.time, "Spot interruption notice");
+    let mut t = Termination::new(own_instance, Source::Spot);
+    t.urgent = true;
+    t.deadline = humantime::parse_rfc3339_weak(&action.time)
+        .ok()
+        .or_else(|| SystemTime::now().checked_add(Duration::from_secs(120)));
+    Some(t)
+}
 
 /// Polls until `stop` is cancelled; sends each kind of termination once.
 pub async fn watch(
@@ -43,18 +58,12 @@ pub async fn watch(
         }
         if !sent_spot {
             match imds.spot_action(READ_BUDGET).await {
-                Ok(Some(action))
-                    if matches!(action.action.as_str(), "terminate" | "stop" | "hibernate") =>
-                {
-                    tracing::warn!(action = %action.action, time = %action.time, "Spot interruption notice");
-                    let mut t = Termination::new(own_instance.clone(), Source::Spot);
-                    t.urgent = true;
-                    t.deadline = humantime::parse_rfc3339_weak(&action.time)
-                        .ok()
-                        .or_else(|| SystemTime::now().checked_add(Duration::from_secs(120)));
-                    sent_spot = tx.send(t).await.is_ok();
+                Ok(Some(action)) => {
+                    if let Some(t) = spot_termination(&own_instance, &action) {
+                        sent_spot = tx.send(t).await.is_ok();
+                    }
                 }
-                Ok(_) => {}
+                Ok(None) => {}
                 Err(e) => failed = Some(e),
             }
         }
