@@ -74,6 +74,16 @@ pub enum Fault {
     ValidationError,
 }
 
+/// A `CompleteLifecycleAction` the service refused, with the named instance's lifecycle
+/// state at that moment: a call before `Terminating:Wait` is a client's mistake.
+#[derive(Debug, Clone)]
+pub struct RefusedCompletion {
+    /// From `InstanceId`, else from the token; empty when neither names an instance.
+    pub instance_id: String,
+    pub state: String,
+    pub message: String,
+}
+
 /// The terminating hook's action, as captured when termination began.
 #[derive(Debug, Clone)]
 struct Action {
@@ -148,6 +158,7 @@ struct Inner {
     instances: HashMap<String, Instance>,
     order: Vec<String>,
     completions: Vec<Completion>,
+    refused: Vec<RefusedCompletion>,
     heartbeats: Vec<Heartbeat>,
     faults: HashMap<String, (usize, Fault)>,
     latency: Duration,
@@ -231,6 +242,7 @@ impl AutoScalingServer {
                 instances: HashMap::new(),
                 order: Vec::new(),
                 completions: Vec::new(),
+                refused: Vec::new(),
                 heartbeats: Vec::new(),
                 faults: HashMap::new(),
                 latency: Duration::ZERO,
@@ -320,6 +332,11 @@ impl AutoScalingServer {
     /// Completions by call and by timeout, in the order they happened.
     pub fn completions(&self) -> Vec<Completion> {
         self.shared.now().0.completions.clone()
+    }
+
+    /// `CompleteLifecycleAction` calls refused (injected faults are not counted).
+    pub fn refused_completions(&self) -> Vec<RefusedCompletion> {
+        self.shared.now().0.refused.clone()
     }
 
     pub fn heartbeats(&self) -> Vec<Heartbeat> {
@@ -507,7 +524,14 @@ fn dispatch(
         }
     }
     let result = match action {
-        "CompleteLifecycleAction" => complete(&mut inner, now, params).map(|()| String::new()),
+        "CompleteLifecycleAction" => match complete(&mut inner, now, params) {
+            Ok(()) => Ok(String::new()),
+            Err(e) => {
+                let refused = refusal(&inner, now, params, &e);
+                inner.refused.push(refused);
+                Err(e)
+            }
+        },
         "RecordLifecycleActionHeartbeat" => {
             heartbeat(&mut inner, now, params).map(|()| String::new())
         }
@@ -621,6 +645,34 @@ fn complete(inner: &mut Inner, now: Instant, params: &Params) -> Result<(), ApiE
     };
     inner.completions.push(completion);
     Ok(())
+}
+
+fn refusal(inner: &Inner, now: Instant, params: &Params, err: &ApiError) -> RefusedCompletion {
+    let by_token = params.value("LifecycleActionToken").and_then(|token| {
+        inner.order.iter().find(|id| {
+            inner.instances.get(*id).is_some_and(|i| {
+                i.termination
+                    .as_ref()
+                    .and_then(|t| t.action.as_ref())
+                    .is_some_and(|a| a.token == token)
+            })
+        })
+    });
+    let instance_id = params
+        .value("InstanceId")
+        .map(str::to_string)
+        .or_else(|| by_token.cloned())
+        .unwrap_or_default();
+    let state = inner
+        .instances
+        .get(&instance_id)
+        .map(|i| i.state(now).to_string())
+        .unwrap_or_default();
+    RefusedCompletion {
+        instance_id,
+        state,
+        message: format!("{}: {}", err.code, err.message),
+    }
 }
 
 fn heartbeat(inner: &mut Inner, now: Instant, params: &Params) -> Result<(), ApiError> {

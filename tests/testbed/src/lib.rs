@@ -9,8 +9,10 @@
 pub mod autoscaling;
 pub mod bench;
 pub mod docker;
+pub mod faults;
 pub mod http;
 pub mod imds;
 pub mod moto;
 pub mod pager;
+pub mod proxy;
 pub mod rancher;

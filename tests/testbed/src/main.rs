@@ -1,6 +1,7 @@
 //! `drover-testbed demo`: runs the real drover binary against the whole test bed (its own
 //! stand-ins, moto SQS, a private dockerd) and prints what happened, step by step.
 //! `drover-testbed bench`: measures it there (see `testbed::bench`).
+//! `drover-testbed faults`: the seeded fault-injection campaign (see `testbed::faults`).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -16,7 +17,8 @@ use testbed::rancher::{RancherOptions, RancherServer};
 
 const USAGE: &str = "usage: drover-testbed demo [--drover PATH]
        drover-testbed bench [--drover PATH] [--idle SECS] [--runs N] [--fleet N]
-                            [--only footprint,reaction,boot,fleet] [--out FILE.md]";
+                            [--only footprint,reaction,boot,fleet] [--out FILE.md]
+       drover-testbed faults [--drover PATH] [--seeds FIRST..END] [--jobs N] [--out FILE.md]";
 
 #[tokio::main]
 async fn main() {
@@ -32,6 +34,16 @@ async fn main() {
             }
             None => {
                 eprintln!("{USAGE}");
+                std::process::exit(2);
+            }
+        }
+    }
+    if args.first().map(String::as_str) == Some("faults") {
+        match faults(&args[1..]).await {
+            Ok(true) => return,
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("{e}\n{USAGE}");
                 std::process::exit(2);
             }
         }
@@ -55,6 +67,70 @@ async fn main() {
         eprintln!("demo failed: {e}");
         std::process::exit(1);
     }
+}
+
+/// Runs the fault campaign; `Ok(false)` when an invariant broke.
+async fn faults(args: &[String]) -> Result<bool, String> {
+    let mut drover = PathBuf::from("target/debug/drover");
+    let mut seeds = 0..200u64;
+    let mut jobs = 6;
+    let mut out = None;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let value = rest.next().ok_or(format!("{arg} needs a value"))?;
+        match arg.as_str() {
+            "--drover" => drover = PathBuf::from(value),
+            "--seeds" => {
+                let (a, b) = value
+                    .split_once("..")
+                    .ok_or("--seeds is FIRST..END, e.g. 0..2000")?;
+                let first = a.parse().map_err(|_| "--seeds: FIRST is not a number")?;
+                let end = b.parse().map_err(|_| "--seeds: END is not a number")?;
+                seeds = first..end;
+            }
+            "--jobs" => jobs = value.parse().map_err(|_| "--jobs is a number")?,
+            "--out" => out = Some(PathBuf::from(value)),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    let started = std::time::Instant::now();
+    let campaign = std::sync::Arc::new(testbed::faults::Campaign::start(&drover).await?);
+    let list: Vec<u64> = seeds.clone().collect();
+    let mut reports = Vec::new();
+    // In chunks, so that a long run shows progress.
+    for chunk in list.chunks(50) {
+        let done = campaign.run(chunk, jobs).await;
+        let bad = done.iter().filter(|r| !r.violations.is_empty()).count();
+        println!(
+            "seeds {}..={}: {} cases, {bad} with violations ({:.0}s so far)",
+            chunk[0],
+            chunk[chunk.len() - 1],
+            done.len(),
+            started.elapsed().as_secs_f64()
+        );
+        for r in done.iter().filter(|r| !r.violations.is_empty()) {
+            println!(
+                "--- seed {} ({:?}, {:?}):\n  {}\n{}",
+                r.plan.seed,
+                r.plan.trigger,
+                r.plan.faults,
+                r.violations.join("\n  "),
+                r.log_tail
+            );
+        }
+        reports.extend(done);
+    }
+    let summary = testbed::faults::markdown(&reports, &format!("{seeds:?}"));
+    println!("\n{summary}");
+    if let Some(out) = out {
+        let text = format!(
+            "Run by `drover-testbed faults` on {} with {jobs} cases at a time; took {:.0} s.\n\n{summary}",
+            bench::machine(),
+            started.elapsed().as_secs_f64()
+        );
+        std::fs::write(&out, text).map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    Ok(reports.iter().all(|r| r.violations.is_empty()))
 }
 
 fn heading(text: &str) {

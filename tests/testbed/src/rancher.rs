@@ -379,6 +379,10 @@ impl RancherServer {
     }
 
     /// The server's base URL without `/v1` (what `rancher.url` is set to).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.server.addr()
+    }
+
     pub fn url(&self) -> String {
         self.server.url()
     }
@@ -670,14 +674,22 @@ async fn handle(
     let reply = {
         let mut state = lock(&app.state);
         state.advance();
-        state.respond(&Req {
+        // Rancher builds its links from the Host the client asked for, so that they work
+        // through a proxy or a load balancer in front of it.
+        let own_base = state.base.clone();
+        if let Some(host) = headers.get("host").and_then(|h| h.to_str().ok()) {
+            state.base = format!("http://{host}");
+        }
+        let reply = state.respond(&Req {
             method: &method,
             path: &path,
             query: &query,
             pairs: &pairs,
             headers: &headers,
             body: &body,
-        })
+        });
+        state.base = own_base;
+        reply
     };
     app.log
         .record(method.as_str(), &path, &query, &action, reply.status);
