@@ -68,13 +68,12 @@ impl AutoScalingError {
     }
 }
 
-/// Which lifecycle action a call is about: by token when known, else by instance id.
+/// Which lifecycle action a call is about: the instance's, in that group and hook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActionRef<'a> {
     pub group: &'a str,
     pub hook: &'a str,
     pub instance_id: &'a str,
-    pub token: Option<&'a str>,
 }
 
 /// Where the instance stands in its group.
@@ -143,17 +142,13 @@ impl AutoScaling {
         action: &ActionRef<'_>,
         result: &str,
     ) -> Result<(), AutoScalingError> {
-        let mut req = self
-            .client
+        self.client
             .complete_lifecycle_action()
             .auto_scaling_group_name(action.group)
             .lifecycle_hook_name(action.hook)
-            .lifecycle_action_result(result);
-        req = match action.token {
-            Some(token) => req.lifecycle_action_token(token),
-            None => req.instance_id(action.instance_id),
-        };
-        req.send()
+            .lifecycle_action_result(result)
+            .instance_id(action.instance_id)
+            .send()
             .await
             .map(|_| ())
             .map_err(|e| AutoScalingError::from_sdk("CompleteLifecycleAction", e))
@@ -161,16 +156,12 @@ impl AutoScaling {
 
     /// `RecordLifecycleActionHeartbeat`: restarts the hook's timeout.
     pub async fn heartbeat(&self, action: &ActionRef<'_>) -> Result<(), AutoScalingError> {
-        let mut req = self
-            .client
+        self.client
             .record_lifecycle_action_heartbeat()
             .auto_scaling_group_name(action.group)
-            .lifecycle_hook_name(action.hook);
-        req = match action.token {
-            Some(token) => req.lifecycle_action_token(token),
-            None => req.instance_id(action.instance_id),
-        };
-        req.send()
+            .lifecycle_hook_name(action.hook)
+            .instance_id(action.instance_id)
+            .send()
             .await
             .map(|_| ())
             .map_err(|e| AutoScalingError::from_sdk("RecordLifecycleActionHeartbeat", e))

@@ -28,38 +28,23 @@ pub enum LifecycleError {
     NotWaiting { instance_id: String, state: String },
 }
 
-/// The lifecycle action to complete. The token is not in `Debug`.
-#[derive(Clone, PartialEq, Eq)]
+/// The lifecycle action to complete, named by instance id, never by the message's token:
+/// tokens travel in the queue, and a forged message could pair one instance with another's
+/// token. By instance id, drover answers only the action of the instance it took out.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookTarget {
     pub group: String,
     pub hook: String,
     pub instance_id: String,
-    pub token: Option<String>,
     pub heartbeat_timeout: Duration,
 }
 
-impl std::fmt::Debug for HookTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HookTarget")
-            .field("group", &self.group)
-            .field("hook", &self.hook)
-            .field("instance_id", &self.instance_id)
-            .field("heartbeat_timeout", &self.heartbeat_timeout)
-            .finish_non_exhaustive()
-    }
-}
-
 impl HookTarget {
-    fn action_ref(&self, by_token: bool) -> ActionRef<'_> {
+    fn action_ref(&self) -> ActionRef<'_> {
         ActionRef {
             group: &self.group,
             hook: &self.hook,
             instance_id: &self.instance_id,
-            token: if by_token {
-                self.token.as_deref()
-            } else {
-                None
-            },
         }
     }
 
@@ -77,16 +62,15 @@ pub enum Completion {
     AlreadyDone,
 }
 
-/// Finds the group and the termination hook: from what the source knew, the config, the
-/// instance's group membership and `DescribeLifecycleHooks`. `Ok(None)` when the instance
-/// is in no group or its group has no termination hook: nothing to complete.
+/// The lifecycle action to answer for `instance_id`: its group (the message's, else from
+/// Auto Scaling) and the termination hook there. A hook the message names is used only when
+/// the group lists it as a termination hook: a message is a claim, the group is the fact.
 pub async fn resolve_target(
     asg: &AutoScaling,
     instance_id: &str,
     group: Option<&str>,
     hook: Option<&str>,
     configured_hook: Option<&str>,
-    token: Option<&str>,
 ) -> Result<Option<HookTarget>, LifecycleError> {
     let group = match group {
         Some(g) => g.to_string(),
@@ -96,29 +80,28 @@ pub async fn resolve_target(
         },
     };
     let hooks = asg.hooks(&group).await?;
-    let wanted = hook.or(configured_hook);
-    let chosen = match wanted {
-        Some(name) => hooks.iter().find(|h| h.name == name),
-        None => hooks
+    let terminating = |name: &str| {
+        hooks
+            .iter()
+            .find(|h| h.name == name && h.transition == TERMINATING_TRANSITION)
+    };
+    let chosen = match (hook.and_then(terminating), configured_hook) {
+        (Some(named), _) => Some(named),
+        (None, Some(name)) => match terminating(name) {
+            Some(h) => Some(h),
+            None => {
+                return Err(LifecycleError::NoSuchHook {
+                    group,
+                    hook: name.to_string(),
+                })
+            }
+        },
+        (None, None) => hooks
             .iter()
             .find(|h| h.transition == TERMINATING_TRANSITION),
     };
     let Some(chosen) = chosen else {
-        return match wanted {
-            // A message named the hook: trust it even if Describe does not show it (yet).
-            Some(name) if hook.is_some() => Ok(Some(HookTarget {
-                group,
-                hook: name.to_string(),
-                instance_id: instance_id.to_string(),
-                token: token.map(str::to_string),
-                heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
-            })),
-            Some(name) => Err(LifecycleError::NoSuchHook {
-                group,
-                hook: name.to_string(),
-            }),
-            None => Ok(None),
-        };
+        return Ok(None);
     };
     Ok(Some(HookTarget {
         hook: chosen.name.clone(),
@@ -129,7 +112,6 @@ pub async fn resolve_target(
             .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT),
         group,
         instance_id: instance_id.to_string(),
-        token: token.map(str::to_string),
     }))
 }
 
@@ -142,8 +124,7 @@ pub async fn keep_alive(asg: AutoScaling, target: HookTarget, stop: Cancellation
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let by_token = target.token.is_some();
-        match asg.heartbeat(&target.action_ref(by_token)).await {
+        match asg.heartbeat(&target.action_ref()).await {
             Ok(()) => tracing::debug!(hook = %target.hook, "lifecycle heartbeat sent"),
             Err(e) if e.is_no_active_action() => {
                 tracing::debug!(
@@ -169,7 +150,6 @@ pub async fn complete(
     deadline: Instant,
 ) -> Result<Completion, LifecycleError> {
     let started = Instant::now();
-    let mut by_token = target.token.is_some();
     let mut delay = Duration::from_millis(250);
     let mut last: String;
     loop {
@@ -179,13 +159,8 @@ pub async fn complete(
             Ok(Some(m)) => match m.lifecycle_state.as_deref() {
                 Some("Terminating:Proceed" | "Terminated") => return Ok(Completion::AlreadyDone),
                 Some("Terminating:Wait") => {
-                    match asg.complete(&target.action_ref(by_token), result).await {
+                    match asg.complete(&target.action_ref(), result).await {
                         Ok(()) => return Ok(Completion::Completed),
-                        Err(e) if e.is_no_active_action() && by_token => {
-                            // Waiting, but not on that token (a newer action): by instance id.
-                            by_token = false;
-                            continue;
-                        }
                         // Answered by someone else between the two calls: the next look
                         // at the group says so.
                         Err(e) if e.is_no_active_action() || e.is_transient() => {
@@ -239,7 +214,6 @@ mod tests {
             group: "g".into(),
             hook: "h".into(),
             instance_id: "i-1".into(),
-            token: Some("tok-secret".into()),
             heartbeat_timeout: Duration::from_secs(timeout),
         }
     }
@@ -249,10 +223,5 @@ mod tests {
         assert_eq!(target(300).heartbeat_interval(), Duration::from_secs(100));
         assert_eq!(target(30).heartbeat_interval(), Duration::from_secs(10));
         assert_eq!(target(1).heartbeat_interval(), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn debug_hides_the_token() {
-        assert!(!format!("{:?}", target(30)).contains("tok-secret"));
     }
 }

@@ -343,7 +343,10 @@ impl<C: ClusterManager + 'static> Workflow<C> {
         // A queue message is only a claim: anyone who can send to the queue could forge one.
         // Act only when the group itself shows the instance terminating (or gone).
         if t.source == Source::Sqs && !record.taken_out {
-            if let Some(refusal) = self.unconfirmed_termination(&t.instance_id).await {
+            if let Some(refusal) = self
+                .unconfirmed_termination(&t.instance_id, t.group.as_deref())
+                .await
+            {
                 tracing::warn!("not acting on the termination message: {refusal}");
                 return Outcome::NotCompleted;
             }
@@ -446,8 +449,18 @@ impl<C: ClusterManager + 'static> Workflow<C> {
     }
 
     /// Why the group does not confirm that `instance_id` is terminating, if it does not.
-    async fn unconfirmed_termination(&self, instance_id: &str) -> Option<String> {
+    /// `claimed_group` is the group the message names: it must be the instance's.
+    async fn unconfirmed_termination(
+        &self,
+        instance_id: &str,
+        claimed_group: Option<&str>,
+    ) -> Option<String> {
         match self.membership(instance_id).await? {
+            Ok(Some(m)) if claimed_group.is_some_and(|g| g != m.group) => Some(format!(
+                "the message names group {}, but {instance_id} is in group {}",
+                claimed_group.unwrap_or_default(),
+                m.group
+            )),
             Ok(Some(m)) if m.is_terminating() => None,
             Ok(Some(m)) => Some(format!(
                 "group {} shows {instance_id} {}, not terminating",
@@ -528,7 +541,6 @@ impl<C: ClusterManager + 'static> Workflow<C> {
                     record.group.as_deref(),
                     record.hook.as_deref(),
                     self.config.lifecycle.hook_name.as_deref(),
-                    t.token.as_deref(),
                 )
             },
         )

@@ -88,7 +88,9 @@ async fn sqs_message_takes_the_host_out_and_completes_the_hook() {
     })
     .await;
     assert_eq!(done.result, "CONTINUE");
-    assert!(done.by_token && !done.by_timeout);
+    // By instance id, never by the message's token (a forged message could carry another
+    // instance's).
+    assert!(!done.by_token && !done.by_timeout);
     assert_eq!((done.group.as_str(), done.hook.as_str()), (GROUP, HOOK));
 
     let host = bed.rancher.host(&host_id).expect("host");

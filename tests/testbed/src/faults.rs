@@ -62,11 +62,19 @@ pub enum Trigger {
     Forged,
     /// A message for a plain host of this environment whose instance is in no group.
     NoGroup,
+    /// This instance's real termination, in a message carrying the stranger's token (the
+    /// stranger terminating too): only this instance's action may be answered.
+    StolenToken,
+    /// This instance terminating, in a message naming another group.
+    WrongGroup,
 }
 
 impl Trigger {
     fn terminates_own(self) -> bool {
-        !matches!(self, Trigger::Stranger | Trigger::Forged | Trigger::NoGroup)
+        !matches!(
+            self,
+            Trigger::Stranger | Trigger::Forged | Trigger::NoGroup | Trigger::WrongGroup
+        )
     }
     fn uses_queue(self) -> bool {
         matches!(
@@ -76,6 +84,8 @@ impl Trigger {
                 | Trigger::Stranger
                 | Trigger::Forged
                 | Trigger::NoGroup
+                | Trigger::StolenToken
+                | Trigger::WrongGroup
         )
     }
 }
@@ -155,7 +165,7 @@ pub struct Plan {
 impl Plan {
     pub fn from_seed(seed: u64) -> Plan {
         let mut rng = StdRng::seed_from_u64(seed);
-        let trigger = match rng.random_range(0..22) {
+        let trigger = match rng.random_range(0..24) {
             0..=4 => Trigger::Sqs,
             5..=8 => Trigger::SqsAndImds,
             9..=11 => Trigger::Imds,
@@ -163,7 +173,9 @@ impl Plan {
             14..=15 => Trigger::Sigterm,
             16..=17 => Trigger::Stranger,
             18..=19 => Trigger::Forged,
-            _ => Trigger::NoGroup,
+            20..=21 => Trigger::NoGroup,
+            22 => Trigger::StolenToken,
+            _ => Trigger::WrongGroup,
         };
         let mut faults = Vec::new();
         let mut pick = |p: f64, kind: FaultKind, rng: &mut StdRng| {
@@ -803,6 +815,17 @@ level = "debug"
                 let stranger = self.stranger.instance_id.clone();
                 let token = terminate(&self.asg, &stranger)?;
                 self.send(&message(&stranger, &token)).await;
+            }
+            Trigger::StolenToken => {
+                terminate(&self.asg, &own)?;
+                let stolen = terminate(&self.asg, &self.stranger.instance_id)?;
+                self.send(&message(&own, &stolen)).await;
+            }
+            Trigger::WrongGroup => {
+                let token = terminate(&self.asg, &own)?;
+                let body =
+                    crate::autoscaling::termination_message("other-group", HOOK, &own, &token);
+                self.send(&body).await;
             }
             Trigger::NoGroup => {
                 let body = message(
