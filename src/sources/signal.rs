@@ -68,14 +68,20 @@ async fn systemd_shutdown() -> Option<Shutdown> {
 
 /// Why the machine is going away, if it is: the decision behind `on_sigterm = "auto"`.
 pub async fn machine_going_away(imds: &Imds) -> Option<String> {
-    let budget = Duration::from_secs(2);
-    if let Ok(Some(state)) = imds.target_lifecycle_state_within(budget).await {
-        if state == "Terminated" {
-            return Some("target lifecycle state is Terminated".into());
+    // Long enough to ride out a few IMDS 500s with backoff: a wrong "no" here leaves a
+    // ghost behind, and the unit's stop timeout allows far more.
+    let budget = Duration::from_secs(10);
+    match imds.target_lifecycle_state_within(budget).await {
+        Ok(Some(state)) if state == "Terminated" => {
+            return Some("target lifecycle state is Terminated".into())
         }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the target lifecycle state at stop: {e}"),
     }
-    if let Ok(Some(action)) = imds.spot_action(budget).await {
-        return Some(format!("Spot interruption pending ({})", action.action));
+    match imds.spot_action(budget).await {
+        Ok(Some(action)) => return Some(format!("Spot interruption pending ({})", action.action)),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("cannot read the Spot notice at stop: {e}"),
     }
     match systemd_shutdown().await {
         Some(Shutdown::PowerOff) => Some("the system is powering off".into()),
