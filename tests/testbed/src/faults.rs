@@ -256,7 +256,7 @@ impl Plan {
         // A killed drover finds its way back through its state record or IMDS; the queue
         // alone would bring the message back only after its 90 s hidden time.
         if trigger.terminates_own()
-            && trigger != Trigger::Sqs
+            && !matches!(trigger, Trigger::Sqs | Trigger::StolenToken)
             && pick(0.3, FaultKind::DroverKilled, &mut rng)
         {
             let n = if rng.random_bool(0.2) { 2 } else { 1 };
