@@ -77,6 +77,50 @@ pub enum ConfigError {
     Flag { flag: String, reason: String },
 }
 
+impl ConfigError {
+    /// The error with every control character it quotes (from a TOML key, a variable's
+    /// name, a `--set` argument) written as an escape, so that it stays one line.
+    fn one_line(self) -> ConfigError {
+        match self {
+            ConfigError::File { path, reason } => ConfigError::File {
+                path,
+                reason: escape_controls(reason),
+            },
+            ConfigError::Key {
+                key,
+                origin,
+                reason,
+            } => ConfigError::Key {
+                key: escape_controls(key),
+                origin: match origin {
+                    Origin::Env(var) => Origin::Env(escape_controls(var)),
+                    other => other,
+                },
+                reason: escape_controls(reason),
+            },
+            ConfigError::Flag { flag, reason } => ConfigError::Flag {
+                flag: escape_controls(flag),
+                reason: escape_controls(reason),
+            },
+        }
+    }
+}
+
+fn escape_controls(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Where a bad value came from, so that the message points at the right place.
 #[derive(Debug, Clone, Default)]
 pub enum Origin {
@@ -340,7 +384,24 @@ impl Config {
     /// Reads and validates everything; the error names the key and the reason.
     pub fn load(sources: Sources<'_>) -> Result<Config, ConfigError> {
         let mut warnings = Vec::new();
-        let mut merged = read_file_layer(&sources.path, sources.path_explicit, &mut warnings)?;
+        read_file_layer(&sources.path, sources.path_explicit, &mut warnings)
+            .and_then(|file| Config::from_layers(file, sources, warnings))
+            .map_err(ConfigError::one_line)
+    }
+
+    /// [`Config::load`] with the file's text given rather than read from `sources.path`.
+    pub(crate) fn load_text(text: &str, sources: Sources<'_>) -> Result<Config, ConfigError> {
+        parse_file_layer(text, &sources.path)
+            .and_then(|file| Config::from_layers(file, sources, Vec::new()))
+            .map_err(ConfigError::one_line)
+    }
+
+    /// Merges the environment and the flags over the file's table, then validates.
+    fn from_layers(
+        mut merged: toml::Table,
+        sources: Sources<'_>,
+        warnings: Vec<String>,
+    ) -> Result<Config, ConfigError> {
         let mut origins: BTreeMap<String, Origin> = BTreeMap::new();
 
         for (var, value) in &sources.env {
@@ -367,7 +428,11 @@ impl Config {
                     reason: "expected SECTION.KEY=VALUE".into(),
                 });
             };
-            let Some((section, key)) = dotted.trim().split_once('.') else {
+            let Some((section, key)) = dotted
+                .trim()
+                .split_once('.')
+                .filter(|(section, key)| !section.is_empty() && !key.is_empty())
+            else {
                 return Err(ConfigError::Flag {
                     flag: format!("--set {item}"),
                     reason: "expected SECTION.KEY=VALUE".into(),
@@ -382,12 +447,26 @@ impl Config {
                 let path = err.path().to_string();
                 let inner = err.into_inner();
                 let msg = inner.to_string();
-                // deny_unknown_fields reports the unknown name in the message, at the parent's path.
+                // deny_unknown_fields reports the unknown name in the message.
                 if let Some(field) = unknown_field_name(&msg) {
-                    let key = if path == "." || path.is_empty() {
+                    // The path already ends with the unknown key (serde_path_to_error puts
+                    // it there): name it once, and an empty one as TOML writes it.
+                    let parent = match path.strip_suffix(field.as_str()) {
+                        Some(rest) if rest.is_empty() || rest.ends_with('.') => {
+                            rest.trim_end_matches('.')
+                        }
+                        _ if path == "." => "",
+                        _ => path.as_str(),
+                    };
+                    let field = if field.is_empty() {
+                        "\"\"".to_string()
+                    } else {
+                        field
+                    };
+                    let key = if parent.is_empty() {
                         field
                     } else {
-                        format!("{path}.{field}")
+                        format!("{parent}.{field}")
                     };
                     return key_error(key, "unknown key");
                 }
@@ -444,19 +523,7 @@ fn read_file_layer(
             })
         }
     };
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        let reason = match e.span() {
-            Some(span) => {
-                let line = text[..span.start.min(text.len())].lines().count().max(1);
-                format!("line {line}: {}", e.message())
-            }
-            None => e.message().to_string(),
-        };
-        ConfigError::File {
-            path: path.to_path_buf(),
-            reason: format!("not valid TOML: {reason}"),
-        }
-    })?;
+    let table = parse_file_layer(&text, path)?;
     let holds_secret = ["rancher", "pager"].iter().any(|s| {
         table.get(*s).and_then(|v| v.as_table()).is_some_and(|t| {
             t.contains_key("secret_key") || t.contains_key("pagerduty_routing_key")
@@ -468,6 +535,25 @@ fn read_file_layer(
         }
     }
     Ok(table)
+}
+
+/// The config file's text as a TOML table; errors name the file and the line.
+fn parse_file_layer(text: &str, path: &Path) -> Result<toml::Table, ConfigError> {
+    text.parse().map_err(|e: toml::de::Error| {
+        let reason = match e.span() {
+            Some(span) => {
+                // Counted in bytes: the span need not fall on a character boundary.
+                let before = &text.as_bytes()[..span.start.min(text.len())];
+                let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+                format!("line {line}: {}", e.message())
+            }
+            None => e.message().to_string(),
+        };
+        ConfigError::File {
+            path: path.to_path_buf(),
+            reason: format!("not valid TOML: {reason}"),
+        }
+    })
 }
 
 /// Puts a string value from the environment or a flag into the merged table, typed by the key.
@@ -629,7 +715,7 @@ fn validate(
                 "must be at least 100ms, or \"0s\" to turn polling off",
             ))
         }
-        d => Some(d),
+        d => Some(at_most_max(d, "lifecycle.imds_poll")?),
     };
     let drain_timeout = nonzero(
         l.drain_timeout.unwrap_or(Duration::from_secs(600)),
@@ -767,6 +853,19 @@ fn non_empty(value: Option<String>) -> Option<String> {
 fn nonzero(d: Duration, key: &str) -> Result<Duration, ConfigError> {
     if d.is_zero() {
         Err(key_error(key, "must be longer than zero"))
+    } else {
+        at_most_max(d, key)
+    }
+}
+
+/// The longest duration any setting takes: far beyond what any of them means (a lifecycle
+/// hook waits 48 hours at most), and short enough that "now" plus it is a time, where
+/// `"300000000000y"`, which the duration syntax allows, overflows it and panics.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn at_most_max(d: Duration, key: &str) -> Result<Duration, ConfigError> {
+    if d > MAX_DURATION {
+        Err(key_error(key, "must be at most 7 days"))
     } else {
         Ok(d)
     }
@@ -1000,18 +1099,21 @@ secret_key = "s3cr3t-value"
 
     #[test]
     fn unknown_key_is_named() {
+        // Named once: the error used to say "agent.imagee.imagee" and "nosuch.nosuch".
         let e = err(&format!("{MINIMAL}\n[agent]\nimagee = \"x\"\n"), &[]);
-        assert!(
-            e.contains("agent.imagee") && e.contains("unknown key"),
-            "{e}"
-        );
+        assert!(e.ends_with("config key agent.imagee: unknown key"), "{e}");
         let e = err(&format!("{MINIMAL}\n[nosuch]\nx = 1\n"), &[]);
-        assert!(e.contains("nosuch") && e.contains("unknown key"), "{e}");
+        assert!(e.ends_with("config key nosuch: unknown key"), "{e}");
         let e = err(MINIMAL, &[("DROVER_LIFECYCLE_QUEUE", "x")]);
         assert!(
             e.contains("lifecycle.queue") && e.contains("DROVER_LIFECYCLE_QUEUE"),
             "{e}"
         );
+        // Found by fuzzing (fuzz/ target config): an empty key was named as nothing at all.
+        let e = err(&format!("\"\" = 1\n{MINIMAL}"), &[]);
+        assert!(e.ends_with("config key \"\": unknown key"), "{e}");
+        let e = err(&format!("{MINIMAL}\n[agent]\n'' = 1\n"), &[]);
+        assert!(e.ends_with("config key agent.\"\": unknown key"), "{e}");
     }
 
     #[test]
@@ -1033,6 +1135,25 @@ secret_key = "s3cr3t-value"
         assert!(e.contains("agent.register_timeout"), "{e}");
         let e = err(MINIMAL, &[("DROVER_LIFECYCLE_DRAIN_TIMEOUT", "soon")]);
         assert!(e.contains("lifecycle.drain_timeout"), "{e}");
+    }
+
+    /// Found writing the fuzz target's property (fuzz/ target config: every accepted
+    /// duration can be added to "now"): the duration syntax takes `"300000000000y"`, and
+    /// `register` adding it to the current instant panicked.
+    #[test]
+    fn durations_past_a_week_are_refused() {
+        for (key, var) in [
+            ("agent.register_timeout", "DROVER_AGENT_REGISTER_TIMEOUT"),
+            ("lifecycle.drain_timeout", "DROVER_LIFECYCLE_DRAIN_TIMEOUT"),
+            ("lifecycle.imds_poll", "DROVER_LIFECYCLE_IMDS_POLL"),
+            ("rancher.request_timeout", "DROVER_RANCHER_REQUEST_TIMEOUT"),
+        ] {
+            for huge in ["300000000000y", "8days"] {
+                let e = err(MINIMAL, &[(var, huge)]);
+                assert!(e.contains(key) && e.contains("at most 7 days"), "{e}");
+            }
+            load(MINIMAL, &[(var, "7days")], &[]).expect("a week is fine");
+        }
     }
 
     #[test]
@@ -1100,6 +1221,9 @@ secret_key = "s3cr3t-value"
     fn bad_toml_names_the_file_and_line() {
         let e = err("[rancher]\nurl = \n", &[]);
         assert!(e.contains("not valid TOML") && e.contains("line"), "{e}");
+        // The line after a line break was counted as the one before it.
+        let e = err("[rancher]\nurl = \"x\"\n= 3\n", &[]);
+        assert!(e.contains("line 3:"), "{e}");
     }
 
     #[test]
@@ -1148,12 +1272,48 @@ secret_key = "s3cr3t-value"
         assert!(e.contains("rancher.url"), "{e}");
     }
 
+    /// Found by fuzzing (fuzz/ target config): a `--set` argument, a TOML key or a
+    /// variable's name holding a line break was quoted as it was, and the one-line error
+    /// became two lines.
+    #[test]
+    fn errors_stay_one_line_whatever_they_quote() {
+        let errors = [
+            load(MINIMAL, &[], &["\rYCLE_EVACUATE=yes"]).expect_err("bad flag"),
+            load(
+                &format!("{MINIMAL}\n[agent]\n\"image\\nFAKE: line\" = \"x\"\n"),
+                &[],
+                &[],
+            )
+            .expect_err("unknown key"),
+            load(
+                &format!("{MINIMAL}\n[agent]\nlabels = {{ \"a\\nb\" = \"x&y\" }}\n"),
+                &[],
+                &[],
+            )
+            .expect_err("bad label"),
+            load(MINIMAL, &[("DROVER_AGENT_NOSUCH\n", "x")], &[]).expect_err("unknown key"),
+        ];
+        for e in errors {
+            let line = e.to_string();
+            assert!(!line.chars().any(char::is_control), "{line:?}");
+            assert!(line.contains("\\n") || line.contains("\\r"), "{line}");
+        }
+    }
+
     #[test]
     fn set_flag_needs_section_key_value() {
         let e = load(MINIMAL, &[], &["image"])
             .expect_err("bad flag")
             .to_string();
         assert!(e.contains("--set"), "{e}");
+        // Found by fuzzing (fuzz/ target config): `--set .=x` was refused as "config key .",
+        // which names no key.
+        for flag in [".=x", "agent.=x", ".image=x"] {
+            let e = load(MINIMAL, &[], &[flag])
+                .expect_err("bad flag")
+                .to_string();
+            assert!(e.contains("expected SECTION.KEY=VALUE"), "{flag}: {e}");
+        }
     }
 }
 

@@ -393,11 +393,21 @@ impl Imds {
     }
 }
 
-fn parse_endpoint(url: &str) -> Result<String, String> {
-    let trimmed = url.trim().trim_end_matches('/');
-    match url::Url::parse(trimmed) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
-            Ok(trimmed.to_string())
+/// `http(s)://host[:port][/prefix]`, which the paths are appended to as text. A query or a
+/// fragment would swallow them (`http://host/?x` + `/latest/api/token` asks for `/`), and
+/// credentials have no business in it: all refused. What is kept is the URL as the parser
+/// read it (it drops control characters, which the text with a path appended would keep).
+pub(crate) fn parse_endpoint(url: &str) -> Result<String, String> {
+    match url::Url::parse(url.trim()) {
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https")
+                && u.host().is_some()
+                && u.query().is_none()
+                && u.fragment().is_none()
+                && u.username().is_empty()
+                && u.password().is_none() =>
+        {
+            Ok(u.as_str().trim_end_matches('/').to_string())
         }
         _ => Err(shorten(url, 80)),
     }
@@ -432,7 +442,7 @@ async fn read_text(mut response: reqwest::Response, path: &str) -> Result<String
     })
 }
 
-fn parse_ipv4(path: &str, value: &str) -> Result<Ipv4Addr, ImdsError> {
+pub(crate) fn parse_ipv4(path: &str, value: &str) -> Result<Ipv4Addr, ImdsError> {
     value.trim().parse().map_err(|_| ImdsError::Invalid {
         path: format!("/latest/{path}"),
         detail: format!("{:?} is not an IPv4 address", shorten(value, 40)),
@@ -624,6 +634,33 @@ mod tests {
                 .expect_err("refused");
             assert!(err.to_string().contains(expected), "{err}");
             server.abort();
+        }
+    }
+
+    /// Found by fuzzing (fuzz/ target imds_answers): an endpoint with a query or a fragment
+    /// was taken, and every path appended to it landed in the query (`http://host?x` +
+    /// `/latest/api/token` asks for `/`); one with a control character the URL parser drops
+    /// was taken as written, and no request URL made from it parsed.
+    #[test]
+    fn endpoints_that_would_swallow_the_path_are_refused() {
+        for bad in [
+            "http://127.0.0.1:1338?",
+            "http://127.0.0.1:?.1:43/",
+            "http://169.254.169.254/#",
+            "http://169.254.169.254/latest?x=1",
+            "http://user:pass@169.254.169.254",
+        ] {
+            assert!(parse_endpoint(bad).is_err(), "{bad}");
+        }
+        for (good, kept) in [
+            ("http://169.254.169.254", "http://169.254.169.254"),
+            (" http://[fd00:ec2::254]/ ", "http://[fd00:ec2::254]"),
+            ("http://127.0.0.1:1338/imds/", "http://127.0.0.1:1338/imds"),
+            // The parser drops a trailing NUL; kept, it broke every request URL.
+            ("http://169.254.169.254\0", "http://169.254.169.254"),
+            ("HTTP://Instance-Data:80/", "http://instance-data"),
+        ] {
+            assert_eq!(parse_endpoint(good).as_deref(), Ok(kept));
         }
     }
 

@@ -32,6 +32,108 @@ pub mod state;
 pub mod termination;
 pub mod workflow;
 
+/// Entry points for the fuzz targets in `fuzz/` (see fuzz/README.md): the parsers of
+/// outside input that are not public otherwise, each behind a thin wrapper. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::net::Ipv4Addr;
+    use std::path::PathBuf;
+
+    use reqwest::{Method, StatusCode};
+    use url::Url;
+
+    use crate::config::{Config, ConfigError, Sources};
+    use crate::imds::{ImdsError, SpotAction};
+    use crate::rancher::{Host, Project, RancherError, RegistrationToken};
+
+    pub use crate::message::{excerpt_for_log, parse as lifecycle_message};
+
+    /// The server the Rancher answers below pretend to come from.
+    pub const RANCHER_BASE: &str = "https://rancher.example.com";
+    const RANCHER_URL: &str = "https://rancher.example.com/v2-beta/projects/1a5/hosts";
+
+    /// A collection of hosts (`GET .../hosts`): the items and the raw `pagination.next`.
+    pub fn rancher_hosts_page(body: &[u8]) -> Result<(Vec<Host>, Option<String>), RancherError> {
+        crate::rancher::decode_page(&Method::GET, RANCHER_URL, body)
+    }
+
+    /// A collection of registration tokens.
+    pub fn rancher_tokens_page(
+        body: &[u8],
+    ) -> Result<(Vec<RegistrationToken>, Option<String>), RancherError> {
+        crate::rancher::decode_page(&Method::GET, RANCHER_URL, body)
+    }
+
+    /// One host (`GET .../hosts/{id}`, or the answer to a host action).
+    pub fn rancher_host(body: &[u8]) -> Result<Host, RancherError> {
+        crate::rancher::decode(&Method::POST, RANCHER_URL, body)
+    }
+
+    /// One registration token (`GET` one, or the answer to creating one).
+    pub fn rancher_token(body: &[u8]) -> Result<RegistrationToken, RancherError> {
+        crate::rancher::decode(&Method::POST, RANCHER_URL, body)
+    }
+
+    /// The project a key works in.
+    pub fn rancher_project(body: &[u8]) -> Result<Project, RancherError> {
+        crate::rancher::decode(&Method::GET, RANCHER_URL, body)
+    }
+
+    /// The error for a non-2xx answer; `None` for a number that is no HTTP status.
+    pub fn rancher_error(status: u16, body: &[u8]) -> Option<RancherError> {
+        let status = StatusCode::from_u16(status).ok()?;
+        Some(crate::rancher::api_error(
+            &Method::GET,
+            RANCHER_URL,
+            status,
+            body,
+        ))
+    }
+
+    /// Where a `pagination.next` link leads from [`RANCHER_BASE`]; `None` on the last page.
+    pub fn rancher_next_page(link: Option<String>) -> Result<Option<Url>, RancherError> {
+        let base = Url::parse(RANCHER_BASE).map_err(|e| RancherError::Protocol(e.to_string()))?;
+        crate::rancher::next_page(&base, link)
+    }
+
+    /// The host that `find_host_by_instance` picks among `hosts`.
+    pub fn rancher_pick_host(hosts: Vec<Host>, instance_id: &str) -> Option<Host> {
+        crate::rancher::pick_host(hosts, instance_id)
+    }
+
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT`: the endpoint in use, or the value refused.
+    pub fn imds_endpoint(value: &str) -> Result<String, String> {
+        crate::imds::parse_endpoint(value)
+    }
+
+    /// An IPv4 answer (`meta-data/local-ipv4`, `meta-data/public-ipv4`).
+    pub fn imds_ipv4(value: &str) -> Result<Ipv4Addr, ImdsError> {
+        crate::imds::parse_ipv4("meta-data/local-ipv4", value)
+    }
+
+    /// A `spot/instance-action` answer, decoded as [`crate::imds::Imds::spot_action`] does.
+    pub fn imds_spot_action(body: &str) -> Result<SpotAction, serde_json::Error> {
+        serde_json::from_str(body)
+    }
+
+    /// [`Config::load`] with the file's text given (as if read from `/etc/drover/drover.toml`).
+    pub fn config(
+        text: &str,
+        env: Vec<(String, String)>,
+        overrides: &[String],
+    ) -> Result<Config, ConfigError> {
+        Config::load_text(
+            text,
+            Sources {
+                path: PathBuf::from(crate::config::DEFAULT_CONFIG_PATH),
+                path_explicit: true,
+                env,
+                overrides,
+            },
+        )
+    }
+}
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -424,11 +424,15 @@ fn kind_of(value: &Value) -> &'static str {
 /// at most `max` chars, control characters replaced, and the value of any
 /// "LifecycleActionToken" replaced by "<redacted>" (a token lets anyone complete the action).
 pub fn excerpt_for_log(body: &str, max: usize) -> String {
-    let redacted = redact_tokens(body);
-    // One line: control and line-breaking characters become spaces, runs of spaces one.
-    let mut line = String::with_capacity(redacted.len().min(max.saturating_mul(4)));
+    one_line(&redact_tokens(body), max)
+}
+
+/// Outside text as one log line of at most `max` chars: control and line-breaking
+/// characters become spaces, runs of spaces one, and a longer text is cut with `…`.
+pub(crate) fn one_line(text: &str, max: usize) -> String {
+    let mut line = String::with_capacity(text.len().min(max.saturating_mul(4)));
     let mut last_space = true;
-    for c in redacted.chars() {
+    for c in text.chars() {
         let c = if breaks_log_line(c) || c.is_whitespace() {
             ' '
         } else {
@@ -468,48 +472,93 @@ fn breaks_log_line(c: char) -> bool {
 /// (`\"LifecycleActionToken\":\"...\"`). Works on the raw text, so that a body that is not
 /// valid JSON, or is cut, is redacted too.
 fn redact_tokens(body: &str) -> String {
-    const KEY: &str = "LifecycleActionToken";
+    redact_string_values(body, &["LifecycleActionToken"])
+}
+
+/// Replaces the string value after every one of `keys` with `<redacted>`, on the raw text,
+/// however many times the JSON is escaped (a JSON string inside a JSON string...). Linear in
+/// the body for each key: a key's next place is looked for again only once passed.
+pub(crate) fn redact_string_values(body: &str, keys: &[&str]) -> String {
     const MARK: &str = "<redacted>";
     let mut out = String::with_capacity(body.len());
-    let mut rest = body;
-    while let Some(at) = rest.find(KEY) {
-        let after_key = at + KEY.len();
-        out.push_str(&rest[..after_key]);
-        rest = &rest[after_key..];
+    let mut done = 0;
+    let mut next: Vec<Option<usize>> = keys.iter().map(|k| body.find(k)).collect();
+    while let Some((at, key)) = next
+        .iter()
+        .zip(keys)
+        .filter_map(|(at, key)| at.map(|at| (at, key)))
+        .min()
+    {
+        let after_key = at + key.len();
+        out.push_str(&body[done..after_key]);
+        done = after_key;
         // Left alone when no string value follows (`null`, a mention in some other text).
-        if let Some(start) = value_start(rest) {
-            out.push_str(&rest[..start]);
-            rest = &rest[start..];
+        if let Some(start) = value_start(&body[done..]) {
+            out.push_str(&body[done..done + start]);
+            done += start;
             // The value runs to its closing quote, escaped or not, or to the end of a cut body.
-            let end = rest.find(['"', '\\']).unwrap_or(rest.len());
+            let end = value_end(&body[done..]);
             if end > 0 {
                 out.push_str(MARK);
             }
-            rest = &rest[end..];
+            done += end;
+        }
+        for (at, key) in next.iter_mut().zip(keys) {
+            if at.is_some_and(|at| at < done) {
+                *at = body[done..].find(key).map(|found| done + found);
+            }
         }
     }
-    out.push_str(rest);
+    out.push_str(&body[done..]);
     out
 }
 
-/// Where the string value starts in the text after the key: its closing quote (maybe
-/// escaped), spaces, a colon, spaces and the value's opening quote (maybe escaped).
+/// Where a string value ends: at its closing quote, escaped any number of times, or at the
+/// end of a cut body. Other escapes (`\/`, `\\/`) are part of the value.
+fn value_end(value: &str) -> usize {
+    let bytes = value.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => return i,
+            b'\\' => {
+                let mut j = i;
+                while bytes.get(j) == Some(&b'\\') {
+                    j += 1;
+                }
+                if bytes.get(j) == Some(&b'"') {
+                    return i;
+                }
+                i = j;
+            }
+            _ => i += 1,
+        }
+    }
+    bytes.len()
+}
+
+/// Where the string value starts in the text after the key: its closing quote, spaces, a
+/// colon, spaces and the value's opening quote. Inside an SNS `Message` these are escaped
+/// once (`\"`, and spaces may be written `\n`), inside an envelope in an envelope twice
+/// (`\\\"`): every level is skipped.
 fn value_start(after_key: &str) -> Option<usize> {
     let bytes = after_key.as_bytes();
-    let skip_escape = |i: usize| {
-        if bytes.get(i) == Some(&b'\\') {
-            i + 1
-        } else {
-            i
-        }
-    };
-    let skip_space = |mut i: usize| {
-        while bytes.get(i).is_some_and(u8::is_ascii_whitespace) {
+    let skip_escapes = |mut i: usize| {
+        while bytes.get(i) == Some(&b'\\') {
             i += 1;
         }
         i
     };
-    let mut i = skip_escape(0);
+    // Spaces, written plainly or as escapes (`\n`, `\\\t`, ...).
+    let skip_space = |mut i: usize| loop {
+        let j = skip_escapes(i);
+        match bytes.get(j) {
+            Some(b) if b.is_ascii_whitespace() => i = j + 1,
+            Some(b'n' | b'r' | b't') if j > i => i = j + 1,
+            _ => return i,
+        }
+    };
+    let mut i = skip_escapes(0);
     if bytes.get(i) != Some(&b'"') {
         return None;
     }
@@ -517,7 +566,7 @@ fn value_start(after_key: &str) -> Option<usize> {
     if bytes.get(i) != Some(&b':') {
         return None;
     }
-    i = skip_escape(skip_space(i + 1));
+    i = skip_escapes(skip_space(i + 1));
     if bytes.get(i) != Some(&b'"') {
         return None;
     }
@@ -997,6 +1046,33 @@ mod tests {
         assert_eq!(excerpt_for_log(empty, 1000), empty);
         let mention = "see LifecycleActionToken docs";
         assert_eq!(excerpt_for_log(mention, 1000), mention);
+    }
+
+    /// Found by fuzzing (fuzz/ target lifecycle_message): an envelope inside an envelope,
+    /// which `parse` refuses and the caller then logs, escapes the key's quotes twice, and the
+    /// token was left in the log line; so was one whose spaces were written as escapes.
+    #[test]
+    fn excerpt_redacts_tokens_escaped_more_than_once() {
+        let twice = sns_around(&sns_around(DIRECT));
+        assert!(matches!(parse(&twice), Err(MessageError::NestedEnvelope)));
+        let thrice = sns_around(&twice);
+        for body in [twice, thrice] {
+            let out = excerpt_for_log(&body, 100_000);
+            assert!(!out.contains("87654321"), "{out}");
+            assert!(out.contains("<redacted>"), "{out}");
+        }
+        let escaped_spaces = r#"{"Type":"Notification","Message":"{\"LifecycleActionToken\"\n :\t\"87654321-4321\"}"}"#;
+        let out = excerpt_for_log(escaped_spaces, 1000);
+        assert!(!out.contains("87654321"), "{out}");
+    }
+
+    #[test]
+    fn redaction_of_several_keys_stays_linear() {
+        // A key that never occurs is not looked for again at every occurrence of another.
+        let body = r#"{"token":"abc","x":"token"},"#.repeat(50_000);
+        let out = redact_string_values(&body, &["registrationUrl", "token"]);
+        assert_eq!(out.matches("<redacted>").count(), 50_000);
+        assert!(!out.contains("abc"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::config::{ApiVersion, RancherConfig};
-use crate::imds::shorten;
+use crate::message::{one_line, redact_string_values};
 
 /// The label drover puts on every host it registers, and the only way it finds one.
 pub const INSTANCE_ID_LABEL: &str = "aws.instance_id";
@@ -367,14 +367,7 @@ impl RancherClient {
         if !status.is_success() {
             return Err(api_error(&method, &shown_url, status, &bytes));
         }
-        serde_json::from_slice(&bytes).map_err(|e| RancherError::Decode {
-            method: method.to_string(),
-            url: shown_url,
-            detail: format!(
-                "{e} in {:?}",
-                shorten(&String::from_utf8_lossy(&bytes), 200)
-            ),
-        })
+        decode(&method, &shown_url, &bytes)
     }
 
     /// Every item of a collection, following `pagination.next` on the same server only.
@@ -392,22 +385,7 @@ impl RancherClient {
             }
             let page: Collection<T> = self.request(Method::GET, url, None).await?;
             out.extend(page.data);
-            if let Some(link) = page
-                .pagination
-                .and_then(|p| p.next)
-                .filter(|l| !l.is_empty())
-            {
-                let link = Url::parse(&link)
-                    .or_else(|_| self.base.join(&link))
-                    .map_err(|e| RancherError::Protocol(format!("bad pagination link: {e}")))?;
-                if link.origin() != self.base.origin() {
-                    return Err(RancherError::Protocol(format!(
-                        "pagination link points to another server ({}); not following it",
-                        link.origin().ascii_serialization()
-                    )));
-                }
-                next = Some(link);
-            }
+            next = next_page(&self.base, page.pagination.and_then(|p| p.next))?;
         }
         Ok(out)
     }
@@ -465,15 +443,7 @@ impl RancherClient {
         &self,
         instance_id: &str,
     ) -> Result<Option<Host>, RancherError> {
-        let mut matches: Vec<Host> = self
-            .hosts()
-            .await?
-            .into_iter()
-            .filter(|h| h.instance_id() == Some(instance_id))
-            .filter(|h| !matches!(h.state.as_str(), "removed" | "purged" | "purging"))
-            .collect();
-        matches.sort_by_key(|h| !h.is_active());
-        Ok(matches.into_iter().next())
+        Ok(pick_host(self.hosts().await?, instance_id))
     }
 
     /// `POST .../hosts/{id}?action={action}`: the host in its transitioning state.
@@ -483,6 +453,78 @@ impl RancherClient {
         self.request(Method::POST, url, Some(serde_json::json!({})))
             .await
     }
+}
+
+/// The host registered for `instance_id` among `hosts`: labelled with it and not on its way
+/// out; an active one before any other.
+pub(crate) fn pick_host(hosts: Vec<Host>, instance_id: &str) -> Option<Host> {
+    let mut matches: Vec<Host> = hosts
+        .into_iter()
+        .filter(|h| h.instance_id() == Some(instance_id))
+        .filter(|h| !matches!(h.state.as_str(), "removed" | "purged" | "purging"))
+        .collect();
+    matches.sort_by_key(|h| !h.is_active());
+    matches.into_iter().next()
+}
+
+/// The page after this one: the collection's `pagination.next`, resolved against `base`, and
+/// only on the same server (a link elsewhere would take our credentials along).
+pub(crate) fn next_page(base: &Url, link: Option<String>) -> Result<Option<Url>, RancherError> {
+    let Some(link) = link.filter(|l| !l.is_empty()) else {
+        return Ok(None);
+    };
+    let link = Url::parse(&link)
+        .or_else(|_| base.join(&link))
+        .map_err(|e| RancherError::Protocol(format!("bad pagination link: {e}")))?;
+    if link.origin() != base.origin() {
+        return Err(RancherError::Protocol(format!(
+            "pagination link points to another server ({}); not following it",
+            one_line(&link.origin().ascii_serialization(), 100)
+        )));
+    }
+    Ok(Some(link))
+}
+
+/// The fields of a registration token that let anyone add hosts to the environment
+/// (`registrationUrl`, `token`, `command`, `windowsCommand`): never shown in an error.
+const CREDENTIAL_KEYS: [&str; 4] = ["registrationUrl", "token", "command", "Command"];
+
+/// A successful answer's body as `T`.
+pub(crate) fn decode<T: DeserializeOwned>(
+    method: &Method,
+    url: &str,
+    bytes: &[u8],
+) -> Result<T, RancherError> {
+    serde_json::from_slice(bytes).map_err(|e| RancherError::Decode {
+        method: method.to_string(),
+        url: url.to_string(),
+        // serde's message quotes the value it did not expect, at any length; the body may be
+        // anything at all. Both are cut to one short line (and not `{:?}`-quoted, which would
+        // make a line of escapes out of a body of odd characters).
+        detail: format!(
+            "{} (body: {})",
+            one_line(&e.to_string(), 200),
+            body_excerpt(bytes)
+        ),
+    })
+}
+
+/// The start of an answer's body for an error message: one line of at most 200 characters,
+/// its credentials redacted.
+fn body_excerpt(bytes: &[u8]) -> String {
+    // Redacting a cut body hides a value cut short too.
+    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]);
+    one_line(&redact_string_values(&head, &CREDENTIAL_KEYS), 200)
+}
+
+/// One page of a collection: its items and the raw `pagination.next` link.
+pub(crate) fn decode_page<T: DeserializeOwned>(
+    method: &Method,
+    url: &str,
+    bytes: &[u8],
+) -> Result<(Vec<T>, Option<String>), RancherError> {
+    let page: Collection<T> = decode(method, url, bytes)?;
+    Ok((page.data, page.pagination.and_then(|p| p.next)))
 }
 
 fn transport_error(method: &Method, url: &str, e: reqwest::Error) -> RancherError {
@@ -496,15 +538,25 @@ fn transport_error(method: &Method, url: &str, e: reqwest::Error) -> RancherErro
     }
 }
 
-fn api_error(method: &Method, url: &str, status: StatusCode, bytes: &[u8]) -> RancherError {
+pub(crate) fn api_error(
+    method: &Method,
+    url: &str,
+    status: StatusCode,
+    bytes: &[u8],
+) -> RancherError {
     let parsed: Option<ApiErrorBody> = serde_json::from_slice(bytes).ok();
+    // What the server sends ends up in one log line: short, and without line breaks (an
+    // HTML error page from a proxy has plenty).
     let (code, message) = match parsed {
         Some(body) => {
             let code = body
                 .code
+                .map(|c| one_line(&c, 60))
+                .filter(|c| !c.is_empty())
                 .unwrap_or_else(|| status.canonical_reason().unwrap_or("Error").to_string());
-            let mut message = body.message.unwrap_or_default();
-            if let Some(field) = body.field_name.filter(|f| !f.is_empty()) {
+            let mut message = one_line(&body.message.unwrap_or_default(), 200);
+            let field = body.field_name.map(|f| one_line(&f, 60));
+            if let Some(field) = field.filter(|f| !f.is_empty()) {
                 if message.is_empty() {
                     message = format!("field {field}");
                 } else {
@@ -515,7 +567,7 @@ fn api_error(method: &Method, url: &str, status: StatusCode, bytes: &[u8]) -> Ra
         }
         None => (
             status.canonical_reason().unwrap_or("Error").to_string(),
-            shorten(String::from_utf8_lossy(bytes).trim(), 200),
+            body_excerpt(bytes),
         ),
     };
     let message = if message.is_empty() {
@@ -604,6 +656,119 @@ mod tests {
         assert!(e.to_string().contains("bad gateway"));
         let e = api_error(&Method::GET, "http://r", StatusCode::UNAUTHORIZED, b"");
         assert!(e.to_string().contains("secret key is wrong"));
+    }
+
+    /// Found by fuzzing (fuzz/ target rancher_json): the body of an error answer went into
+    /// the error, and so into a log line, as it came: a proxy's HTML page with its line
+    /// breaks, control characters, a `message` of any length.
+    #[test]
+    fn api_errors_are_one_short_line() {
+        let html = b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>nginx</body>\r\n</html>\r\n";
+        let e = api_error(&Method::GET, "http://r", StatusCode::BAD_GATEWAY, html);
+        let text = e.to_string();
+        assert!(!text.contains(['\r', '\n']), "{text:?}");
+        assert!(
+            text.contains("502 Bad Gateway</title></head> <body>nginx"),
+            "{text}"
+        );
+        let body = serde_json::json!({
+            "code": "Conflict\nFAKE LOG LINE",
+            "message": "x".repeat(100_000),
+            "fieldName": "a\u{1}b",
+        });
+        let e = api_error(
+            &Method::GET,
+            "http://r",
+            StatusCode::CONFLICT,
+            body.to_string().as_bytes(),
+        );
+        let text = e.to_string();
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert!(text.chars().count() < 500, "{} chars", text.chars().count());
+        assert!(text.contains("Conflict FAKE LOG LINE") && text.contains("(field a b)"));
+    }
+
+    /// Found by fuzzing (fuzz/ target rancher_json): a registration token the client could
+    /// not decode was quoted in the error, registration URL and all.
+    #[test]
+    fn decode_errors_never_show_registration_credentials() {
+        let body = serde_json::json!({
+            "type": "registrationToken",
+            "state": "active",
+            "token": "SECRETTOKEN0123456789",
+            "registrationUrl": "http://r/v1/scripts/SECRETTOKEN0123456789",
+            "command": "sudo docker run rancher/agent:v1.2.11 http://r/v1/scripts/SECRETTOKEN0123456789",
+        })
+        .to_string();
+        let escaped_slashes = body.replace('/', "\\/");
+        let cut = &body[..body.len() - 20];
+        for text in [body.as_str(), escaped_slashes.as_str(), cut] {
+            let err = decode::<RegistrationToken>(&Method::POST, "http://r", text.as_bytes())
+                .expect_err("no id");
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains("SECRETTOKEN"), "{shown}");
+            assert!(
+                shown.contains("<redacted>") || shown.contains("missing field"),
+                "{shown}"
+            );
+        }
+    }
+
+    /// Found by fuzzing (fuzz/ target rancher_json): an answer that did not decode was
+    /// quoted with `{:?}`, so a body of odd characters made a line of a thousand escapes; and
+    /// serde's message quotes a value of any length.
+    #[test]
+    fn decode_errors_are_one_short_line() {
+        let odd = "\u{11}".repeat(300);
+        let long = format!("{{\"data\":\"{}\"}}", "y".repeat(100_000));
+        for body in [odd, long] {
+            let err = decode::<Collection<Host>>(&Method::GET, "http://r", body.as_bytes())
+                .expect_err("not a collection");
+            let text = err.to_string();
+            assert!(text.chars().count() < 600, "{} chars", text.chars().count());
+            assert!(!text.chars().any(char::is_control), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn pagination_links_stay_on_the_server() {
+        let base = Url::parse("https://r.example.com/rancher").expect("url");
+        let next = |l: &str| next_page(&base, Some(l.to_string()));
+        assert_eq!(
+            next("/v1/hosts?marker=m5")
+                .expect("relative")
+                .map(String::from),
+            Some("https://r.example.com/v1/hosts?marker=m5".to_string())
+        );
+        assert!(next("https://r.example.com:444/v1/hosts").is_err());
+        assert!(next("//evil.example.net/v1/hosts").is_err());
+        assert!(next("").expect("empty").is_none());
+        // Found by fuzzing (fuzz/ target rancher_json): the other server's name went into
+        // the error at any length.
+        let far = format!("https://{}.example.net/v1/hosts", "a".repeat(5000));
+        let err = next(&far).expect_err("another server");
+        assert!(err.to_string().chars().count() < 300, "{err}");
+        assert!(next_page(&base, None).expect("none").is_none());
+    }
+
+    #[test]
+    fn picking_prefers_the_active_host_and_skips_removed_ones() {
+        let hosts: Vec<Host> = serde_json::from_value(serde_json::json!([
+            {"id":"1h1","state":"removed","labels":{"aws.instance_id":"i-1"}},
+            {"id":"1h2","state":"inactive","labels":{"aws.instance_id":"i-1"}},
+            {"id":"1h3","state":"active","labels":{"aws.instance_id":"i-1"}},
+            {"id":"1h4","state":"active","labels":{"aws.instance_id":"i-2"}},
+        ]))
+        .expect("hosts");
+        assert_eq!(
+            pick_host(hosts.clone(), "i-1").map(|h| h.id),
+            Some("1h3".into())
+        );
+        assert_eq!(
+            pick_host(hosts[..2].to_vec(), "i-1").map(|h| h.id),
+            Some("1h2".into())
+        );
+        assert!(pick_host(hosts, "i-3").is_none());
     }
 
     fn config_with_ca(ca: Option<std::path::PathBuf>) -> RancherConfig {
