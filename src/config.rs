@@ -433,8 +433,9 @@ impl Config {
                 .split_once('.')
                 .filter(|(section, key)| !section.is_empty() && !key.is_empty())
             else {
+                // Only the part before `=`: the value may be a secret set the wrong way.
                 return Err(ConfigError::Flag {
-                    flag: format!("--set {item}"),
+                    flag: format!("--set {dotted}=…"),
                     reason: "expected SECTION.KEY=VALUE".into(),
                 });
             };
@@ -1314,6 +1315,12 @@ secret_key = "s3cr3t-value"
                 .to_string();
             assert!(e.contains("expected SECTION.KEY=VALUE"), "{flag}: {e}");
         }
+        // A secret given with the wrong key shape is not echoed back.
+        let e = load(MINIMAL, &[], &["rancher_secret_key=TOPSECRETVALUE"])
+            .expect_err("bad flag")
+            .to_string();
+        assert!(e.contains("rancher_secret_key"), "{e}");
+        assert!(!e.contains("TOPSECRETVALUE"), "{e}");
     }
 }
 
