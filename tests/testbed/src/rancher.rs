@@ -2306,6 +2306,12 @@ mod tests {
         .await;
         assert_eq!(r.host(&host.id).unwrap().history, ["registering", "active"]);
 
+        // Recorded once the agent container is started, which a loaded engine may finish
+        // after the host turned active.
+        wait_until("the bootstrap recorded", Duration::from_secs(30), || {
+            !r.bootstraps_seen().is_empty()
+        })
+        .await;
         let seen = r.bootstraps_seen();
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].image, AGENT_IMAGE);
