@@ -210,18 +210,20 @@ fn secrets_in(file: &str, env: &[(String, String)], sets: &[String]) -> Vec<Stri
             }
         }
     }
+    // Also what looks meant for a secret but is set the wrong way (`--set
+    // rancher_secret_key=...`, `DROVER_RANCHER_SECRET=...`): it is a secret all the same.
+    let secret_name = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        (name.contains("secret") || name.contains("routing_key")) && !name.ends_with("_file")
+    };
     for (k, v) in env {
-        let k = k.to_ascii_uppercase();
-        if k == "DROVER_RANCHER_SECRET_KEY" || k == "DROVER_PAGER_PAGERDUTY_ROUTING_KEY" {
+        if secret_name(k) {
             out.push(v.clone());
         }
     }
     for s in sets {
         if let Some((k, v)) = s.split_once('=') {
-            if matches!(
-                k.trim(),
-                "rancher.secret_key" | "pager.pagerduty_routing_key"
-            ) {
+            if secret_name(k) {
                 out.push(v.to_string());
             }
         }
