@@ -16,16 +16,15 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::process::{Child, Command};
 
-use crate::autoscaling::{AutoScalingServer, Fault as AsgFault, HookSpec};
+use crate::autoscaling::{AutoScalingServer, Fault as AsgFault};
+use crate::bench::{GROUP, HOOK};
 use crate::docker::DockerEngine;
 use crate::imds::{ImdsOptions, ImdsServer};
 use crate::moto::MotoServer;
 use crate::pager::PagerServer;
 use crate::proxy::{DockerSocketProxy, ResetProxy, SqsFaultProxy};
-use crate::rancher::{HostSpec, RancherOptions, RancherServer};
+use crate::rancher::{RancherOptions, RancherServer};
 
-const GROUP: &str = "crawlers";
-const HOOK: &str = "drain";
 /// Distinctive, so that a leak anywhere is easy to find.
 const SECRET: &str = "s3cr3t-FaultCampaignKey-71c2e9";
 const ROUTING_KEY: &str = "R0UT1NGfaultCAMPAIGN0123456789ab";
@@ -413,19 +412,6 @@ fn instance(n: u64, region_byte: u64) -> ImdsOptions {
     }
 }
 
-fn active_host(rancher: &RancherServer, opts: &ImdsOptions) -> String {
-    let mut labels = BTreeMap::new();
-    labels.insert("aws.instance_id".to_string(), opts.instance_id.clone());
-    labels.insert("aws.autoscaling_group".to_string(), GROUP.to_string());
-    rancher.add_host(HostSpec {
-        hostname: opts.local_hostname.clone(),
-        labels,
-        state: "active".into(),
-        agent_state: Some("active".into()),
-        agent_ip: opts.local_ipv4.clone(),
-    })
-}
-
 fn taken_out(state: &str) -> bool {
     matches!(state, "removed" | "purging" | "purged")
 }
@@ -448,21 +434,13 @@ impl Case {
             .await
             .map_err(|e| format!("rancher proxy: {e}"))?;
         let asg = AutoScalingServer::start().await;
-        asg.add_group(
-            GROUP,
-            vec![HookSpec {
-                name: HOOK.into(),
-                transition: "autoscaling:EC2_INSTANCE_TERMINATING".into(),
-                heartbeat_timeout: Duration::from_secs(300),
-                default_result: "ABANDON".into(),
-            }],
-        );
+        crate::bench::add_group(&asg);
         for i in [&own, &bystander, &stranger] {
             asg.add_instance(GROUP, &i.instance_id, "m5.large", "us-east-1b");
         }
-        let own_host = active_host(&rancher, &own);
-        let bystander_host = active_host(&rancher, &bystander);
-        let plain_host = active_host(&rancher, &plain);
+        let own_host = crate::bench::add_active_host(&rancher, &own);
+        let bystander_host = crate::bench::add_active_host(&rancher, &bystander);
+        let plain_host = crate::bench::add_active_host(&rancher, &plain);
         let pager = PagerServer::start().await;
         let sqs = SqsFaultProxy::start(&campaign.moto.url())
             .await
