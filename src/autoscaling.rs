@@ -1,11 +1,13 @@
-//! Auto Scaling calls about this instance's group and its lifecycle hooks.
+//! Auto Scaling calls about an instance's group and its lifecycle hooks: the client behind
+//! [`LifecycleActions`].
 
 use aws_sdk_autoscaling::error::ProvideErrorMetadata;
 use aws_sdk_autoscaling::Client;
 
 use crate::aws::describe;
-
-pub const TERMINATING_TRANSITION: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
+use crate::lifecycle::{
+    ActionRef, CallFailure, GroupMembership, LifecycleActions, LifecycleHook, LifecycleResult,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[error("Auto Scaling {operation}: {detail}")]
@@ -38,10 +40,10 @@ impl AutoScalingError {
     }
 }
 
-impl AutoScalingError {
+impl CallFailure for AutoScalingError {
     /// `ValidationError: No active Lifecycle Action found ...`: the instance is not waiting on
     /// the hook, either not yet (before `Terminating:Wait`) or no more (someone completed it).
-    pub fn is_no_active_action(&self) -> bool {
+    fn is_no_active_action(&self) -> bool {
         self.code.as_deref() == Some("ValidationError")
             && self
                 .message
@@ -50,7 +52,7 @@ impl AutoScalingError {
     }
 
     /// Throttling, server trouble, or no answer at all: worth another try.
-    pub fn is_transient(&self) -> bool {
+    fn is_transient(&self) -> bool {
         match self.code.as_deref() {
             None => true,
             Some(code) => {
@@ -68,38 +70,6 @@ impl AutoScalingError {
     }
 }
 
-/// Which lifecycle action a call is about: the instance's, in that group and hook.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActionRef<'a> {
-    pub group: &'a str,
-    pub hook: &'a str,
-    pub instance_id: &'a str,
-}
-
-/// Where the instance stands in its group.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupMembership {
-    pub group: String,
-    pub lifecycle_state: Option<String>,
-}
-
-impl GroupMembership {
-    /// `Terminating`, `Terminating:Wait` or `Terminating:Proceed`.
-    pub fn is_terminating(&self) -> bool {
-        self.lifecycle_state
-            .as_deref()
-            .is_some_and(|s| s.starts_with("Terminating"))
-    }
-}
-
-/// A lifecycle hook of a group.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LifecycleHook {
-    pub name: String,
-    pub transition: String,
-    pub heartbeat_timeout_secs: Option<i32>,
-}
-
 #[derive(Debug, Clone)]
 pub struct AutoScaling {
     client: Client,
@@ -111,9 +81,13 @@ impl AutoScaling {
             client: Client::new(config),
         }
     }
+}
+
+impl LifecycleActions for AutoScaling {
+    type Error = AutoScalingError;
 
     /// `DescribeAutoScalingInstances` for one instance; `None` when it is in no group.
-    pub async fn membership(
+    async fn membership(
         &self,
         instance_id: &str,
     ) -> Result<Option<GroupMembership>, AutoScalingError> {
@@ -137,16 +111,16 @@ impl AutoScaling {
     }
 
     /// `CompleteLifecycleAction` with `result` (`CONTINUE` or `ABANDON`).
-    pub async fn complete(
+    async fn complete(
         &self,
-        action: &ActionRef<'_>,
-        result: &str,
+        action: ActionRef<'_>,
+        result: LifecycleResult,
     ) -> Result<(), AutoScalingError> {
         self.client
             .complete_lifecycle_action()
             .auto_scaling_group_name(action.group)
             .lifecycle_hook_name(action.hook)
-            .lifecycle_action_result(result)
+            .lifecycle_action_result(result.as_str())
             .instance_id(action.instance_id)
             .send()
             .await
@@ -155,7 +129,7 @@ impl AutoScaling {
     }
 
     /// `RecordLifecycleActionHeartbeat`: restarts the hook's timeout.
-    pub async fn heartbeat(&self, action: &ActionRef<'_>) -> Result<(), AutoScalingError> {
+    async fn heartbeat(&self, action: ActionRef<'_>) -> Result<(), AutoScalingError> {
         self.client
             .record_lifecycle_action_heartbeat()
             .auto_scaling_group_name(action.group)
@@ -168,7 +142,7 @@ impl AutoScaling {
     }
 
     /// `DescribeLifecycleHooks` for a group.
-    pub async fn hooks(&self, group: &str) -> Result<Vec<LifecycleHook>, AutoScalingError> {
+    async fn hooks(&self, group: &str) -> Result<Vec<LifecycleHook>, AutoScalingError> {
         let out = self
             .client
             .describe_lifecycle_hooks()

@@ -16,6 +16,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+use crate::labels::HostLabels;
+use crate::lifecycle::LifecycleResult;
+use crate::logging::LogFormat;
+use crate::rancher::ApiVersion;
+
 /// Where the config file is when neither `--config` nor `DROVER_CONFIG` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/drover/drover.toml";
 
@@ -148,37 +153,12 @@ fn key_error(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Which Rancher API root to talk to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApiVersion {
-    V1,
-    V2Beta,
-    /// The newest the server offers.
-    Auto,
-}
-
 /// The address the agent registers with (`CATTLE_AGENT_IP`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentIp {
     LocalIpv4,
     PublicIpv4,
     Literal(std::net::Ipv4Addr),
-}
-
-/// The lifecycle action result sent when taking the host out failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LifecycleResult {
-    Continue,
-    Abandon,
-}
-
-impl LifecycleResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LifecycleResult::Continue => "CONTINUE",
-            LifecycleResult::Abandon => "ABANDON",
-        }
-    }
 }
 
 /// What SIGTERM means.
@@ -189,43 +169,20 @@ pub enum OnSigterm {
     Exit,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file it was read from (which may not exist: then every key came from elsewhere).
     pub path: PathBuf,
-    pub rancher: RancherConfig,
+    pub rancher: crate::rancher::Settings,
     pub agent: AgentConfig,
     pub lifecycle: LifecycleConfig,
-    pub pager: PagerConfig,
+    pub pager: crate::pager::Settings,
     pub state: StateConfig,
-    pub log: LogConfig,
+    pub log: crate::logging::Settings,
     /// Non-fatal findings (loose file modes) to log once logging is set up.
     pub warnings: Vec<String>,
 }
-
-#[derive(Debug, Clone)]
-pub struct RancherConfig {
-    pub url: Url,
-    pub project_id: String,
-    pub access_key: String,
-    /// Never printed: `SecretString`'s `Debug` shows `[REDACTED]`.
-    pub secret_key: SecretString,
-    pub api_version: ApiVersion,
-    pub ca_file: Option<PathBuf>,
-    /// Bound on every single request to the server.
-    pub request_timeout: Duration,
-}
-
-/// Host labels as the user configured them, already checked to fit `CATTLE_HOST_LABELS`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HostLabels(pub BTreeMap<String, String>);
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -250,22 +207,8 @@ pub struct LifecycleConfig {
 }
 
 #[derive(Debug, Clone)]
-pub struct PagerConfig {
-    pub pagerduty_routing_key: Option<SecretString>,
-    pub pagerduty_url: Url,
-    pub webhook_url: Option<Url>,
-}
-
-#[derive(Debug, Clone)]
 pub struct StateConfig {
     pub dir: PathBuf,
-}
-
-#[derive(Debug, Clone)]
-pub struct LogConfig {
-    pub format: LogFormat,
-    /// A tracing filter: a plain level applies to drover, anything else is used as given.
-    pub level: String,
 }
 
 // The raw, merged layers as serde sees them. Every field is optional so that "missing"
@@ -288,7 +231,7 @@ struct RawConfig {
     log: RawLog,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRancher {
     url: Option<String>,
@@ -300,19 +243,6 @@ struct RawRancher {
     ca_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     request_timeout: Option<Duration>,
-}
-
-impl fmt::Debug for RawRancher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RawRancher")
-            .field("url", &self.url)
-            .field("project_id", &self.project_id)
-            .field(
-                "secret_key",
-                &self.secret_key.as_ref().map(|_| "[REDACTED]"),
-            )
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -341,21 +271,13 @@ struct RawLifecycle {
     handle_peers: Option<bool>,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPager {
     pagerduty_routing_key: Option<SecretString>,
     pagerduty_routing_key_file: Option<PathBuf>,
     pagerduty_url: Option<String>,
     webhook_url: Option<String>,
-}
-
-impl fmt::Debug for RawPager {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RawPager")
-            .field("pagerduty_url", &self.pagerduty_url)
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -674,7 +596,10 @@ fn validate(
     )?;
 
     let a = raw.agent;
-    let labels = HostLabels::new(a.labels.unwrap_or_default())?;
+    let labels = HostLabels::new(a.labels.unwrap_or_default()).map_err(|e| match e.key {
+        Some(k) => key_error(format!("agent.labels.{k}"), e.reason),
+        None => key_error("agent.labels", e.reason),
+    })?;
     let agent_ip = match a.agent_ip.as_deref().unwrap_or("local-ipv4") {
         "local-ipv4" => AgentIp::LocalIpv4,
         "public-ipv4" => AgentIp::PublicIpv4,
@@ -774,7 +699,9 @@ fn validate(
         "pager.pagerduty_url",
     )?;
     let webhook_url = match non_empty(p.webhook_url) {
-        Some(u) => Some(parse_http_url(&u, "pager.webhook_url")?),
+        Some(u) => Some(SecretString::from(
+            parse_http_url(&u, "pager.webhook_url")?.to_string(),
+        )),
         None => None,
     };
 
@@ -801,7 +728,7 @@ fn validate(
 
     Ok(Config {
         path,
-        rancher: RancherConfig {
+        rancher: crate::rancher::Settings {
             url,
             project_id,
             access_key,
@@ -827,13 +754,13 @@ fn validate(
             on_sigterm,
             handle_peers: l.handle_peers.unwrap_or(true),
         },
-        pager: PagerConfig {
+        pager: crate::pager::Settings {
             pagerduty_routing_key,
             pagerduty_url,
             webhook_url,
         },
         state: StateConfig { dir },
-        log: LogConfig { format, level },
+        log: crate::logging::Settings { format, level },
         warnings,
     })
 }
@@ -936,38 +863,6 @@ fn loose_mode_warning(path: &Path, what: &str) -> Option<String> {
             mode & 0o777
         )
     })
-}
-
-impl HostLabels {
-    /// Checks that every label survives `CATTLE_HOST_LABELS`, which is parsed as a query string.
-    pub fn new(labels: BTreeMap<String, String>) -> Result<HostLabels, ConfigError> {
-        for (k, v) in &labels {
-            let key = format!("agent.labels.{k}");
-            if k.trim().is_empty() {
-                return Err(key_error("agent.labels", "a label has an empty key"));
-            }
-            if v.trim().is_empty() {
-                return Err(key_error(key, "empty value"));
-            }
-            if crate::register::AUTOMATIC_LABELS.contains(&k.as_str()) {
-                return Err(key_error(
-                    key,
-                    "drover sets this label itself from instance metadata; choose another name",
-                ));
-            }
-            for (part, text) in [("key", k), ("value", v)] {
-                if let Some(c) = text.chars().find(|c| matches!(c, '&' | '=')) {
-                    return Err(key_error(
-                        key,
-                        format!(
-                            "the label's {part} holds {c:?}, which CATTLE_HOST_LABELS cannot carry"
-                        ),
-                    ));
-                }
-            }
-        }
-        Ok(HostLabels(labels))
-    }
 }
 
 #[cfg(test)]

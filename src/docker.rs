@@ -14,7 +14,11 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures_util::StreamExt;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
+
+use crate::cluster::LocalAgent;
+use crate::retry::{poll_until, Check, Pace, RetryError};
 
 /// The long-running container the bootstrap leaves behind.
 pub const AGENT_CONTAINER: &str = "rancher-agent";
@@ -45,9 +49,9 @@ pub enum DockerError {
 #[derive(Debug, Clone)]
 pub struct BootstrapSpec {
     pub image: String,
-    /// The token's `registrationUrl`, the container's only argument. Not logged: it lets
+    /// The token's `registrationUrl`, the container's only argument. A secret: it lets
     /// anyone add hosts to the environment.
-    pub registration_url: String,
+    pub registration_url: SecretString,
     pub agent_ip: Ipv4Addr,
     /// Already in `CATTLE_HOST_LABELS` form.
     pub host_labels: String,
@@ -79,13 +83,25 @@ pub struct AgentDocker {
     socket: PathBuf,
 }
 
-/// `DOCKER_HOST`, or the default socket.
-pub fn docker_host() -> String {
-    std::env::var("DOCKER_HOST")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}"))
+/// Where the engine is: `DOCKER_HOST`, or the default socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub host: String,
 }
+
+impl Settings {
+    pub fn from_env() -> Settings {
+        Settings {
+            host: std::env::var("DOCKER_HOST")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| format!("unix://{DEFAULT_SOCKET}")),
+        }
+    }
+}
+
+/// Waits for the engine start short and grow: at boot it comes up within seconds.
+const ENGINE_POLL: Pace = Pace::new(Duration::from_millis(250), Duration::from_secs(2));
 
 fn call_err(what: &str, e: bollard::errors::Error) -> DockerError {
     DockerError::Call {
@@ -135,40 +151,40 @@ impl AgentDocker {
     }
 
     /// Connects, waiting for the engine until `deadline`: at boot it may start after drover.
-    pub async fn wait_ready(deadline: Instant) -> Result<AgentDocker, DockerError> {
-        let host = docker_host();
+    pub async fn wait_ready(
+        settings: &Settings,
+        deadline: Instant,
+    ) -> Result<AgentDocker, DockerError> {
+        let host = &settings.host;
         let started = Instant::now();
-        let mut delay = Duration::from_millis(250);
-        let mut logged = false;
-        loop {
-            match AgentDocker::connect_once(&host).await {
-                Ok(d) => return Ok(d),
+        let logged = std::sync::atomic::AtomicBool::new(false);
+        let connected = poll_until("the Docker engine", deadline, ENGINE_POLL, || async {
+            match AgentDocker::connect_once(host).await {
+                Ok(d) => Ok::<_, DockerError>(Check::Done(d)),
                 Err(e) => {
-                    let now = Instant::now();
-                    if now + delay >= deadline {
-                        return Err(DockerError::NotReady {
-                            host,
-                            waited: now - started,
-                            detail: e.to_string(),
-                        });
-                    }
-                    if !logged {
-                        tracing::info!("waiting for the Docker engine at {host}: {e}");
-                        logged = true;
-                    } else {
+                    if logged.swap(true, std::sync::atomic::Ordering::Relaxed) {
                         tracing::debug!("Docker engine not ready yet: {e}");
+                    } else {
+                        tracing::info!("waiting for the Docker engine at {host}: {e}");
                     }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    Ok(Check::NotYet(e.to_string()))
                 }
             }
-        }
+        })
+        .await;
+        connected.map_err(|e| match e {
+            RetryError::Failed(e) => e,
+            RetryError::OutOfTime { last, .. } => DockerError::NotReady {
+                host: host.clone(),
+                waited: started.elapsed(),
+                detail: last,
+            },
+        })
     }
 
     /// One quick check, for `drover check`.
-    pub async fn probe() -> Result<(AgentDocker, String), DockerError> {
-        let host = docker_host();
-        let d = AgentDocker::connect_once(&host).await?;
+    pub async fn probe(settings: &Settings) -> Result<(AgentDocker, String), DockerError> {
+        let d = AgentDocker::connect_once(&settings.host).await?;
         let version = d
             .docker
             .version()
@@ -245,7 +261,7 @@ impl AgentDocker {
         ];
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
-            cmd: Some(vec![spec.registration_url.clone()]),
+            cmd: Some(vec![spec.registration_url.expose_secret().to_string()]),
             env: Some(vec![
                 format!("CATTLE_AGENT_IP={}", spec.agent_ip),
                 format!("CATTLE_HOST_LABELS={}", spec.host_labels),
@@ -288,6 +304,29 @@ impl AgentDocker {
             }
             _ => Ok(false),
         }
+    }
+}
+
+/// The `rancher-agent` container as the workflow sees it: the engine is connected when the
+/// agent is to be stopped (at the end of a take-out it may have been away for a while).
+#[derive(Debug, Clone)]
+pub struct DockerAgent {
+    settings: Settings,
+}
+
+impl DockerAgent {
+    pub fn new(settings: Settings) -> DockerAgent {
+        DockerAgent { settings }
+    }
+}
+
+impl LocalAgent for DockerAgent {
+    async fn stop(&self) -> Result<bool, String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let docker = AgentDocker::wait_ready(&self.settings, deadline)
+            .await
+            .map_err(|e| e.to_string())?;
+        docker.stop_agent().await.map_err(|e| e.to_string())
     }
 }
 

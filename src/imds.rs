@@ -15,6 +15,8 @@ use backon::Retryable;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::text::{error_chain, shorten};
+
 /// The instance tag Auto Scaling puts on its members.
 const GROUP_TAG: &str = "aws:autoscaling:groupName";
 const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
@@ -93,31 +95,46 @@ pub struct SpotAction {
 }
 
 /// A session token and when to stop using it. Its value is a credential for the metadata
-/// service, so it is kept out of `Debug`.
+/// service: a secret.
+#[derive(Debug)]
 struct Token {
     value: SecretString,
     renew_at: Instant,
 }
 
+/// Where IMDS is: `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else
+/// `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6` picks the IPv6 address, else the usual
+/// `169.254.169.254`: the SDK's own rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub endpoint: String,
+}
+
+impl Settings {
+    pub fn from_env() -> Settings {
+        let var = |name| {
+            std::env::var(name)
+                .ok()
+                .filter(|v: &String| !v.trim().is_empty())
+        };
+        let endpoint = match var("AWS_EC2_METADATA_SERVICE_ENDPOINT") {
+            Some(url) => url,
+            None => match var("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE") {
+                Some(mode) if mode.trim().eq_ignore_ascii_case("ipv6") => {
+                    DEFAULT_ENDPOINT_IPV6.to_string()
+                }
+                _ => DEFAULT_ENDPOINT.to_string(),
+            },
+        };
+        Settings { endpoint }
+    }
+}
+
 /// IMDSv2 client for this instance. Clones share the token.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Imds {
     endpoint: Result<String, String>,
     token: Arc<Mutex<Option<Token>>>,
-}
-
-impl std::fmt::Debug for Imds {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Imds")
-            .field("endpoint", &self.endpoint)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for Imds {
-    fn default() -> Self {
-        Imds::new()
-    }
 }
 
 /// One HTTP client for every `Imds`: building one sets up TLS and a connection pool, and
@@ -139,20 +156,9 @@ fn http() -> &'static reqwest::Client {
 }
 
 impl Imds {
-    /// The endpoint comes from `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else
-    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6` picks the IPv6 address, else the usual
-    /// `169.254.169.254`: the SDK's own rule.
-    pub fn new() -> Imds {
-        let var = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        match var("AWS_EC2_METADATA_SERVICE_ENDPOINT") {
-            Some(url) => Imds::with_endpoint(&url),
-            None => match var("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE") {
-                Some(mode) if mode.trim().eq_ignore_ascii_case("ipv6") => {
-                    Imds::with_endpoint(DEFAULT_ENDPOINT_IPV6)
-                }
-                _ => Imds::with_endpoint(DEFAULT_ENDPOINT),
-            },
-        }
+    /// A client of the IMDS the environment names (see [`Settings`]).
+    pub fn from_env() -> Imds {
+        Imds::with_endpoint(&Settings::from_env().endpoint)
     }
 
     /// A client of the IMDS at `url` (`http://host[:port]`).
@@ -449,36 +455,6 @@ pub(crate) fn parse_ipv4(path: &str, value: &str) -> Result<Ipv4Addr, ImdsError>
     })
 }
 
-/// Cuts outside text to a length that keeps a log line readable.
-pub fn shorten(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_string()
-    } else {
-        let cut: String = text.chars().take(max).collect();
-        format!("{cut}…")
-    }
-}
-
-/// `a: b: c` from an error and its sources.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
-/// Whether a target lifecycle state means a warm pool (do not register).
-pub fn is_warm_pool_state(state: &str) -> bool {
-    state.starts_with("Warmed:")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -662,20 +638,6 @@ mod tests {
         ] {
             assert_eq!(parse_endpoint(good).as_deref(), Ok(kept));
         }
-    }
-
-    #[test]
-    fn warm_pool_states() {
-        assert!(is_warm_pool_state("Warmed:Stopped"));
-        assert!(is_warm_pool_state("Warmed:Running"));
-        assert!(!is_warm_pool_state("InService"));
-        assert!(!is_warm_pool_state("Terminated"));
-    }
-
-    #[test]
-    fn shorten_keeps_short_text() {
-        assert_eq!(shorten("abc", 5), "abc");
-        assert_eq!(shorten("abcdef", 3), "abc…");
     }
 
     #[test]

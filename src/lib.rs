@@ -3,33 +3,55 @@
 //!
 //! # Architecture
 //!
-//! One module per outside system, each a small client that knows nothing of the others:
-//! [`imds`] (IMDSv2), [`rancher`] (the Cattle API), [`docker`] (the agent containers),
-//! [`autoscaling`] and [`sqs`] (AWS). [`cluster`] puts the cluster manager behind a trait;
-//! [`register`] is the boot workflow over those clients; [`app`] wires a subcommand to its
-//! workflow; [`config`] loads and validates everything up front.
+//! Data flows one way: **sources → one [`Work`](work::Work) value → the workflow → the
+//! clients**. Nothing calls back up; the only thing that travels back is the outcome a
+//! source waits for (an SQS message is deleted only once its hook is completed).
 //!
-//! Data flows one way: config → clients → workflow → state dir. Nothing calls back up.
+//! - [`sources`]: the producers. Startup (resume, terminating or Spot at start), IMDS
+//!   polling, the SQS queue, signals (which also decide what a stop means). Each sends
+//!   [`work::Work`] through the one door, an mpsc channel.
+//! - [`workflow`]: the one consumer. It de-duplicates work by instance, takes the host out
+//!   as named steps, answers the lifecycle action, pages; it talks only to traits:
+//!   [`cluster::Cluster`], [`cluster::LocalAgent`], [`lifecycle::LifecycleActions`],
+//!   [`pager::Paging`]. [`boot`] is the boot workflow, over the same cluster trait.
+//! - The clients, one module per outside system, each owning its settings and its error
+//!   and knowing nothing of the others: [`imds`], [`rancher`] (the Cattle API, and the
+//!   [`cluster::Cluster`] built on it), [`docker`], [`autoscaling`], [`sqs`], [`pager`],
+//!   [`logging`], [`systemd`]. Leaves they share: [`text`] (log-safe text), [`labels`],
+//!   [`retry`], [`state`].
+//! - [`config`] loads and validates everything up front and builds the clients' settings;
+//!   [`commands`] wires a subcommand to its sources, workflow and clients. `main.rs` only
+//!   calls [`commands::main`].
+//!
+//! Shutdown is one cancellation token passed down (a child of it closes the door); work
+//! under way runs on a `TaskTracker`, so that a stop waits for it, bounded.
 
-pub mod app;
+#[cfg(feature = "aws")]
 pub mod autoscaling;
+#[cfg(feature = "aws")]
 pub mod aws;
+pub mod boot;
 pub mod cli;
 pub mod cluster;
+#[cfg(feature = "aws")]
+pub mod commands;
 pub mod config;
 pub mod docker;
 pub mod imds;
+pub mod labels;
 pub mod lifecycle;
 pub mod logging;
 pub mod message;
 pub mod pager;
 pub mod rancher;
-pub mod register;
 pub mod retry;
 pub mod sources;
+#[cfg(feature = "aws")]
 pub mod sqs;
 pub mod state;
-pub mod termination;
+pub mod systemd;
+pub mod text;
+pub mod work;
 pub mod workflow;
 
 /// Entry points for the fuzz targets in `fuzz/` (see fuzz/README.md): the parsers of
@@ -44,6 +66,7 @@ pub mod fuzzing {
 
     use crate::config::{Config, ConfigError, Sources};
     use crate::imds::{ImdsError, SpotAction};
+    use crate::rancher::client;
     use crate::rancher::{Host, Project, RancherError, RegistrationToken};
 
     pub use crate::message::{excerpt_for_log, parse as lifecycle_message};
@@ -54,51 +77,46 @@ pub mod fuzzing {
 
     /// A collection of hosts (`GET .../hosts`): the items and the raw `pagination.next`.
     pub fn rancher_hosts_page(body: &[u8]) -> Result<(Vec<Host>, Option<String>), RancherError> {
-        crate::rancher::decode_page(&Method::GET, RANCHER_URL, body)
+        client::decode_page(&Method::GET, RANCHER_URL, body)
     }
 
     /// A collection of registration tokens.
     pub fn rancher_tokens_page(
         body: &[u8],
     ) -> Result<(Vec<RegistrationToken>, Option<String>), RancherError> {
-        crate::rancher::decode_page(&Method::GET, RANCHER_URL, body)
+        client::decode_page(&Method::GET, RANCHER_URL, body)
     }
 
     /// One host (`GET .../hosts/{id}`, or the answer to a host action).
     pub fn rancher_host(body: &[u8]) -> Result<Host, RancherError> {
-        crate::rancher::decode(&Method::POST, RANCHER_URL, body)
+        client::decode(&Method::POST, RANCHER_URL, body)
     }
 
     /// One registration token (`GET` one, or the answer to creating one).
     pub fn rancher_token(body: &[u8]) -> Result<RegistrationToken, RancherError> {
-        crate::rancher::decode(&Method::POST, RANCHER_URL, body)
+        client::decode(&Method::POST, RANCHER_URL, body)
     }
 
     /// The project a key works in.
     pub fn rancher_project(body: &[u8]) -> Result<Project, RancherError> {
-        crate::rancher::decode(&Method::GET, RANCHER_URL, body)
+        client::decode(&Method::GET, RANCHER_URL, body)
     }
 
     /// The error for a non-2xx answer; `None` for a number that is no HTTP status.
     pub fn rancher_error(status: u16, body: &[u8]) -> Option<RancherError> {
         let status = StatusCode::from_u16(status).ok()?;
-        Some(crate::rancher::api_error(
-            &Method::GET,
-            RANCHER_URL,
-            status,
-            body,
-        ))
+        Some(client::api_error(&Method::GET, RANCHER_URL, status, body))
     }
 
     /// Where a `pagination.next` link leads from [`RANCHER_BASE`]; `None` on the last page.
     pub fn rancher_next_page(link: Option<String>) -> Result<Option<Url>, RancherError> {
         let base = Url::parse(RANCHER_BASE).map_err(|e| RancherError::Protocol(e.to_string()))?;
-        crate::rancher::next_page(&base, link)
+        client::next_page(&base, link)
     }
 
     /// The host that `find_host_by_instance` picks among `hosts`.
     pub fn rancher_pick_host(hosts: Vec<Host>, instance_id: &str) -> Option<Host> {
-        crate::rancher::pick_host(hosts, instance_id)
+        client::pick_host(hosts, instance_id)
     }
 
     /// `AWS_EC2_METADATA_SERVICE_ENDPOINT`: the endpoint in use, or the value refused.
@@ -131,75 +149,5 @@ pub mod fuzzing {
                 overrides,
             },
         )
-    }
-}
-
-use std::process::ExitCode;
-
-use clap::Parser;
-
-use crate::cli::{Cli, Command};
-use crate::config::{Config, Sources, DEFAULT_CONFIG_PATH};
-
-/// Exit code for bad usage or bad config.
-pub const EXIT_USAGE: u8 = 2;
-
-/// The whole program: parse, load config, run the subcommand, map the result to an exit code.
-pub fn main_entry() -> ExitCode {
-    let cli = Cli::parse();
-    let path_explicit = cli.config.is_some();
-    let sources = Sources {
-        path: cli
-            .config
-            .clone()
-            .unwrap_or_else(|| DEFAULT_CONFIG_PATH.into()),
-        path_explicit,
-        env: std::env::vars().collect(),
-        overrides: &cli.set,
-    };
-    let config = match Config::load(sources) {
-        Ok(c) => c,
-        Err(e) => {
-            if cli.command == Command::Check {
-                println!("{:<5} {:<12} {}", "FAIL", "config", e);
-            }
-            eprintln!("drover: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    logging::init(&config.log);
-    for warning in &config.warnings {
-        tracing::warn!("{warning}");
-    }
-
-    // One thread is plenty for a host agent and keeps its footprint small.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("drover: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let config = std::sync::Arc::new(config);
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Register => app::register_command(&config).await,
-            Command::Deregister { if_going_away } => {
-                app::deregister_command(config.clone(), if_going_away).await
-            }
-            Command::Run => app::run_command(config.clone()).await,
-            Command::Check => app::check_command(&config).await,
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("drover: {e}");
-            ExitCode::FAILURE
-        }
     }
 }

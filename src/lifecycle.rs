@@ -1,227 +1,129 @@
-//! Completing an instance's termination lifecycle action: finding the group and hook,
-//! keeping the action alive with heartbeats while drover works, and completing it exactly
-//! when Auto Scaling is ready to take the answer.
+//! The vocabulary of Auto Scaling lifecycle actions (transitions, states, results) and the
+//! small trait through which the workflow reads a group and answers an action. No I/O: the
+//! Auto Scaling client implements the trait, the workflow's tests fake it.
 
-use std::time::Duration;
+use std::future::Future;
 
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+/// The transition of a termination lifecycle hook.
+pub const TERMINATING_TRANSITION: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
+/// The transition of a launching lifecycle hook.
+pub const LAUNCHING_TRANSITION: &str = "autoscaling:EC2_INSTANCE_LAUNCHING";
 
-use crate::autoscaling::{ActionRef, AutoScaling, AutoScalingError, TERMINATING_TRANSITION};
-
-/// The hook's default when `DescribeLifecycleHooks` does not say.
-const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3600);
-
-#[derive(Debug, thiserror::Error)]
-pub enum LifecycleError {
-    #[error(transparent)]
-    AutoScaling(#[from] AutoScalingError),
-    #[error("group {group} has no termination hook named {hook:?}")]
-    NoSuchHook { group: String, hook: String },
-    #[error("lifecycle action of {instance_id} not completed within {}: {last}", crate::retry::rounded(*budget))]
-    OutOfTime {
-        instance_id: String,
-        budget: Duration,
-        last: String,
-    },
-    #[error("{instance_id} is {state} in its group, not waiting on a lifecycle action")]
-    NotWaiting { instance_id: String, state: String },
-}
-
-/// The lifecycle action to complete, named by instance id, never by the message's token:
-/// tokens travel in the queue, and a forged message could pair one instance with another's
-/// token. By instance id, drover answers only the action of the instance it took out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HookTarget {
-    pub group: String,
-    pub hook: String,
-    pub instance_id: String,
-    pub heartbeat_timeout: Duration,
-}
-
-impl HookTarget {
-    fn action_ref(&self) -> ActionRef<'_> {
-        ActionRef {
-            group: &self.group,
-            hook: &self.hook,
-            instance_id: &self.instance_id,
-        }
-    }
-
-    /// Heartbeats come at most a third of the timeout apart, so that two can be lost.
-    pub fn heartbeat_interval(&self) -> Duration {
-        (self.heartbeat_timeout / 3).max(Duration::from_secs(1))
-    }
-}
-
-/// How a completion ended.
+/// The answer to a lifecycle action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Completion {
-    Completed,
-    /// Someone (a peer, an earlier drover, the timeout) already completed it.
-    AlreadyDone,
+pub enum LifecycleResult {
+    Continue,
+    Abandon,
 }
 
-/// The lifecycle action to answer for `instance_id`: its group (the message's, else from
-/// Auto Scaling) and the termination hook there. A hook the message names is used only when
-/// the group lists it as a termination hook: a message is a claim, the group is the fact.
-pub async fn resolve_target(
-    asg: &AutoScaling,
-    instance_id: &str,
-    group: Option<&str>,
-    hook: Option<&str>,
-    configured_hook: Option<&str>,
-) -> Result<Option<HookTarget>, LifecycleError> {
-    let group = match group {
-        Some(g) => g.to_string(),
-        None => match asg.membership(instance_id).await? {
-            Some(m) => m.group,
-            None => return Ok(None),
-        },
-    };
-    let hooks = asg.hooks(&group).await?;
-    let terminating = |name: &str| {
-        hooks
-            .iter()
-            .find(|h| h.name == name && h.transition == TERMINATING_TRANSITION)
-    };
-    let chosen = match (hook.and_then(terminating), configured_hook) {
-        (Some(named), _) => Some(named),
-        (None, Some(name)) => match terminating(name) {
-            Some(h) => Some(h),
-            None => {
-                return Err(LifecycleError::NoSuchHook {
-                    group,
-                    hook: name.to_string(),
-                })
-            }
-        },
-        (None, None) => hooks
-            .iter()
-            .find(|h| h.transition == TERMINATING_TRANSITION),
-    };
-    let Some(chosen) = chosen else {
-        return Ok(None);
-    };
-    Ok(Some(HookTarget {
-        hook: chosen.name.clone(),
-        heartbeat_timeout: chosen
-            .heartbeat_timeout_secs
-            .and_then(|s| u64::try_from(s).ok())
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT),
-        group,
-        instance_id: instance_id.to_string(),
-    }))
-}
-
-/// Sends heartbeats until `stop` is cancelled. Before the instance reaches
-/// `Terminating:Wait` a heartbeat is refused; that is expected and ignored.
-pub async fn keep_alive(asg: AutoScaling, target: HookTarget, stop: CancellationToken) {
-    let interval = target.heartbeat_interval();
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-        match asg.heartbeat(&target.action_ref()).await {
-            Ok(()) => tracing::debug!(hook = %target.hook, "lifecycle heartbeat sent"),
-            Err(e) if e.is_no_active_action() => {
-                tracing::debug!(
-                    "heartbeat refused, the instance is not waiting on the hook yet: {e}"
-                )
-            }
-            Err(e) => tracing::warn!("lifecycle heartbeat failed: {e}"),
+impl LifecycleResult {
+    /// The word the API takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LifecycleResult::Continue => "CONTINUE",
+            LifecycleResult::Abandon => "ABANDON",
         }
     }
 }
 
-/// Completes the action with `result` before `deadline`, and never before the group shows
-/// the instance in `Terminating:Wait`.
-///
-/// IMDS says `Terminated` seconds before the group catches up, and a message can arrive
-/// before the group reaches the wait state. Asking first keeps drover from answering an
-/// action that is not there yet, and tells "not yet" from "already done", which the
-/// service's `No active Lifecycle Action` leaves ambiguous.
-pub async fn complete(
-    asg: &AutoScaling,
-    target: &HookTarget,
-    result: &str,
-    deadline: Instant,
-) -> Result<Completion, LifecycleError> {
-    let started = Instant::now();
-    let mut delay = Duration::from_millis(250);
-    let mut last: String;
-    loop {
-        match asg.membership(&target.instance_id).await {
-            // Gone from the group, or past the wait: someone answered, or it timed out.
-            Ok(None) => return Ok(Completion::AlreadyDone),
-            Ok(Some(m)) => match m.lifecycle_state.as_deref() {
-                Some("Terminating:Proceed" | "Terminated") => return Ok(Completion::AlreadyDone),
-                Some("Terminating:Wait") => {
-                    match asg.complete(&target.action_ref(), result).await {
-                        Ok(()) => return Ok(Completion::Completed),
-                        // Answered by someone else between the two calls: the next look
-                        // at the group says so.
-                        Err(e) if e.is_no_active_action() || e.is_transient() => {
-                            tracing::warn!("completing the lifecycle action failed: {e}; retrying");
-                            last = e.to_string();
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                Some(
-                    state @ ("Pending" | "Pending:Wait" | "Pending:Proceed" | "InService"
-                    | "Terminating"),
-                ) => {
-                    tracing::info!(
-                        state,
-                        "the group is not at Terminating:Wait yet; waiting to answer"
-                    );
-                    last = format!("instance {} is {state}", target.instance_id);
-                }
-                other => {
-                    return Err(LifecycleError::NotWaiting {
-                        instance_id: target.instance_id.clone(),
-                        state: other.unwrap_or("of unknown state").to_string(),
-                    })
-                }
-            },
-            Err(e) if e.is_transient() => {
-                tracing::warn!("asking Auto Scaling before completing failed: {e}; retrying");
-                last = e.to_string();
-            }
-            Err(e) => return Err(e.into()),
-        }
-        if Instant::now() + delay >= deadline {
-            return Err(LifecycleError::OutOfTime {
-                instance_id: target.instance_id.clone(),
-                budget: deadline.saturating_duration_since(started),
-                last,
-            });
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
+/// Whether a target lifecycle state (from IMDS) means a warm pool: do not register.
+pub fn is_warm_pool_state(state: &str) -> bool {
+    state.starts_with("Warmed:")
+}
+
+/// Where an instance stands in its group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMembership {
+    pub group: String,
+    pub lifecycle_state: Option<String>,
+}
+
+impl GroupMembership {
+    /// `Terminating`, `Terminating:Wait` or `Terminating:Proceed`.
+    pub fn is_terminating(&self) -> bool {
+        self.lifecycle_state
+            .as_deref()
+            .is_some_and(|s| s.starts_with("Terminating"))
     }
+}
+
+/// A lifecycle hook of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleHook {
+    pub name: String,
+    pub transition: String,
+    pub heartbeat_timeout_secs: Option<i32>,
+}
+
+/// Which lifecycle action a call is about: the instance's, in that group and hook. Always
+/// by instance id, never by a message's token (see the workflow's hook module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActionRef<'a> {
+    pub group: &'a str,
+    pub hook: &'a str,
+    pub instance_id: &'a str,
+}
+
+/// What the workflow needs to know about a failed call.
+pub trait CallFailure: std::error::Error + Send + Sync + 'static {
+    /// Throttling, server trouble, or no answer at all: worth another try.
+    fn is_transient(&self) -> bool;
+    /// `No active Lifecycle Action found`: the instance is not waiting on the hook, either
+    /// not yet or no more.
+    fn is_no_active_action(&self) -> bool;
+}
+
+/// Auto Scaling, as far as lifecycle actions go.
+pub trait LifecycleActions: Send + Sync + 'static {
+    type Error: CallFailure;
+
+    /// The instance's group and state; `None` when no group lists it.
+    fn membership(
+        &self,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<Option<GroupMembership>, Self::Error>> + Send;
+
+    /// The group's lifecycle hooks.
+    fn hooks(
+        &self,
+        group: &str,
+    ) -> impl Future<Output = Result<Vec<LifecycleHook>, Self::Error>> + Send;
+
+    /// `CompleteLifecycleAction` by instance id.
+    fn complete(
+        &self,
+        action: ActionRef<'_>,
+        result: LifecycleResult,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// `RecordLifecycleActionHeartbeat` by instance id: restarts the hook's timeout.
+    fn heartbeat(
+        &self,
+        action: ActionRef<'_>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn target(timeout: u64) -> HookTarget {
-        HookTarget {
-            group: "g".into(),
-            hook: "h".into(),
-            instance_id: "i-1".into(),
-            heartbeat_timeout: Duration::from_secs(timeout),
-        }
+    #[test]
+    fn warm_pool_states() {
+        assert!(is_warm_pool_state("Warmed:Stopped"));
+        assert!(is_warm_pool_state("Warmed:Running"));
+        assert!(!is_warm_pool_state("InService"));
+        assert!(!is_warm_pool_state("Terminated"));
     }
 
     #[test]
-    fn heartbeats_come_at_most_a_third_apart() {
-        assert_eq!(target(300).heartbeat_interval(), Duration::from_secs(100));
-        assert_eq!(target(30).heartbeat_interval(), Duration::from_secs(10));
-        assert_eq!(target(1).heartbeat_interval(), Duration::from_secs(1));
+    fn terminating_states() {
+        let m = |s: &str| GroupMembership {
+            group: "g".into(),
+            lifecycle_state: Some(s.into()),
+        };
+        assert!(m("Terminating:Wait").is_terminating());
+        assert!(m("Terminating").is_terminating());
+        assert!(!m("InService").is_terminating());
+        assert!(!m("Warmed:Terminating:Wait").is_terminating());
     }
 }

@@ -5,7 +5,21 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One plain line an event, for journald.
+    Text,
+    Json,
+}
+
+/// The logging settings (`[log]`), as the config built them.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub format: LogFormat,
+    /// A tracing filter: a plain level applies to drover, anything else is used as given.
+    pub level: String,
+}
 
 /// Turns `log.level` into a filter. A plain level (`debug`) applies to drover and leaves
 /// the libraries at `warn`; anything else is a full filter directive, used as given.
@@ -24,7 +38,7 @@ pub fn filter_for(level: &str) -> Result<EnvFilter, String> {
 }
 
 /// Installs the global subscriber. `RUST_LOG`, when set, replaces `log.level`.
-pub fn init(config: &LogConfig) {
+pub fn init(config: &Settings) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())

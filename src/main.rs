@@ -1,5 +1,5 @@
 //! The `drover` binary: everything lives in the library.
 
 fn main() -> std::process::ExitCode {
-    drover::main_entry()
+    drover::commands::main()
 }

@@ -10,8 +10,10 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::autoscaling::TERMINATING_TRANSITION;
-use crate::imds::shorten;
+use secrecy::SecretString;
+
+use crate::lifecycle::TERMINATING_TRANSITION;
+use crate::text::{one_line, redact_string_values, shorten};
 
 /// SQS's largest message body; anything bigger did not come through SQS unharmed.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -37,13 +39,14 @@ const MAX_TOKEN_CHARS: usize = 128;
 /// ISO 8601 timestamps are about 24 characters.
 const MAX_TIME_CHARS: usize = 64;
 
-/// A lifecycle action as Auto Scaling describes it.
-#[derive(Clone, PartialEq, Eq)]
+/// A lifecycle action as Auto Scaling describes it. The token lets anyone complete the
+/// action: a secret, never in `Debug` (drover never sends it back to AWS either).
+#[derive(Debug, Clone)]
 pub struct LifecycleAction {
     pub instance_id: String,
     pub group: String,
     pub hook: String,
-    pub token: Option<String>,
+    pub token: Option<SecretString>,
     pub transition: String,
     pub time: Option<String>,
     pub metadata: Option<String>,
@@ -53,22 +56,6 @@ impl LifecycleAction {
     /// Whether this is the termination transition, the only one drover acts on.
     pub fn is_termination(&self) -> bool {
         self.transition == TERMINATING_TRANSITION
-    }
-}
-
-// By hand, so that `{:?}` in a log line never shows the token: it lets anyone complete the
-// action.
-impl fmt::Debug for LifecycleAction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LifecycleAction")
-            .field("instance_id", &self.instance_id)
-            .field("group", &self.group)
-            .field("hook", &self.hook)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("transition", &self.transition)
-            .field("time", &self.time)
-            .field("metadata", &self.metadata)
-            .finish()
     }
 }
 
@@ -90,7 +77,7 @@ impl fmt::Display for Shape {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum LifecycleMessage {
     /// autoscaling:TEST_NOTIFICATION: delete it and do nothing.
     Test { group: Option<String> },
@@ -342,7 +329,7 @@ fn action_fields(
         instance_id: instance_id.to_string(),
         group: group.to_string(),
         hook: hook.to_string(),
-        token: token.map(str::to_string),
+        token: token.map(|t| SecretString::from(t.to_string())),
         transition: transition.to_string(),
         time: time.map(str::to_string),
         metadata: metadata.map(str::to_string),
@@ -427,151 +414,12 @@ pub fn excerpt_for_log(body: &str, max: usize) -> String {
     one_line(&redact_tokens(body), max)
 }
 
-/// Outside text as one log line of at most `max` chars: control and line-breaking
-/// characters become spaces, runs of spaces one, and a longer text is cut with `…`.
-pub(crate) fn one_line(text: &str, max: usize) -> String {
-    let mut line = String::with_capacity(text.len().min(max.saturating_mul(4)));
-    let mut last_space = true;
-    for c in text.chars() {
-        let c = if breaks_log_line(c) || c.is_whitespace() {
-            ' '
-        } else {
-            c
-        };
-        if c == ' ' {
-            if last_space {
-                continue;
-            }
-            last_space = true;
-        } else {
-            last_space = false;
-        }
-        line.push(c);
-    }
-    let line = line.trim_end();
-    if line.chars().count() <= max {
-        return line.to_string();
-    }
-    if max == 0 {
-        return String::new();
-    }
-    let mut cut: String = line.chars().take(max - 1).collect();
-    cut.push('…');
-    cut
-}
-
-/// Control characters, Unicode line and paragraph separators, and the bidirectional
-/// overrides that can make a log line read differently from what it holds.
-fn breaks_log_line(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-}
-
 /// Replaces the string value after every `LifecycleActionToken` key, in plain JSON
 /// (`"LifecycleActionToken": "..."`) and inside an SNS `Message` string
 /// (`\"LifecycleActionToken\":\"...\"`). Works on the raw text, so that a body that is not
 /// valid JSON, or is cut, is redacted too.
 fn redact_tokens(body: &str) -> String {
     redact_string_values(body, &["LifecycleActionToken"])
-}
-
-/// Replaces the string value after every one of `keys` with `<redacted>`, on the raw text,
-/// however many times the JSON is escaped (a JSON string inside a JSON string...). Linear in
-/// the body for each key: a key's next place is looked for again only once passed.
-pub(crate) fn redact_string_values(body: &str, keys: &[&str]) -> String {
-    const MARK: &str = "<redacted>";
-    let mut out = String::with_capacity(body.len());
-    let mut done = 0;
-    let mut next: Vec<Option<usize>> = keys.iter().map(|k| body.find(k)).collect();
-    while let Some((at, key)) = next
-        .iter()
-        .zip(keys)
-        .filter_map(|(at, key)| at.map(|at| (at, key)))
-        .min()
-    {
-        let after_key = at + key.len();
-        out.push_str(&body[done..after_key]);
-        done = after_key;
-        // Left alone when no string value follows (`null`, a mention in some other text).
-        if let Some(start) = value_start(&body[done..]) {
-            out.push_str(&body[done..done + start]);
-            done += start;
-            // The value runs to its closing quote, escaped or not, or to the end of a cut body.
-            let end = value_end(&body[done..]);
-            if end > 0 {
-                out.push_str(MARK);
-            }
-            done += end;
-        }
-        for (at, key) in next.iter_mut().zip(keys) {
-            if at.is_some_and(|at| at < done) {
-                *at = body[done..].find(key).map(|found| done + found);
-            }
-        }
-    }
-    out.push_str(&body[done..]);
-    out
-}
-
-/// Where a string value ends: at its closing quote, escaped any number of times, or at the
-/// end of a cut body. Other escapes (`\/`, `\\/`) are part of the value.
-fn value_end(value: &str) -> usize {
-    let bytes = value.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => return i,
-            b'\\' => {
-                let mut j = i;
-                while bytes.get(j) == Some(&b'\\') {
-                    j += 1;
-                }
-                if bytes.get(j) == Some(&b'"') {
-                    return i;
-                }
-                i = j;
-            }
-            _ => i += 1,
-        }
-    }
-    bytes.len()
-}
-
-/// Where the string value starts in the text after the key: its closing quote, spaces, a
-/// colon, spaces and the value's opening quote. Inside an SNS `Message` these are escaped
-/// once (`\"`, and spaces may be written `\n`), inside an envelope in an envelope twice
-/// (`\\\"`): every level is skipped.
-fn value_start(after_key: &str) -> Option<usize> {
-    let bytes = after_key.as_bytes();
-    let skip_escapes = |mut i: usize| {
-        while bytes.get(i) == Some(&b'\\') {
-            i += 1;
-        }
-        i
-    };
-    // Spaces, written plainly or as escapes (`\n`, `\\\t`, ...).
-    let skip_space = |mut i: usize| loop {
-        let j = skip_escapes(i);
-        match bytes.get(j) {
-            Some(b) if b.is_ascii_whitespace() => i = j + 1,
-            Some(b'n' | b'r' | b't') if j > i => i = j + 1,
-            _ => return i,
-        }
-    };
-    let mut i = skip_escapes(0);
-    if bytes.get(i) != Some(&b'"') {
-        return None;
-    }
-    i = skip_space(i + 1);
-    if bytes.get(i) != Some(&b':') {
-        return None;
-    }
-    i = skip_escapes(skip_space(i + 1));
-    if bytes.get(i) != Some(&b'"') {
-        return None;
-    }
-    // Every byte skipped is ASCII, so this is a char boundary.
-    Some(i + 1)
 }
 
 #[cfg(test)]
@@ -633,6 +481,43 @@ mod tests {
         SNS_TEST,
     ];
 
+    /// An action with its token shown, to compare whole.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Plain {
+        instance_id: String,
+        group: String,
+        hook: String,
+        token: Option<String>,
+        transition: String,
+        time: Option<String>,
+        metadata: Option<String>,
+    }
+
+    fn plain(a: &LifecycleAction) -> Plain {
+        Plain {
+            instance_id: a.instance_id.clone(),
+            group: a.group.clone(),
+            hook: a.hook.clone(),
+            token: token(a),
+            transition: a.transition.clone(),
+            time: a.time.clone(),
+            metadata: a.metadata.clone(),
+        }
+    }
+
+    fn token(a: &LifecycleAction) -> Option<String> {
+        use secrecy::ExposeSecret;
+        a.token.as_ref().map(|t| t.expose_secret().to_string())
+    }
+
+    /// The group of a test notification; panics on anything else.
+    fn test_group(body: &str) -> Option<String> {
+        match parse(body).expect("parses") {
+            LifecycleMessage::Test { group } => group,
+            other => panic!("expected a test notification, got {other:?}"),
+        }
+    }
+
     fn action(body: &str) -> (LifecycleAction, Shape) {
         match parse(body).expect("parses") {
             LifecycleMessage::Action { action, shape } => (action, shape),
@@ -662,8 +547,8 @@ mod tests {
         let (a, shape) = action(EVENTBRIDGE_TERMINATE);
         assert_eq!(shape, Shape::EventBridge);
         assert_eq!(
-            a,
-            LifecycleAction {
+            plain(&a),
+            Plain {
                 instance_id: "i-1234567890abcdef0".into(),
                 group: "crawlers-prod".into(),
                 hook: "drover-drain".into(),
@@ -691,8 +576,8 @@ mod tests {
         let (a, shape) = action(DIRECT);
         assert_eq!(shape, Shape::Direct);
         assert_eq!(
-            a,
-            LifecycleAction {
+            plain(&a),
+            Plain {
                 instance_id: "i-0123abcd".into(),
                 group: "my-asg".into(),
                 hook: "drain".into(),
@@ -712,7 +597,7 @@ mod tests {
         assert_eq!(a.instance_id, "i-1234567890abcdef0");
         assert_eq!(a.group, "my-asg");
         assert_eq!(a.hook, "drain");
-        assert_eq!(a.token.as_deref(), Some(TOKEN));
+        assert_eq!(token(&a).as_deref(), Some(TOKEN));
         assert_eq!(a.time.as_deref(), Some("2026-11-23T12:00:00.000Z"));
         assert_eq!(a.metadata, None);
         assert!(a.is_termination());
@@ -728,26 +613,20 @@ mod tests {
     #[test]
     fn missing_token_is_none() {
         let body = direct_with("LifecycleActionToken", Value::Null);
-        assert_eq!(action(&body).0.token, None);
+        assert_eq!(token(&action(&body).0), None);
         let mut v: Value = serde_json::from_str(DIRECT).expect("sample is JSON");
         v.as_object_mut()
             .expect("object")
             .remove("LifecycleActionToken");
-        assert_eq!(action(&v.to_string()).0.token, None);
+        assert_eq!(token(&action(&v.to_string()).0), None);
     }
 
     #[test]
     fn test_notifications() {
-        let expected = LifecycleMessage::Test {
-            group: Some("my-asg".into()),
-        };
-        assert_eq!(parse(TEST_DIRECT).expect("parses"), expected);
-        assert_eq!(parse(SNS_TEST).expect("parses"), expected);
+        assert_eq!(test_group(TEST_DIRECT).as_deref(), Some("my-asg"));
+        assert_eq!(test_group(SNS_TEST).as_deref(), Some("my-asg"));
         let no_group = r#"{"Event":"autoscaling:TEST_NOTIFICATION","AutoScalingGroupName":7}"#;
-        assert_eq!(
-            parse(no_group).expect("parses"),
-            LifecycleMessage::Test { group: None }
-        );
+        assert_eq!(test_group(no_group), None);
     }
 
     #[test]
@@ -945,7 +824,7 @@ mod tests {
         assert!(!format!("{err} {err:?}").contains(TOKEN));
         let (a, _) = action(DIRECT);
         assert!(!format!("{a:?}").contains(TOKEN));
-        assert!(format!("{a:?}").contains("<redacted>"));
+        assert!(format!("{a:?}").contains("REDACTED"));
     }
 
     #[test]
@@ -1067,15 +946,6 @@ mod tests {
     }
 
     #[test]
-    fn redaction_of_several_keys_stays_linear() {
-        // A key that never occurs is not looked for again at every occurrence of another.
-        let body = r#"{"token":"abc","x":"token"},"#.repeat(50_000);
-        let out = redact_string_values(&body, &["registrationUrl", "token"]);
-        assert_eq!(out.matches("<redacted>").count(), 50_000);
-        assert!(!out.contains("abc"));
-    }
-
-    #[test]
     fn excerpt_is_short_and_one_line() {
         let out = excerpt_for_log(EVENTBRIDGE_TERMINATE, 60);
         assert_eq!(out.chars().count(), 60);
@@ -1087,7 +957,10 @@ mod tests {
         assert_eq!(excerpt_for_log("abcdef", 1), "…");
         let hostile = "a\u{0}b\u{1b}[31mc\r\nd\u{2028}e\u{202e}f\u{85}g";
         let out = excerpt_for_log(hostile, 100);
-        assert!(out.chars().all(|c| !breaks_log_line(c)), "{out:?}");
+        assert!(
+            out.chars().all(|c| !crate::text::breaks_log_line(c)),
+            "{out:?}"
+        );
         assert_eq!(out, "a b [31mc d e f g");
         let wide = "ü".repeat(50);
         assert_eq!(excerpt_for_log(&wide, 10).chars().count(), 10);

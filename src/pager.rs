@@ -7,7 +7,7 @@
 //! open incidents), so it appears only in request bodies: never in logs, `Debug` or errors.
 
 use std::collections::BTreeMap;
-use std::fmt;
+use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
@@ -16,8 +16,47 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 use url::Url;
 
-use crate::config::PagerConfig;
 use crate::retry::{self, RetryError};
+use crate::text::{cut_bytes, error_chain, one_line};
+
+/// The pager's settings (`[pager]`), as the config built them.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub pagerduty_routing_key: Option<SecretString>,
+    pub pagerduty_url: Url,
+    /// A Slack-style webhook URL carries its secret in its path: a secret, shown by its
+    /// origin only ([`webhook_origin`]).
+    pub webhook_url: Option<SecretString>,
+}
+
+/// Scheme, host and port of a webhook URL, the only part of it ever shown.
+pub fn webhook_origin(url: &SecretString) -> String {
+    match Url::parse(url.expose_secret()) {
+        Ok(u) => shown_url(&u, false),
+        Err(_) => "(not a URL)".to_string(),
+    }
+}
+
+/// Paging as the workflow sees it; [`Pager`] is the real one.
+pub trait Paging: Send + Sync + 'static {
+    /// Whether a page goes anywhere.
+    fn is_configured(&self) -> bool;
+
+    /// Opens (or updates) the incident of `incident.instance_id`.
+    fn trigger(
+        &self,
+        incident: &Incident,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<(), PagerError>> + Send;
+
+    /// Resolves the incident of `instance_id`: a later attempt succeeded.
+    fn resolve(
+        &self,
+        instance_id: &str,
+        summary: &str,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<(), PagerError>> + Send;
+}
 
 /// Bound on one attempt; the caller's deadline bounds them all.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -121,41 +160,32 @@ fn join(errors: &[PagerError]) -> String {
         .join("; ")
 }
 
-/// One place a page goes, with the name errors and logs use for it.
+/// One place a page goes, with the name errors and logs use for it. The URL is a secret
+/// (a webhook's path may be); the name shows what may be shown.
 #[derive(Debug, Clone)]
 struct Target {
-    url: Url,
+    url: SecretString,
     name: String,
 }
 
 /// PagerDuty is configured only together with its key.
+#[derive(Debug)]
 struct PagerDuty {
     target: Target,
     routing_key: SecretString,
 }
 
 /// Sends pages to PagerDuty and the webhook, whichever are configured.
+#[derive(Debug)]
 pub struct Pager {
     http: reqwest::Client,
     pagerduty: Option<PagerDuty>,
     webhook: Option<Target>,
 }
 
-impl fmt::Debug for Pager {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pager")
-            .field(
-                "pagerduty",
-                &self.pagerduty.as_ref().map(|p| p.target.name.as_str()),
-            )
-            .field("webhook", &self.webhook.as_ref().map(|w| w.name.as_str()))
-            .finish_non_exhaustive()
-    }
-}
-
 impl Pager {
     /// Builds the HTTP client; talks to nobody yet.
-    pub fn new(config: &PagerConfig) -> Result<Pager, PagerError> {
+    pub fn new(config: &Settings) -> Result<Pager, PagerError> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(REQUEST_TIMEOUT)
@@ -164,14 +194,14 @@ impl Pager {
             // Events API URL is exact, so a 3xx is reported instead.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| PagerError::Setup(crate::imds::error_chain(&e)))?;
+            .map_err(|e| PagerError::Setup(error_chain(&e)))?;
         let pagerduty = config
             .pagerduty_routing_key
             .as_ref()
             .filter(|k| !k.expose_secret().is_empty())
             .map(|key| PagerDuty {
                 target: Target {
-                    url: config.pagerduty_url.clone(),
+                    url: SecretString::from(config.pagerduty_url.to_string()),
                     name: format!("PagerDuty {}", shown_url(&config.pagerduty_url, true)),
                 },
                 routing_key: key.clone(),
@@ -179,103 +209,13 @@ impl Pager {
         let webhook = config.webhook_url.as_ref().map(|url| Target {
             url: url.clone(),
             // Slack-style webhook URLs carry their secret in the path: show the server only.
-            name: format!("webhook {}", shown_url(url, false)),
+            name: format!("webhook {}", webhook_origin(url)),
         });
         Ok(Pager {
             http,
             pagerduty,
             webhook,
         })
-    }
-
-    /// Whether a page goes anywhere: a routing key or a webhook is set.
-    pub fn is_configured(&self) -> bool {
-        self.pagerduty.is_some() || self.webhook.is_some()
-    }
-
-    /// Triggers a PagerDuty incident (dedup_key "drover-<instance id>") and posts the same
-    /// facts to the webhook; retries 429/5xx/network errors with backoff until `deadline`,
-    /// never past it; 400 is not retried. Both targets are tried even if one fails. Ok when
-    /// every configured target accepted.
-    pub async fn trigger(&self, incident: &Incident, deadline: Instant) -> Result<(), PagerError> {
-        let summary = summary(incident);
-        let instance = incident.instance_id.as_str();
-        if !self.is_configured() {
-            tracing::warn!(
-                instance_id = instance,
-                "no pager configured ([pager] pagerduty_routing_key, webhook_url): nobody is paged about: {summary}"
-            );
-            return Ok(());
-        }
-        let key = dedup_key(instance);
-        let timestamp = now_rfc3339();
-        let pagerduty = async {
-            let pd = self.pagerduty.as_ref()?;
-            let event = trigger_event(pd, incident, &key, &summary, &timestamp);
-            Some(
-                self.send(&pd.target, "PagerDuty trigger", &event, deadline)
-                    .await,
-            )
-        };
-        let webhook = async {
-            let target = self.webhook.as_ref()?;
-            let body = json!({
-                "text": summary,
-                "drover": facts(incident, &key, &summary, &timestamp),
-            });
-            Some(self.send(target, "webhook trigger", &body, deadline).await)
-        };
-        let (pagerduty, webhook) = tokio::join!(pagerduty, webhook);
-        finish("page", instance, [pagerduty, webhook])
-    }
-
-    /// Resolves the incident of `instance_id` (a later attempt succeeded) on PagerDuty, and
-    /// tells the webhook.
-    pub async fn resolve(
-        &self,
-        instance_id: &str,
-        summary: &str,
-        deadline: Instant,
-    ) -> Result<(), PagerError> {
-        if !self.is_configured() {
-            tracing::debug!(instance_id, "no pager configured: nothing to resolve");
-            return Ok(());
-        }
-        let key = dedup_key(instance_id);
-        let pagerduty = async {
-            let pd = self.pagerduty.as_ref()?;
-            // The Events API wants nothing else for a resolve.
-            let event = json!({
-                "routing_key": pd.routing_key.expose_secret(),
-                "dedup_key": key,
-                "event_action": "resolve",
-            });
-            Some(
-                self.send(&pd.target, "PagerDuty resolve", &event, deadline)
-                    .await,
-            )
-        };
-        let webhook = async {
-            let target = self.webhook.as_ref()?;
-            let text = cut(
-                &one_line(&format!("drover: resolved {instance_id}: {summary}")),
-                MAX_SUMMARY,
-                "…",
-            );
-            let body = json!({
-                "text": text,
-                "drover": {
-                    "event": "resolve",
-                    "dedup_key": key,
-                    "instance_id": instance_id,
-                    "summary": summary,
-                    "timestamp": now_rfc3339(),
-                },
-            });
-            Some(self.send(target, "webhook resolve", &body, deadline).await)
-        };
-        let (pagerduty, webhook) = tokio::join!(pagerduty, webhook);
-        finish("resolve the page", instance_id, [pagerduty, webhook])
     }
 
     /// Posts `body` until the target accepts, refuses for good, or `deadline` passes.
@@ -307,14 +247,14 @@ impl Pager {
     async fn post_once(&self, target: &Target, body: &Value) -> Result<(), PagerError> {
         let resp = self
             .http
-            .post(target.url.clone())
+            .post(target.url.expose_secret())
             .json(body)
             .send()
             .await
             .map_err(|e| PagerError::Transport {
                 target: target.name.clone(),
                 // The target's name already says where; the URL may hold a webhook secret.
-                detail: self.scrub(&crate::imds::error_chain(&e.without_url())),
+                detail: self.scrub(&error_chain(&e.without_url())),
             })?;
         let status = resp.status();
         if status.is_success() {
@@ -349,6 +289,101 @@ impl Pager {
     }
 }
 
+impl Paging for Pager {
+    /// Whether a page goes anywhere: a routing key or a webhook is set.
+    fn is_configured(&self) -> bool {
+        self.pagerduty.is_some() || self.webhook.is_some()
+    }
+
+    /// Triggers a PagerDuty incident (dedup_key "drover-<instance id>") and posts the same
+    /// facts to the webhook; retries 429/5xx/network errors with backoff until `deadline`,
+    /// never past it; 400 is not retried. Both targets are tried even if one fails. Ok when
+    /// every configured target accepted.
+    async fn trigger(&self, incident: &Incident, deadline: Instant) -> Result<(), PagerError> {
+        let summary = summary(incident);
+        let instance = incident.instance_id.as_str();
+        if !self.is_configured() {
+            tracing::warn!(
+                instance_id = instance,
+                "no pager configured ([pager] pagerduty_routing_key, webhook_url): nobody is paged about: {summary}"
+            );
+            return Ok(());
+        }
+        let key = dedup_key(instance);
+        let timestamp = now_rfc3339();
+        let pagerduty = async {
+            let pd = self.pagerduty.as_ref()?;
+            let event = trigger_event(pd, incident, &key, &summary, &timestamp);
+            Some(
+                self.send(&pd.target, "PagerDuty trigger", &event, deadline)
+                    .await,
+            )
+        };
+        let webhook = async {
+            let target = self.webhook.as_ref()?;
+            let body = json!({
+                "text": summary,
+                "drover": facts(incident, &key, &summary, &timestamp),
+            });
+            Some(self.send(target, "webhook trigger", &body, deadline).await)
+        };
+        let (pagerduty, webhook) = tokio::join!(pagerduty, webhook);
+        finish("page", instance, [pagerduty, webhook])
+    }
+
+    /// Resolves the incident of `instance_id` (a later attempt succeeded) on PagerDuty, and
+    /// tells the webhook.
+    async fn resolve(
+        &self,
+        instance_id: &str,
+        summary: &str,
+        deadline: Instant,
+    ) -> Result<(), PagerError> {
+        if !self.is_configured() {
+            tracing::debug!(instance_id, "no pager configured: nothing to resolve");
+            return Ok(());
+        }
+        let key = dedup_key(instance_id);
+        let pagerduty = async {
+            let pd = self.pagerduty.as_ref()?;
+            // The Events API wants nothing else for a resolve.
+            let event = json!({
+                "routing_key": pd.routing_key.expose_secret(),
+                "dedup_key": key,
+                "event_action": "resolve",
+            });
+            Some(
+                self.send(&pd.target, "PagerDuty resolve", &event, deadline)
+                    .await,
+            )
+        };
+        let webhook = async {
+            let target = self.webhook.as_ref()?;
+            let text = cut_bytes(
+                &one_line(
+                    &format!("drover: resolved {instance_id}: {summary}"),
+                    usize::MAX,
+                ),
+                MAX_SUMMARY,
+                "…",
+            );
+            let body = json!({
+                "text": text,
+                "drover": {
+                    "event": "resolve",
+                    "dedup_key": key,
+                    "instance_id": instance_id,
+                    "summary": summary,
+                    "timestamp": now_rfc3339(),
+                },
+            });
+            Some(self.send(target, "webhook resolve", &body, deadline).await)
+        };
+        let (pagerduty, webhook) = tokio::join!(pagerduty, webhook);
+        finish("resolve the page", instance_id, [pagerduty, webhook])
+    }
+}
+
 /// Logs every target that failed, loudly, and folds the outcomes into one result.
 fn finish(
     what: &str,
@@ -374,7 +409,7 @@ fn finish(
 
 /// "drover-<instance id>", at most 255 bytes (PagerDuty's limit), cut at a char boundary.
 pub fn dedup_key(instance_id: &str) -> String {
-    cut(&format!("drover-{instance_id}"), MAX_DEDUP_KEY, "")
+    cut_bytes(&format!("drover-{instance_id}"), MAX_DEDUP_KEY, "")
 }
 
 /// The one line a pager shows first, at most 1024 bytes.
@@ -405,7 +440,7 @@ fn summary(incident: &Incident) -> String {
         "drover: taking host {host}{aside} out of Rancher failed at {}: {}",
         incident.failed_step, incident.error
     );
-    cut(&one_line(&text), MAX_SUMMARY, "…")
+    cut_bytes(&one_line(&text, usize::MAX), MAX_SUMMARY, "…")
 }
 
 fn trigger_event(
@@ -516,7 +551,7 @@ fn describe_answer(status: StatusCode, bytes: &[u8]) -> String {
             }
         }
     };
-    cut(&one_line(&text), MAX_ANSWER, "…")
+    cut_bytes(&one_line(&text, usize::MAX), MAX_ANSWER, "…")
 }
 
 /// Scheme, host and port, and the path only when asked: never credentials or a query.
@@ -531,23 +566,6 @@ fn shown_url(url: &Url, with_path: bool) -> String {
 
 fn non_blank(value: &Option<String>) -> Option<&str> {
     value.as_deref().filter(|s| !s.trim().is_empty())
-}
-
-/// Newlines and runs of whitespace become single spaces: a pager shows one line.
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// At most `max` bytes, cut at a char boundary, ending with `mark` when cut.
-fn cut(text: &str, max: usize, mark: &str) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max.saturating_sub(mark.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{mark}", &text[..end])
 }
 
 fn now_rfc3339() -> String {
@@ -565,11 +583,11 @@ mod tests {
     /// One short: the stand-in, like PagerDuty, answers 400.
     const SHORT_KEY: &str = "0123456789abcdef0123456789abcde";
 
-    fn config(server: &PagerServer, key: Option<&str>, webhook: bool) -> PagerConfig {
-        PagerConfig {
+    fn config(server: &PagerServer, key: Option<&str>, webhook: bool) -> Settings {
+        Settings {
             pagerduty_routing_key: key.map(|k| SecretString::from(k.to_string())),
             pagerduty_url: Url::parse(&server.enqueue_url()).expect("enqueue URL"),
-            webhook_url: webhook.then(|| Url::parse(&server.webhook_url()).expect("webhook URL")),
+            webhook_url: webhook.then(|| SecretString::from(server.webhook_url())),
         }
     }
 
@@ -737,7 +755,7 @@ mod tests {
     async fn both_targets_failing_names_both() {
         let server = PagerServer::start().await;
         let mut cfg = config(&server, Some(SHORT_KEY), false);
-        cfg.webhook_url = Some(Url::parse(&format!("{}/nowhere", server.url())).expect("URL"));
+        cfg.webhook_url = Some(SecretString::from(format!("{}/nowhere", server.url())));
         let pager = Pager::new(&cfg).expect("pager");
         let err = pager
             .trigger(&incident(), in_secs(20))

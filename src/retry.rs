@@ -1,4 +1,6 @@
-//! Retrying a remote call with backoff until a deadline, so that every wait has a bound.
+//! Every wait drover does, bounded by one deadline: retrying a remote call that failed
+//! ([`until`]) and polling a state until it is reached ([`poll_until`]), both paced by
+//! backon's exponential backoff.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -78,6 +80,93 @@ where
     }
 }
 
+/// What one look at a state found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check<T> {
+    /// The state is reached; the poll ends with this value.
+    Done(T),
+    /// Not yet: what was seen, for the error should the deadline pass first.
+    NotYet(String),
+}
+
+/// How a poll paces its looks: the first wait, doubling to the longest. No jitter: a poll
+/// watches a state, it does not retry a service that might be overloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Pace {
+    pub const fn new(first: Duration, max: Duration) -> Pace {
+        Pace { first, max }
+    }
+
+    fn backoff(self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.first)
+            .with_max_delay(self.max)
+            .with_factor(2.0)
+            .without_max_times()
+    }
+}
+
+/// Why a look failed, inside the poll: not yet (poll again) or for good (stop).
+enum Look<E> {
+    NotYet(String),
+    Failed(E),
+}
+
+/// Looks with `probe` at once, then again after each wait of `pace`, until it says
+/// [`Check::Done`], fails, or `deadline` passes. A failing look ends the poll (a probe that
+/// wants transient failures retried wraps its calls in [`until`]); the deadline bounds the
+/// looks themselves too.
+pub async fn poll_until<T, E, F, Fut>(
+    what: &str,
+    deadline: Instant,
+    pace: Pace,
+    mut probe: F,
+) -> Result<T, RetryError<E>>
+where
+    E: std::error::Error + 'static,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Check<T>, E>>,
+{
+    let started = Instant::now();
+    let last = std::sync::Mutex::new(String::from("nothing seen yet"));
+    let out_of_time = |last: String| RetryError::OutOfTime {
+        what: what.to_string(),
+        budget: deadline.saturating_duration_since(started),
+        last,
+    };
+    let look = || {
+        let looked = probe();
+        async move {
+            match looked.await {
+                Ok(Check::Done(v)) => Ok(v),
+                Ok(Check::NotYet(seen)) => Err(Look::NotYet(seen)),
+                Err(e) => Err(Look::Failed(e)),
+            }
+        }
+    };
+    let polled = look
+        .retry(pace.backoff())
+        .when(|e| matches!(e, Look::NotYet(_)) && Instant::now() < deadline)
+        .notify(|e, _| {
+            if let (Look::NotYet(seen), Ok(mut l)) = (e, last.lock()) {
+                l.clone_from(seen);
+            }
+        });
+    match tokio::time::timeout_at(deadline, polled).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(Look::Failed(e))) => Err(RetryError::Failed(e)),
+        Ok(Err(Look::NotYet(seen))) => Err(out_of_time(seen)),
+        Err(_) => Err(out_of_time(
+            last.lock().map(|l| l.clone()).unwrap_or_default(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +233,94 @@ mod tests {
             Err(RetryError::Failed(e)) => assert!(e.0, "last transient error after deadline"),
             Ok(()) => panic!("cannot succeed"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_looks_at_once_then_paces_itself_until_done() {
+        let looks = std::sync::Mutex::new(Vec::new());
+        let started = Instant::now();
+        let result: Result<u32, RetryError<Boom>> = poll_until(
+            "the thing",
+            Instant::now() + Duration::from_secs(60),
+            Pace::new(Duration::from_millis(100), Duration::from_millis(400)),
+            || {
+                let n = {
+                    let mut l = looks.lock().expect("looks");
+                    l.push(started.elapsed());
+                    l.len()
+                };
+                async move {
+                    Ok(if n < 5 {
+                        Check::NotYet(format!("look {n}"))
+                    } else {
+                        Check::Done(7)
+                    })
+                }
+            },
+        )
+        .await;
+        assert_eq!(result.ok(), Some(7));
+        let at = looks.lock().expect("looks").clone();
+        assert_eq!(at[0], Duration::ZERO, "the first look comes at once");
+        // Then 100, 200, 400 and 400 (the longest wait) apart; the timer rounds up to the
+        // millisecond.
+        let gaps: Vec<u128> = at.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
+        for (gap, expected) in gaps.iter().zip([100, 200, 400, 400]) {
+            assert!((expected..expected + 3).contains(gap), "{gaps:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_out_of_time_says_what_it_saw_last() {
+        let result: Result<(), RetryError<Boom>> = poll_until(
+            "the host to become active",
+            Instant::now() + Duration::from_secs(3),
+            Pace::new(Duration::from_millis(250), Duration::from_secs(1)),
+            || async { Ok(Check::NotYet("registering".to_string())) },
+        )
+        .await;
+        match result {
+            Err(RetryError::OutOfTime { what, last, budget }) => {
+                assert_eq!(what, "the host to become active");
+                assert_eq!(last, "registering");
+                assert_eq!(budget, Duration::from_secs(3));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_look_ends_the_poll() {
+        let looks = AtomicUsize::new(0);
+        let result: Result<(), _> = poll_until(
+            "x",
+            Instant::now() + Duration::from_secs(60),
+            Pace::new(Duration::from_millis(10), Duration::from_millis(10)),
+            || {
+                looks.fetch_add(1, Ordering::SeqCst);
+                async { Err(Boom(false)) }
+            },
+        )
+        .await;
+        assert!(matches!(result, Err(RetryError::Failed(Boom(false)))));
+        assert_eq!(looks.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_look_that_hangs_is_cut_at_the_deadline() {
+        let started = Instant::now();
+        let result: Result<(), RetryError<Boom>> = poll_until(
+            "x",
+            Instant::now() + Duration::from_secs(2),
+            Pace::new(Duration::from_millis(10), Duration::from_millis(10)),
+            || async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(Check::Done(()))
+            },
+        )
+        .await;
+        assert!(matches!(result, Err(RetryError::OutOfTime { .. })));
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
     }
 }
 

@@ -1,7 +1,8 @@
-//! SQS calls on the lifecycle queue.
+//! SQS calls on the lifecycle queue: long-poll receive, delete, visibility, depth.
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use aws_sdk_sqs::Client;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::aws::describe;
 
@@ -47,23 +48,15 @@ impl Sqs {
     }
 }
 
-/// A received message: what drover needs to act on it and to settle it.
-#[derive(Clone)]
+/// A received message: what drover needs to act on it and to settle it. The receipt handle
+/// settles this delivery and the body carries a lifecycle action token: both secrets, out of
+/// `Debug` (a body reaches a log only through `message::excerpt_for_log`, which redacts).
+#[derive(Debug, Clone)]
 pub struct ReceivedMessage {
     pub message_id: String,
-    /// Needed to delete or hand back this delivery; a credential of sorts, not in `Debug`.
-    pub receipt: String,
-    pub body: String,
+    pub receipt: SecretString,
+    pub body: SecretString,
     pub receive_count: u32,
-}
-
-impl std::fmt::Debug for ReceivedMessage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReceivedMessage")
-            .field("message_id", &self.message_id)
-            .field("receive_count", &self.receive_count)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Sqs {
@@ -98,11 +91,11 @@ impl Sqs {
             .messages()
             .iter()
             .filter_map(|m| {
-                let receipt = m.receipt_handle()?.to_string();
+                let receipt = SecretString::from(m.receipt_handle()?.to_string());
                 Some(ReceivedMessage {
                     message_id: m.message_id().unwrap_or_default().to_string(),
                     receipt,
-                    body: m.body().unwrap_or_default().to_string(),
+                    body: SecretString::from(m.body().unwrap_or_default().to_string()),
                     receive_count: m
                         .attributes()
                         .and_then(|a| {
@@ -115,11 +108,11 @@ impl Sqs {
             .collect())
     }
 
-    pub async fn delete(&self, queue_url: &str, receipt: &str) -> Result<(), SqsError> {
+    pub async fn delete(&self, queue_url: &str, receipt: &SecretString) -> Result<(), SqsError> {
         self.client
             .delete_message()
             .queue_url(queue_url)
-            .receipt_handle(receipt)
+            .receipt_handle(receipt.expose_secret())
             .send()
             .await
             .map(|_| ())
@@ -131,13 +124,13 @@ impl Sqs {
     pub async fn set_visibility(
         &self,
         queue_url: &str,
-        receipt: &str,
+        receipt: &SecretString,
         seconds: i32,
     ) -> Result<(), SqsError> {
         self.client
             .change_message_visibility()
             .queue_url(queue_url)
-            .receipt_handle(receipt)
+            .receipt_handle(receipt.expose_secret())
             .visibility_timeout(seconds)
             .send()
             .await

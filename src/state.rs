@@ -1,5 +1,6 @@
 //! The state directory: small JSON records written atomically, so that a crash or power
-//! loss mid-write leaves either the old record or the new one, never half of one.
+//! loss mid-write leaves either the old record or the new one, never half of one. It holds
+//! the registration and each take-out's progress, and never a secret.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -100,6 +101,80 @@ impl StateDir {
     }
 }
 
+/// What the state dir knows about one instance's take-out. The field names are the file's
+/// format: a drover upgraded mid-take-out resumes from an older drover's record.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TakeOutRecord {
+    pub instance_id: String,
+    pub host_id: Option<String>,
+    pub group: Option<String>,
+    pub hook: Option<String>,
+    pub source: String,
+    pub started_at: String,
+    pub taken_out: bool,
+    pub hook_completed: bool,
+    /// An incident is open for this instance (resolve it on a later success).
+    pub paged: bool,
+    pub timeline: Vec<(String, String)>,
+}
+
+impl TakeOutRecord {
+    /// Both halves done: nothing left to do for this instance.
+    pub fn finished(&self) -> bool {
+        self.taken_out && self.hook_completed
+    }
+}
+
+/// The record's file name for an instance. Instance ids are checked where they enter
+/// (`i-` and hex), and sanitised again here, so they are safe in a file name.
+pub fn record_file(instance_id: &str) -> String {
+    let safe: String = instance_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("takeout-{safe}.json")
+}
+
+/// The take-out records in the state dir.
+#[derive(Debug, Clone)]
+pub struct Records {
+    dir: StateDir,
+}
+
+impl Records {
+    pub fn new(dir: StateDir) -> Records {
+        Records { dir }
+    }
+
+    /// The record of `instance_id`; a corrupt one is logged and treated as none, so that
+    /// the take-out starts afresh rather than not at all.
+    pub fn read(&self, instance_id: &str) -> Option<TakeOutRecord> {
+        match self.dir.read_json(&record_file(instance_id)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("{e}; starting this take-out afresh");
+                None
+            }
+        }
+    }
+
+    pub fn save(&self, record: &TakeOutRecord) {
+        if let Err(e) = self
+            .dir
+            .write_json(&record_file(&record.instance_id), record)
+        {
+            // Losing the record costs only the resume after a crash; the work goes on.
+            tracing::error!("cannot record take-out progress: {e}");
+        }
+    }
+}
+
 /// Now, as RFC 3339 in UTC with seconds.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
@@ -158,5 +233,37 @@ mod tests {
         let state = StateDir::new(tmp.path());
         std::fs::write(tmp.path().join(REGISTRATION_FILE), b"{not json").expect("write");
         assert!(state.read_json::<Registration>(REGISTRATION_FILE).is_err());
+    }
+
+    #[test]
+    fn record_files_are_safe_names() {
+        assert_eq!(record_file("i-0abc"), "takeout-i-0abc.json");
+        assert_eq!(record_file("../etc/x"), "takeout-___etc_x.json");
+    }
+
+    #[test]
+    fn finished_needs_both_halves() {
+        let mut r = TakeOutRecord::default();
+        assert!(!r.finished());
+        r.taken_out = true;
+        assert!(!r.finished());
+        r.hook_completed = true;
+        assert!(r.finished());
+    }
+
+    #[test]
+    fn a_corrupt_record_is_none_and_a_saved_one_reads_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let records = Records::new(StateDir::new(dir.path()));
+        assert_eq!(records.read("i-1"), None);
+        std::fs::write(dir.path().join(record_file("i-1")), "{not json").expect("write");
+        assert_eq!(records.read("i-1"), None);
+        let record = TakeOutRecord {
+            instance_id: "i-1".into(),
+            taken_out: true,
+            ..TakeOutRecord::default()
+        };
+        records.save(&record);
+        assert_eq!(records.read("i-1"), Some(record));
     }
 }

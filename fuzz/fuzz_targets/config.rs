@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use drover::config::{ConfigError, Origin};
 use drover::fuzzing::config;
-use drover::register::AUTOMATIC_LABELS;
+use drover::labels::AUTOMATIC_LABELS;
 use libfuzzer_sys::fuzz_target;
 
 mod common;

@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use drover::fuzzing::{imds_endpoint, imds_ipv4, imds_spot_action};
-use drover::imds::is_warm_pool_state;
+use drover::lifecycle::is_warm_pool_state;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

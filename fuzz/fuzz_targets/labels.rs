@@ -12,12 +12,9 @@
 #![no_main]
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 
-use drover::config::HostLabels;
 use drover::fuzzing::config;
-use drover::imds::InstanceIdentity;
-use drover::register::{cattle_host_labels, AUTOMATIC_LABELS};
+use drover::labels::{cattle_host_labels, Automatic, HostLabels, AUTOMATIC_LABELS};
 use libfuzzer_sys::fuzz_target;
 
 const MINIMAL: &str = r#"
@@ -96,19 +93,15 @@ fn load_env(value: &str) -> Result<drover::config::Config, drover::config::Confi
 }
 
 fn check_cattle_host_labels(labels: &HostLabels) {
-    let identity = InstanceIdentity {
-        instance_id: "i-0a1b2c3d4e5f60718".into(),
-        local_ipv4: Some(Ipv4Addr::new(10, 0, 1, 23)),
-        public_ipv4: None,
-        hostname: "ip-10-0-1-23.ec2.internal".into(),
-        instance_type: "m5.large".into(),
-        ami_id: "ami-0123456789abcdef0".into(),
-        availability_zone: "us-east-1b".into(),
-        region: "us-east-1".into(),
-        autoscaling_group: Some("crawlers".into()),
-        target_lifecycle_state: None,
+    let automatic = Automatic {
+        instance_id: "i-0a1b2c3d4e5f60718",
+        instance_type: "m5.large",
+        availability_zone: "us-east-1b",
+        region: "us-east-1",
+        autoscaling_group: Some("crawlers"),
+        ami_id: "ami-0123456789abcdef0",
     };
-    let text = cattle_host_labels(labels, &identity, Some("crawlers"));
+    let text = cattle_host_labels(labels, &automatic);
     // As the agent reads it: a query string, the first of a repeated key winning.
     let mut read: Vec<(String, String)> = Vec::new();
     let mut seen = BTreeMap::new();

@@ -1,4 +1,4 @@
-//! Rancher's answers (src/rancher.rs): collections of hosts and of registration tokens with
+//! Rancher's answers (src/rancher/client.rs): collections of hosts and of registration tokens with
 //! their `pagination.next` link, single hosts, tokens and projects, and error bodies. The
 //! first byte picks which answer the rest is; for an error the next two are the status.
 //!
@@ -15,7 +15,9 @@ use drover::fuzzing::{
     rancher_error, rancher_host, rancher_hosts_page, rancher_next_page, rancher_pick_host,
     rancher_project, rancher_token, rancher_tokens_page, RANCHER_BASE,
 };
-use drover::rancher::{Host, RancherError, RegistrationToken, INSTANCE_ID_LABEL};
+use drover::labels::INSTANCE_ID_LABEL;
+use drover::rancher::{Host, RancherError, RegistrationToken};
+use secrecy::ExposeSecret;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -134,7 +136,8 @@ fn check_token(t: &RegistrationToken, markers: &[String]) {
         t.state.as_str(),
         t.image.as_deref().unwrap_or(""),
     ];
-    if let Some(url) = t.registration_url.as_deref() {
+    let url = t.registration_url.as_ref().map(|u| u.expose_secret());
+    if let Some(url) = url {
         if url.len() >= 8 && !clear.iter().any(|c| c.contains(url)) {
             assert!(
                 !shown.contains(url),
@@ -144,7 +147,7 @@ fn check_token(t: &RegistrationToken, markers: &[String]) {
     }
     assert_eq!(
         t.is_usable(),
-        t.state == "active" && t.registration_url.as_deref().is_some_and(|u| !u.is_empty())
+        t.state == "active" && url.is_some_and(|u| !u.is_empty())
     );
 }
 

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::imds::{Imds, SpotAction};
-use crate::termination::{Source, Termination};
+use crate::work::{Source, Termination, Work};
 
 /// One IMDS read in a poll may take this long before the poll moves on.
 const READ_BUDGET: Duration = Duration::from_secs(3);
@@ -30,12 +30,12 @@ pub fn spot_termination(own_instance: &str, action: &SpotAction) -> Option<Termi
 
 /// Polls until `stop` is cancelled; sends each kind of termination once.
 pub async fn watch(
+    imds: Imds,
     own_instance: String,
     interval: Duration,
-    tx: mpsc::Sender<Termination>,
+    tx: mpsc::Sender<Work>,
     stop: CancellationToken,
 ) {
-    let imds = Imds::new();
     let mut sent_state = false;
     let mut sent_spot = false;
     let mut failures = 0u32;
@@ -50,7 +50,7 @@ pub async fn watch(
                 Ok(Some(state)) if state == "Terminated" => {
                     tracing::info!("target lifecycle state is Terminated");
                     let t = Termination::new(own_instance.clone(), Source::ImdsTargetState);
-                    sent_state = tx.send(t).await.is_ok();
+                    sent_state = send(&tx, t).await;
                 }
                 Ok(_) => {}
                 Err(e) => failed = Some(e),
@@ -60,7 +60,7 @@ pub async fn watch(
             match imds.spot_action(READ_BUDGET).await {
                 Ok(Some(action)) => {
                     if let Some(t) = spot_termination(&own_instance, &action) {
-                        sent_spot = tx.send(t).await.is_ok();
+                        sent_spot = send(&tx, t).await;
                     }
                 }
                 Ok(None) => {}
@@ -77,4 +77,15 @@ pub async fn watch(
             }
         }
     }
+}
+
+/// Sends a termination whose outcome this source does not wait for: the workflow records
+/// it, and a later source (or a restart) resumes it.
+async fn send(tx: &mpsc::Sender<Work>, termination: Termination) -> bool {
+    tx.send(Work::Terminate {
+        termination,
+        reply: None,
+    })
+    .await
+    .is_ok()
 }

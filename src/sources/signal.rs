@@ -1,10 +1,16 @@
-//! SIGTERM and SIGINT, and telling a power-off from a reboot for `on_sigterm = "auto"`.
+//! The signal source: SIGTERM and SIGINT, and the decision what a stop means for the host
+//! (`lifecycle.on_sigterm`; for `"auto"`, telling a power-off from a reboot). The decision
+//! goes into the workflow as [`Work::Stop`]; a second signal stops at once.
 
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use crate::config::OnSigterm;
 use crate::imds::Imds;
+use crate::work::{Source, Termination, Work};
 
 /// Waits for SIGTERM or SIGINT and names it.
 pub struct StopSignals {
@@ -87,6 +93,81 @@ pub async fn machine_going_away(imds: &Imds) -> Option<String> {
         Some(Shutdown::PowerOff) => Some("the system is powering off".into()),
         Some(Shutdown::Halt) => Some("the system is halting".into()),
         Some(Shutdown::Reboot) | None => None,
+    }
+}
+
+/// What a stop means here.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub on_sigterm: OnSigterm,
+    pub own_instance: String,
+    /// How long a take-out at stop may take; systemd is asked for that much time.
+    pub budget: Duration,
+}
+
+/// Why this stop takes the host out, if it does.
+pub async fn decide(policy: &Policy, imds: &Imds) -> Option<String> {
+    match policy.on_sigterm {
+        OnSigterm::Exit => None,
+        OnSigterm::Deregister => Some("lifecycle.on_sigterm is \"deregister\"".to_string()),
+        OnSigterm::Auto => machine_going_away(imds).await,
+    }
+}
+
+/// Waits for the first signal, sends the stop decision into the workflow and waits for what
+/// it leads to, then cancels `intake` (no new work: the command winds down). A second
+/// signal at any point cancels `stop`: everything ends at once, and a restart resumes an
+/// unfinished take-out from its record.
+pub async fn watch(
+    mut signals: StopSignals,
+    policy: Policy,
+    imds: Imds,
+    tx: mpsc::Sender<Work>,
+    intake: CancellationToken,
+    stop: CancellationToken,
+) {
+    let name = tokio::select! {
+        name = signals.next() => name,
+        // Stopped from elsewhere (the command ended on its own).
+        () = intake.cancelled() => return,
+    };
+    let decision = decide(&policy, &imds).await;
+    crate::systemd::stopping();
+    let take_out = match &decision {
+        None => None,
+        Some(why) => {
+            tracing::info!("{name}: taking the host out before stopping ({why})");
+            crate::systemd::status("taking the host out");
+            crate::systemd::extend_timeout(policy.budget);
+            Some(Termination::new(&policy.own_instance, Source::Signal))
+        }
+    };
+    let (work, reply) = Work::stop(take_out);
+    if tx.send(work).await.is_ok() {
+        tokio::select! {
+            outcome = reply => match (outcome, &decision) {
+                (Ok(None) | Err(_), None) => tracing::info!("{name}: stopping; the host stays registered"),
+                (Ok(Some(o)), None) if o.settles_message() => {
+                    tracing::info!("{name}: stopping; this host's termination was handled already")
+                }
+                (Ok(Some(o)), None) => tracing::info!("{name}: stopping; the take-out under way ended: {o:?}"),
+                (Ok(o), Some(_)) => tracing::info!("take-out ended: {:?}", o.unwrap_or(crate::work::Outcome::NotCompleted)),
+                (Err(_), Some(_)) => tracing::warn!("take-out ended without an outcome"),
+            },
+            second = signals.next() => {
+                tracing::warn!("{second} again: stopping now; a restart resumes the take-out");
+                stop.cancel();
+                return;
+            }
+        }
+    }
+    intake.cancel();
+    tokio::select! {
+        second = signals.next() => {
+            tracing::warn!("{second} again: stopping now");
+            stop.cancel();
+        }
+        () = stop.cancelled() => {}
     }
 }
 

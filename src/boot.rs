@@ -1,4 +1,4 @@
-//! The boot step: join this instance to the cluster once, and prove it joined.
+//! The boot workflow: join this instance to the cluster once, and prove it joined.
 //!
 //! Idempotent by construction: a host the cluster already shows active for this instance,
 //! or a running `rancher-agent` container whose host the cluster knows, means nothing is
@@ -9,21 +9,16 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::cluster::{ClusterError, ClusterHost, ClusterManager};
-use crate::config::{AgentIp, Config, HostLabels};
+use crate::cluster::{Cluster, ClusterError, ClusterHost};
+use crate::config::{AgentIp, Config};
 use crate::docker::{AgentDocker, BootstrapSpec, DockerError};
 use crate::imds::InstanceIdentity;
+use crate::labels::{cattle_host_labels, Automatic};
+use crate::retry::{poll_until, Check, Pace, RetryError};
 use crate::state::{now_rfc3339, Registration, StateDir, StateError, REGISTRATION_FILE};
 
-/// The labels drover sets on every host, ahead of the user's.
-pub const AUTOMATIC_LABELS: &[&str] = &[
-    "aws.instance_id",
-    "aws.instance_type",
-    "aws.availability_zone",
-    "aws.region",
-    "aws.autoscaling_group",
-    "aws.ami_id",
-];
+/// Looks for the host turning active start short and grow: registration takes seconds.
+const ACTIVE_POLL: Pace = Pace::new(Duration::from_millis(250), Duration::from_secs(2));
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
@@ -56,28 +51,16 @@ pub enum RegisterOutcome {
     },
 }
 
-/// The labels for `CATTLE_HOST_LABELS`: the automatic ones first (the agent keeps the first
-/// of a repeated key), then the user's, as a query string.
-pub fn cattle_host_labels(
-    user: &HostLabels,
-    identity: &InstanceIdentity,
-    group: Option<&str>,
-) -> String {
-    let mut out = url::form_urlencoded::Serializer::new(String::new());
-    out.append_pair("aws.instance_id", &identity.instance_id);
-    out.append_pair("aws.instance_type", &identity.instance_type);
-    out.append_pair("aws.availability_zone", &identity.availability_zone);
-    out.append_pair("aws.region", &identity.region);
-    if let Some(group) = group.filter(|g| !g.is_empty()) {
-        out.append_pair("aws.autoscaling_group", group);
+/// The automatic labels' values for this instance.
+fn automatic<'a>(identity: &'a InstanceIdentity, group: Option<&'a str>) -> Automatic<'a> {
+    Automatic {
+        instance_id: &identity.instance_id,
+        instance_type: &identity.instance_type,
+        availability_zone: &identity.availability_zone,
+        region: &identity.region,
+        autoscaling_group: group,
+        ami_id: &identity.ami_id,
     }
-    out.append_pair("aws.ami_id", &identity.ami_id);
-    for (k, v) in &user.0 {
-        if !AUTOMATIC_LABELS.contains(&k.as_str()) {
-            out.append_pair(k, v);
-        }
-    }
-    out.finish()
 }
 
 fn agent_ip(setting: &AgentIp, identity: &InstanceIdentity) -> Result<Ipv4Addr, RegisterError> {
@@ -102,8 +85,9 @@ fn is_taken_out(state: &str) -> bool {
 
 /// Joins the instance to the cluster and waits until its host is active, all before
 /// `deadline`; records the host in the state dir.
-pub async fn register<C: ClusterManager>(
+pub async fn register<C: Cluster>(
     config: &Config,
+    docker: &crate::docker::Settings,
     identity: &InstanceIdentity,
     group: Option<&str>,
     cluster: &C,
@@ -134,7 +118,7 @@ pub async fn register<C: ClusterManager>(
         tracing::info!(state = %host.state, "host known to Rancher but not active yet");
     }
 
-    let docker = AgentDocker::wait_ready(deadline).await?;
+    let docker = AgentDocker::wait_ready(docker, deadline).await?;
     tracing::info!("Docker engine ready at {}", docker.host());
     let agent = docker.agent_container().await?;
     tracing::debug!(?agent, "looked for the rancher-agent container");
@@ -156,7 +140,7 @@ pub async fn register<C: ClusterManager>(
             image: config.agent.image.clone(),
             registration_url: registration.url,
             agent_ip: ip,
-            host_labels: cattle_host_labels(&config.agent.labels, identity, group),
+            host_labels: cattle_host_labels(&config.agent.labels, &automatic(identity, group)),
             privileged: config.agent.privileged,
             instance_id: identity.instance_id.clone(),
         };
@@ -191,54 +175,61 @@ fn short_id(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
-async fn wait_active<C: ClusterManager>(
+async fn wait_active<C: Cluster>(
     cluster: &C,
     instance_id: &str,
     deadline: Instant,
     started: Instant,
-    mut record_host_id: bool,
+    record_host_id: bool,
 ) -> Result<ClusterHost, RegisterError> {
-    let mut delay = Duration::from_millis(250);
-    let mut last_state = String::from("not listed yet");
-    loop {
-        match cluster.find_host(instance_id, deadline).await {
-            Ok(Some(host)) => {
-                if record_host_id {
-                    tracing::Span::current().record("host_id", host.id.as_str());
-                    record_host_id = false;
-                }
-                if host.active {
-                    return Ok(host);
-                }
-                if host.state != last_state {
+    let recorded = std::sync::atomic::AtomicBool::new(!record_host_id);
+    let last_state = std::sync::Mutex::new(String::from("not listed yet"));
+    let span = tracing::Span::current();
+    let waited = poll_until(
+        "the host to become active",
+        deadline,
+        ACTIVE_POLL,
+        || async {
+            let Some(host) = cluster.find_host(instance_id, deadline).await? else {
+                return Ok(Check::NotYet("not listed yet".to_string()));
+            };
+            // Recorded once: tracing appends a field recorded twice.
+            if !recorded.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                span.record("host_id", host.id.as_str());
+            }
+            if host.active {
+                return Ok(Check::Done(host));
+            }
+            if let Ok(mut last) = last_state.lock() {
+                if host.state != *last {
                     tracing::info!(state = %host.state, "waiting for the host to become active");
-                    last_state = host.state.clone();
-                }
-                if is_taken_out(&host.state) {
-                    return Err(RegisterError::HostTakenOut {
-                        host_id: host.id,
-                        state: host.state,
-                    });
+                    last.clone_from(&host.state);
                 }
             }
-            Ok(None) => {}
-            Err(ClusterError::OutOfTime(_)) => {
-                return Err(RegisterError::NotActive {
-                    waited: started.elapsed(),
-                    last: format!("last state: {last_state}; Rancher not answering"),
-                })
+            if is_taken_out(&host.state) {
+                return Err(RegisterError::HostTakenOut {
+                    host_id: host.id,
+                    state: host.state,
+                });
             }
-            Err(e) => return Err(e.into()),
-        }
-        if Instant::now() + delay >= deadline {
-            return Err(RegisterError::NotActive {
+            Ok(Check::NotYet(host.state))
+        },
+    )
+    .await;
+    let last = || last_state.lock().map(|l| l.clone()).unwrap_or_default();
+    waited.map_err(|e| match e {
+        RetryError::Failed(RegisterError::Cluster(ClusterError::OutOfTime(_))) => {
+            RegisterError::NotActive {
                 waited: started.elapsed(),
-                last: format!("last state: {last_state}"),
-            });
+                last: format!("last state: {}; Rancher not answering", last()),
+            }
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(2));
-    }
+        RetryError::Failed(e) => e,
+        RetryError::OutOfTime { .. } => RegisterError::NotActive {
+            waited: started.elapsed(),
+            last: format!("last state: {}", last()),
+        },
+    })
 }
 
 fn record(config: &Config, identity: &InstanceIdentity, host_id: &str) -> Result<(), StateError> {
@@ -271,7 +262,6 @@ fn record(config: &Config, identity: &InstanceIdentity, host_id: &str) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn identity() -> InstanceIdentity {
         InstanceIdentity {
@@ -286,36 +276,6 @@ mod tests {
             autoscaling_group: Some("crawlers".into()),
             target_lifecycle_state: None,
         }
-    }
-
-    #[test]
-    fn automatic_labels_come_first_and_user_labels_follow() {
-        let user = HostLabels(BTreeMap::from([
-            ("role".to_string(), "crawling".to_string()),
-            ("note".to_string(), "a b+c%".to_string()),
-        ]));
-        let text = cattle_host_labels(&user, &identity(), Some("crawlers"));
-        assert!(text.starts_with("aws.instance_id=i-0abc&"), "{text}");
-        let parsed: Vec<(String, String)> = url::form_urlencoded::parse(text.as_bytes())
-            .into_owned()
-            .collect();
-        let get = |k: &str| {
-            parsed
-                .iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.as_str())
-        };
-        assert_eq!(get("aws.autoscaling_group"), Some("crawlers"));
-        assert_eq!(get("aws.region"), Some("us-east-1"));
-        assert_eq!(get("role"), Some("crawling"));
-        // Survives the query-string parsing the agent does.
-        assert_eq!(get("note"), Some("a b+c%"));
-    }
-
-    #[test]
-    fn no_group_label_outside_a_group() {
-        let text = cattle_host_labels(&HostLabels::default(), &identity(), None);
-        assert!(!text.contains("aws.autoscaling_group"), "{text}");
     }
 
     #[test]

@@ -1,13 +1,14 @@
-//! The one value every termination source produces, and the answer the workflow gives back.
+//! The values that carry work into the one consumer, and the answers it gives back.
 //!
-//! A source (SQS, the IMDS target state, a Spot notice, a signal, the `deregister` command)
-//! knows only how to notice a termination and what to do with its own input afterwards
-//! (delete a message, hand it back); the workflow knows only how to take a host out. The
-//! `Termination` value and its `Outcome` are all they share.
+//! A source (SQS, the IMDS target state, a Spot notice, a signal, the `deregister` command,
+//! the resume of an unfinished take-out) knows only how to notice something and what to do
+//! with its own input afterwards (delete a message, hand it back, stop); the workflow knows
+//! only how to do the work. A [`Work`] value and its reply are all they share.
 
 use std::fmt;
 use std::time::SystemTime;
 
+use secrecy::SecretString;
 use tokio::sync::oneshot;
 
 /// Where a termination came from.
@@ -59,38 +60,23 @@ impl Outcome {
     }
 }
 
-/// A termination of one instance.
+/// A termination of one instance. Derived `Debug` is safe: the token is a secret.
+#[derive(Debug, Clone)]
 pub struct Termination {
     pub instance_id: String,
     /// The Auto Scaling group, when the source knows it.
     pub group: Option<String>,
     /// The lifecycle hook, when the source knows it.
     pub hook: Option<String>,
-    /// The lifecycle action token, when the source knows it. A credential of sorts: not in
-    /// `Debug`.
-    pub token: Option<String>,
+    /// The lifecycle action token, when the source knows it. Never sent back to AWS (see
+    /// the workflow's hook module): kept for the record of what the message said.
+    pub token: Option<SecretString>,
     pub source: Source,
     /// A hard end (a Spot interruption's time): work past it is pointless.
     pub deadline: Option<SystemTime>,
     /// Skip evacuation and go straight to taking the host out (a Spot interruption leaves
     /// about two minutes).
     pub urgent: bool,
-    /// Where the workflow reports the outcome; `None` when the source does not care.
-    pub reply: Option<oneshot::Sender<Outcome>>,
-}
-
-impl fmt::Debug for Termination {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Termination")
-            .field("instance_id", &self.instance_id)
-            .field("group", &self.group)
-            .field("hook", &self.hook)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("source", &self.source)
-            .field("deadline", &self.deadline)
-            .field("urgent", &self.urgent)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Termination {
@@ -104,15 +90,50 @@ impl Termination {
             source,
             deadline: None,
             urgent: false,
-            reply: None,
         }
     }
+}
 
-    /// Attaches a reply channel and returns its receiving end.
-    pub fn with_reply(mut self) -> (Termination, oneshot::Receiver<Outcome>) {
+/// One piece of work for the consumer.
+#[derive(Debug)]
+pub enum Work {
+    /// Take an instance's host out and answer its lifecycle action. The first termination
+    /// of an instance starts the work; later ones join it and get the same outcome.
+    Terminate {
+        termination: Termination,
+        reply: Option<oneshot::Sender<Outcome>>,
+    },
+    /// The machine is stopping this drover. With a termination (the signal source decided
+    /// the machine goes away), this instance's host is taken out first; without one it
+    /// stays, but a take-out of this instance under way is still waited for. The reply is
+    /// that take-out's outcome, `None` when there was none.
+    Stop {
+        take_out: Option<Termination>,
+        reply: oneshot::Sender<Option<Outcome>>,
+    },
+}
+
+impl Work {
+    /// A termination whose outcome the sender waits for.
+    pub fn terminate(termination: Termination) -> (Work, oneshot::Receiver<Outcome>) {
         let (tx, rx) = oneshot::channel();
-        self.reply = Some(tx);
-        (self, rx)
+        let work = Work::Terminate {
+            termination,
+            reply: Some(tx),
+        };
+        (work, rx)
+    }
+
+    /// The stop decision, and the wait for what it leads to.
+    pub fn stop(take_out: Option<Termination>) -> (Work, oneshot::Receiver<Option<Outcome>>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Work::Stop {
+                take_out,
+                reply: tx,
+            },
+            rx,
+        )
     }
 }
 
@@ -123,8 +144,9 @@ mod tests {
     #[test]
     fn debug_hides_the_token() {
         let mut t = Termination::new("i-0abc", Source::Sqs);
-        t.token = Some("secret-token-value".into());
-        let shown = format!("{t:?}");
+        t.token = Some(SecretString::from("secret-token-value".to_string()));
+        let (work, _reply) = Work::terminate(t);
+        let shown = format!("{work:?}");
         assert!(shown.contains("i-0abc"));
         assert!(!shown.contains("secret-token-value"), "{shown}");
     }

@@ -14,11 +14,31 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use url::Url;
 
-use crate::config::{ApiVersion, RancherConfig};
-use crate::message::{one_line, redact_string_values};
+use crate::labels::INSTANCE_ID_LABEL;
+use crate::text::{error_chain, one_line, redact_string_values};
 
-/// The label drover puts on every host it registers, and the only way it finds one.
-pub const INSTANCE_ID_LABEL: &str = "aws.instance_id";
+/// Which Rancher API root to talk to, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiVersion {
+    V1,
+    V2Beta,
+    /// The newest the server offers.
+    Auto,
+}
+
+/// The client's settings (`[rancher]`), as the config built them.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub url: Url,
+    pub project_id: String,
+    pub access_key: String,
+    /// Never printed: `SecretString`'s `Debug` shows `[REDACTED]`.
+    pub secret_key: SecretString,
+    pub api_version: ApiVersion,
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Bound on every single request to the server.
+    pub request_timeout: Duration,
+}
 
 /// Hard cap on pages when listing, so that a server looping its `next` links cannot hang us.
 const MAX_PAGES: usize = 1000;
@@ -114,28 +134,18 @@ struct ApiErrorBody {
     field_name: Option<String>,
 }
 
-/// A registration token. The token and URL let anyone add hosts to the environment, so
-/// `Debug` hides them.
-#[derive(Clone, Deserialize)]
+/// A registration token. Its URL lets anyone add hosts to the environment: a secret, never
+/// in `Debug` or a log line (logs name a token by its id).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrationToken {
     pub id: String,
     #[serde(default)]
     pub state: String,
     #[serde(default)]
-    pub registration_url: Option<String>,
+    pub registration_url: Option<SecretString>,
     #[serde(default)]
     pub image: Option<String>,
-}
-
-impl std::fmt::Debug for RegistrationToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistrationToken")
-            .field("id", &self.id)
-            .field("state", &self.state)
-            .field("image", &self.image)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RegistrationToken {
@@ -143,8 +153,8 @@ impl RegistrationToken {
         self.state == "active"
             && self
                 .registration_url
-                .as_deref()
-                .is_some_and(|u| !u.is_empty())
+                .as_ref()
+                .is_some_and(|u| !u.expose_secret().is_empty())
     }
 }
 
@@ -223,7 +233,7 @@ pub struct Project {
 }
 
 /// Rancher client bound to one server, API version and environment.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct RancherClient {
     http: reqwest::Client,
     base: Url,
@@ -233,19 +243,9 @@ pub struct RancherClient {
     secret_key: SecretString,
 }
 
-impl std::fmt::Debug for RancherClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RancherClient")
-            .field("base", &self.base.as_str())
-            .field("api", &self.api)
-            .field("project_id", &self.project_id)
-            .finish_non_exhaustive()
-    }
-}
-
 impl RancherClient {
     /// Builds the client and, for `api_version = "auto"`, asks the server which roots it has.
-    pub async fn connect(config: &RancherConfig) -> Result<RancherClient, RancherError> {
+    pub async fn connect(config: &Settings) -> Result<RancherClient, RancherError> {
         let mut client = RancherClient::new(config, ResolvedApi::V1)?;
         client.api = match config.api_version {
             ApiVersion::V1 => ResolvedApi::V1,
@@ -256,7 +256,7 @@ impl RancherClient {
     }
 
     /// A client for a known API version, without talking to the server.
-    pub fn new(config: &RancherConfig, api: ResolvedApi) -> Result<RancherClient, RancherError> {
+    pub fn new(config: &Settings, api: ResolvedApi) -> Result<RancherClient, RancherError> {
         let mut builder = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
@@ -533,7 +533,7 @@ fn transport_error(method: &Method, url: &str, e: reqwest::Error) -> RancherErro
         method: method.to_string(),
         url: url.to_string(),
         // The URL is already in the message; without it the chain stays short.
-        detail: crate::imds::error_chain(&e.without_url()),
+        detail: error_chain(&e.without_url()),
         timed_out,
     }
 }
@@ -771,8 +771,8 @@ mod tests {
         assert!(pick_host(hosts, "i-3").is_none());
     }
 
-    fn config_with_ca(ca: Option<std::path::PathBuf>) -> RancherConfig {
-        RancherConfig {
+    fn config_with_ca(ca: Option<std::path::PathBuf>) -> Settings {
+        Settings {
             url: Url::parse("https://rancher.example.com/").expect("url"),
             project_id: "1a5".into(),
             access_key: "AK".into(),

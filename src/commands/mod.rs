@@ -1,0 +1,185 @@
+//! The subcommands, each in a module of its own: `register`, `deregister`, `run`, `check`.
+//! Each builds the clients it needs from the config, wires them to a workflow, and maps
+//! the result to an exit code; this module holds the entry point and the shared wiring.
+
+mod check;
+mod deregister;
+mod register;
+mod run;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::time::Instant;
+
+use crate::autoscaling::AutoScaling;
+use crate::boot::RegisterError;
+use crate::cli::{Cli, Command};
+use crate::cluster::ClusterError;
+use crate::config::{Config, Sources, DEFAULT_CONFIG_PATH};
+use crate::docker::{DockerAgent, Settings as DockerSettings};
+use crate::imds::{ImdsError, InstanceIdentity};
+use crate::lifecycle::LifecycleActions;
+use crate::pager::Pager;
+use crate::rancher::{Rancher1, RancherClient, RancherError};
+use crate::retry;
+use crate::state::{Records, StateDir};
+use crate::workflow::{self, Workflow};
+
+pub use run::stop_budget;
+
+/// Exit code for bad usage or bad config.
+pub const EXIT_USAGE: u8 = 2;
+
+/// A failure of a subcommand, shown to the operator as one readable chain.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("reading instance metadata: {0}")]
+    Imds(#[from] ImdsError),
+    #[error("registering: {0}")]
+    Register(#[from] RegisterError),
+    #[error("connecting to Rancher: {0}")]
+    Cluster(#[from] ClusterError),
+    #[error("registering: gave up after agent.register_timeout ({0:?})")]
+    RegisterTimeout(Duration),
+    #[error("{0} check(s) failed")]
+    ChecksFailed(usize),
+    #[error("deregistering: {0}")]
+    Deregister(String),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// The whole program: parse, load config, run the subcommand, map the result to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let sources = Sources {
+        path: cli
+            .config
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CONFIG_PATH.into()),
+        path_explicit: cli.config.is_some(),
+        env: std::env::vars().collect(),
+        overrides: &cli.set,
+    };
+    let config = match Config::load(sources) {
+        Ok(c) => c,
+        Err(e) => {
+            if cli.command == Command::Check {
+                println!("{:<5} {:<12} {}", "FAIL", "config", e);
+            }
+            eprintln!("drover: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    crate::logging::init(&config.log);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+
+    // One thread is plenty for a host agent and keeps its footprint small.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drover: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = std::sync::Arc::new(config);
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Register => register::register(&config).await,
+            Command::Deregister { if_going_away } => {
+                deregister::deregister(&config, if_going_away).await
+            }
+            Command::Run => run::run(config.clone()).await,
+            Command::Check => check::check(&config).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("drover: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The Rancher client, transient failures retried until `deadline`.
+async fn connect_rancher(
+    config: &Config,
+    deadline: Instant,
+) -> Result<RancherClient, ClusterError> {
+    Ok(retry::until(
+        "connecting to Rancher",
+        deadline,
+        Duration::from_secs(5),
+        RancherError::is_transient,
+        || RancherClient::connect(&config.rancher),
+    )
+    .await?)
+}
+
+/// The group: from the instance tags when metadata tags are on, else from Auto Scaling.
+/// Not knowing it only costs a label, so a failure here is a warning.
+async fn resolve_group(identity: &InstanceIdentity) -> Option<String> {
+    if let Some(g) = &identity.autoscaling_group {
+        return Some(g.clone());
+    }
+    let sdk = crate::aws::sdk_config(&identity.region).await;
+    let asg = AutoScaling::new(&sdk);
+    let asked = tokio::time::timeout(
+        Duration::from_secs(20),
+        asg.membership(&identity.instance_id),
+    )
+    .await;
+    match asked {
+        Ok(Ok(Some(m))) => Some(m.group),
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => {
+            tracing::warn!("cannot tell this instance's Auto Scaling group ({e}); the host gets no aws.autoscaling_group label");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("DescribeAutoScalingInstances did not answer within 20s; the host gets no aws.autoscaling_group label");
+            None
+        }
+    }
+}
+
+/// The workflow over the real clients.
+type RealWorkflow = Workflow<Rancher1, AutoScaling, DockerAgent, Pager>;
+
+/// Builds the workflow shared by `run` and `deregister`.
+fn build_workflow(
+    config: &Config,
+    identity: &InstanceIdentity,
+    client: RancherClient,
+    asg: AutoScaling,
+) -> Result<RealWorkflow, CommandError> {
+    let pager = Pager::new(&config.pager).map_err(|e| CommandError::Setup(e.to_string()))?;
+    let l = &config.lifecycle;
+    let settings = workflow::Settings {
+        own_instance: identity.instance_id.clone(),
+        own_group: identity.autoscaling_group.clone(),
+        drain_timeout: l.drain_timeout,
+        on_failure: l.on_failure,
+        evacuate: l.evacuate,
+        handle_peers: l.handle_peers,
+        hook_name: l.hook_name.clone(),
+        cluster_url: config.rancher.url.to_string(),
+    };
+    Ok(Workflow::new(
+        settings,
+        Rancher1::new(client),
+        asg,
+        DockerAgent::new(DockerSettings::from_env()),
+        pager,
+        Records::new(StateDir::new(&config.state.dir)),
+    ))
+}

@@ -1,0 +1,246 @@
+//! `drover run`: the resident daemon. The workflow's consumer starts first; then the
+//! startup source (resume, terminating or Spot at start) or registration; then the IMDS,
+//! queue and signal sources, all sending into the one door. The signal source decides what
+//! the stop means and winds the daemon down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::register::register_identity;
+use super::{build_workflow, connect_rancher, CommandError};
+use crate::autoscaling::AutoScaling;
+use crate::config::Config;
+use crate::imds::{Imds, InstanceIdentity};
+use crate::lifecycle::is_warm_pool_state;
+use crate::sources::signal::{self, StopSignals};
+use crate::sources::{imds_poll, queue, startup};
+use crate::sqs::Sqs;
+use crate::state::{Records, StateDir};
+use crate::work::Work;
+use crate::workflow::{COMPLETE_BUDGET, PAGE_BUDGET};
+
+/// How long `run` waits, on stop, for work under way (a peer's take-out) to finish.
+const STOP_WAIT: Duration = Duration::from_secs(90);
+/// How long the last hand-backs of queue messages may take once the work is cut short.
+const HAND_BACK_WAIT: Duration = Duration::from_secs(15);
+/// How often a warm-pool instance looks whether it left the pool.
+const WARM_POOL_POLL: Duration = Duration::from_secs(5);
+
+/// The most a take-out at stop can take: draining, completing the lifecycle action,
+/// paging, then the wait for take-outs of peers under way. drover.service's TimeoutStopSec
+/// covers this for the default drain_timeout.
+pub fn stop_budget(config: &Config) -> Duration {
+    config.lifecycle.drain_timeout + COMPLETE_BUDGET + PAGE_BUDGET + STOP_WAIT
+}
+
+/// `drover run`: register, tell systemd, watch every termination source, take the host out
+/// on the first one, and stay up until SIGTERM.
+pub async fn run(config: Arc<Config>) -> Result<(), CommandError> {
+    // Signals first: a SIGTERM during registration must not kill drover mid-step.
+    let mut signals = StopSignals::install()
+        .map_err(|e| CommandError::Setup(format!("cannot install signal handlers: {e}")))?;
+    let imds = Imds::from_env();
+    let identity = imds.identity(config.agent.register_timeout).await?;
+    let own = identity.instance_id.clone();
+
+    // Start-up may take register_timeout plus an image pull; more than the unit's
+    // TimeoutStartSec when an operator raised register_timeout.
+    crate::systemd::extend_timeout(config.agent.register_timeout + Duration::from_secs(300));
+    // One client serves registration and the workflow.
+    let client = connect_rancher(&config, Instant::now() + config.agent.register_timeout).await?;
+    let sdk = crate::aws::sdk_config(&identity.region).await;
+
+    // The one stop: `intake` ends new work (the first signal), `stop` ends everything (a
+    // second signal, or the stop wait running out).
+    let stop = CancellationToken::new();
+    let intake = stop.child_token();
+    let tracker = TaskTracker::new();
+    let workflow = build_workflow(&config, &identity, client.clone(), AutoScaling::new(&sdk))?;
+    let door = workflow.start(intake.clone(), stop.clone(), &tracker);
+
+    let records = Records::new(StateDir::new(&config.state.dir));
+    match startup::at_start(&records, &identity, &imds).await {
+        Some(termination) => {
+            let _ = door
+                .send(Work::Terminate {
+                    termination,
+                    reply: None,
+                })
+                .await;
+        }
+        None => {
+            let mut identity = identity.clone();
+            match wait_out_warm_pool(&imds, &identity, &mut signals).await {
+                WarmPoolWait::NotInPool => {}
+                WarmPoolWait::LeftPool(state) => identity.target_lifecycle_state = state,
+                // Auto Scaling stops a Warmed:Stopped instance: a clean stop, nothing to undo.
+                WarmPoolWait::Stopped(name) => {
+                    tracing::info!(
+                        "{name} while waiting in the warm pool: stopping; nothing was registered"
+                    );
+                    return Ok(());
+                }
+            }
+            // The budget starts now: the warm pool may have held the instance for hours.
+            let deadline = Instant::now() + config.agent.register_timeout;
+            register_identity(&config, &identity, Some(client), deadline).await?;
+        }
+    }
+
+    if let Some(interval) = config.lifecycle.imds_poll {
+        tracker.spawn(imds_poll::watch(
+            imds.clone(),
+            own.clone(),
+            interval,
+            door.clone(),
+            intake.clone(),
+        ));
+    }
+    if let Some(url) = &config.lifecycle.queue_url {
+        let queue = queue::Queue {
+            sqs: Sqs::new(&sdk),
+            url: url.clone(),
+        };
+        tracker.spawn(queue::watch(
+            queue,
+            door.clone(),
+            intake.clone(),
+            stop.clone(),
+            tracker.clone(),
+        ));
+    }
+    crate::systemd::ready();
+    crate::systemd::status("watching for termination");
+    tracing::info!("watching for termination");
+
+    let policy = signal::Policy {
+        on_sigterm: config.lifecycle.on_sigterm,
+        own_instance: own,
+        budget: stop_budget(&config),
+    };
+    // Not on the tracker: after the first signal it waits for a second one.
+    let signals = tokio::spawn(signal::watch(
+        signals,
+        policy,
+        imds,
+        door,
+        intake.clone(),
+        stop.clone(),
+    ));
+
+    intake.cancelled().await;
+    // No new work; what is under way finishes (bounded), then drover exits. A second
+    // signal cuts the wait short.
+    tracker.close();
+    if tokio::time::timeout(STOP_WAIT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "stopping with work still under way after {}; a restart resumes it",
+            crate::retry::rounded(STOP_WAIT)
+        );
+    }
+    stop.cancel();
+    if tokio::time::timeout(HAND_BACK_WAIT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("stopping before every queue message was handed back");
+    }
+    let _ = signals.await;
+    Ok(())
+}
+
+/// How a wait in the warm pool ended.
+enum WarmPoolWait {
+    /// The instance was not in a warm pool.
+    NotInPool,
+    /// Auto Scaling took it out of the pool; its new target lifecycle state.
+    LeftPool(Option<String>),
+    /// A stop signal came first (Auto Scaling stopping a `Warmed:Stopped` instance).
+    Stopped(&'static str),
+}
+
+/// In a warm pool the instance waits, stopped or running, until Auto Scaling puts it in
+/// service: register only then.
+async fn wait_out_warm_pool(
+    imds: &Imds,
+    identity: &InstanceIdentity,
+    signals: &mut StopSignals,
+) -> WarmPoolWait {
+    let Some(state) = identity
+        .target_lifecycle_state
+        .clone()
+        .filter(|s| is_warm_pool_state(s))
+    else {
+        return WarmPoolWait::NotInPool;
+    };
+    tracing::info!(
+        "target lifecycle state is {state}: waiting in the warm pool before registering"
+    );
+    // Ready now, not after registration: a start job pending for hours would hold up boot
+    // (multi-user.target waits for it) and the operator's own launch steps with it.
+    crate::systemd::ready();
+    crate::systemd::status(&format!("waiting in the warm pool ({state})"));
+    loop {
+        tokio::select! {
+            name = signals.next() => return WarmPoolWait::Stopped(name),
+            () = tokio::time::sleep(WARM_POOL_POLL) => {}
+        }
+        match imds
+            .target_lifecycle_state_within(Duration::from_secs(3))
+            .await
+        {
+            Ok(Some(s)) if is_warm_pool_state(&s) => {}
+            Ok(s) => {
+                tracing::info!(
+                    "target lifecycle state is now {}",
+                    s.as_deref().unwrap_or("unset")
+                );
+                return WarmPoolWait::LeftPool(s);
+            }
+            Err(e) => tracing::debug!("reading the target lifecycle state: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_config() -> Config {
+        crate::config::defaults_for_tests()
+    }
+
+    /// The value of `key` in a unit file, as a duration.
+    fn unit_duration(unit: &str, key: &str) -> Duration {
+        let value = unit
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} in the unit"));
+        humantime::parse_duration(value.trim()).expect("a systemd time span humantime reads")
+    }
+
+    #[test]
+    fn the_units_stop_timeout_covers_a_take_out_with_default_config() {
+        let budget = stop_budget(&default_config());
+        for unit in [
+            include_str!("../../packaging/systemd/drover.service"),
+            include_str!("../../packaging/systemd/drover-oneshot.service"),
+        ] {
+            let stop = unit_duration(unit, "TimeoutStopSec");
+            assert!(stop > budget, "TimeoutStopSec {stop:?} <= {budget:?}");
+            let start = unit_duration(unit, "TimeoutStartSec");
+            let register = default_config().agent.register_timeout;
+            assert!(
+                start > register,
+                "TimeoutStartSec {start:?} <= {register:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Paging about a take-out that failed, and resolving the incident once a later attempt
+//! succeeds: the incident is built from the record and its timeline.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::record::Timeline;
+use crate::pager::{Incident, Paging, Severity};
+use crate::state::TakeOutRecord;
+
+/// Budget for paging, so that paging never holds the hook for long.
+pub const PAGE_BUDGET: Duration = Duration::from_secs(30);
+
+/// What a page says beside the record.
+pub struct Facts<'a> {
+    pub cluster_url: &'a str,
+    pub on_failure: &'a str,
+}
+
+/// Pages that `step` failed with `error`; marks the record as paged when a pager took it.
+pub async fn page<P: Paging>(
+    pager: &P,
+    facts: &Facts<'_>,
+    record: &mut TakeOutRecord,
+    timeline: &mut Timeline,
+    step: &str,
+    error: &str,
+) {
+    if !pager.is_configured() {
+        tracing::error!(
+            "{step} failed for {}: {error} (no pager configured)",
+            record.instance_id
+        );
+        return;
+    }
+    let details = BTreeMap::from([
+        ("source".to_string(), record.source.clone()),
+        ("rancher_url".to_string(), facts.cluster_url.to_string()),
+        ("on_failure".to_string(), facts.on_failure.to_string()),
+    ]);
+    let incident = Incident {
+        instance_id: record.instance_id.clone(),
+        host_id: record.host_id.clone(),
+        group: record.group.clone(),
+        hostname: None,
+        failed_step: step.to_string(),
+        error: error.to_string(),
+        severity: Severity::Critical,
+        timeline: timeline.entries().to_vec(),
+        details,
+    };
+    match pager.trigger(&incident, Instant::now() + PAGE_BUDGET).await {
+        Ok(()) => {
+            timeline.push(format!("paged: {step} failed"));
+            record.paged = true;
+        }
+        Err(e) => {
+            tracing::error!(
+                "PAGING FAILED for {} ({step} failed): {e}",
+                record.instance_id
+            );
+            timeline.push(format!("paging failed: {e}"));
+        }
+    }
+}
+
+/// Resolves the incident an earlier attempt opened, now that the host is out and its hook
+/// completed.
+pub async fn resolve<P: Paging>(pager: &P, record: &mut TakeOutRecord, timeline: &mut Timeline) {
+    let summary = format!(
+        "drover: {} taken out and its hook completed",
+        record.instance_id
+    );
+    if pager
+        .resolve(&record.instance_id, &summary, Instant::now() + PAGE_BUDGET)
+        .await
+        .is_ok()
+    {
+        timeline.push("resolved the earlier incident");
+        record.paged = false;
+    }
+}

@@ -1,0 +1,388 @@
+//! The handling of one termination, start to end: which host, whether to act at all, the
+//! lifecycle action to answer, the take-out, the answer, the page. Every decision of the
+//! workflow's table is made here, over the traits only.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::hook::{self, Completion, HookLookup, HookTarget};
+use super::page::{self, Facts};
+use super::record::Timeline;
+use super::take_out::{self, Ending, Plan};
+use super::Workflow;
+use crate::cluster::{Cluster, LocalAgent};
+use crate::lifecycle::{LifecycleActions, LifecycleResult};
+use crate::pager::Paging;
+use crate::state::{now_rfc3339, TakeOutRecord};
+use crate::work::{Outcome, Source, Termination};
+
+/// Budget for completing the lifecycle action once the take-out has ended. The group may
+/// lag `Terminating:Wait` by a while; heartbeats keep the action alive meanwhile.
+pub const COMPLETE_BUDGET: Duration = Duration::from_secs(300);
+/// Budget for finding a host, and for each Auto Scaling lookup, before anything else.
+pub const FIND_BUDGET: Duration = Duration::from_secs(60);
+/// A Spot interruption's own deadline still leaves the take-out this long.
+const MIN_TAKE_OUT: Duration = Duration::from_secs(10);
+
+/// Why a termination was not acted on, with the outcome for its source.
+struct Refusal(Outcome);
+
+impl<C, L, A, P> Workflow<C, L, A, P>
+where
+    C: Cluster,
+    L: LifecycleActions,
+    A: LocalAgent,
+    P: Paging,
+{
+    /// The whole handling of one termination, in a span naming the instance and its host.
+    pub(super) async fn terminate(&self, t: Termination) -> Outcome {
+        let span = tracing::info_span!(
+            "host",
+            instance_id = %t.instance_id,
+            host_id = tracing::field::Empty
+        );
+        self.terminate_in(t, span.clone()).instrument(span).await
+    }
+
+    async fn terminate_in(&self, t: Termination, span: tracing::Span) -> Outcome {
+        let own = t.instance_id == self.settings.own_instance;
+        let previous = self.records.read(&t.instance_id);
+        if let Some(prev) = previous.as_ref().filter(|r| r.finished()) {
+            tracing::info!(source = %t.source, "this instance was already taken out and its hook completed");
+            if let Some(id) = &prev.host_id {
+                span.record("host_id", id.as_str());
+            }
+            return Outcome::Done;
+        }
+        if !own && !self.settings.handle_peers {
+            tracing::info!(source = %t.source, "termination of another instance; lifecycle.handle_peers is off");
+            return Outcome::NotHere;
+        }
+        let mut record = previous.unwrap_or_else(|| TakeOutRecord {
+            instance_id: t.instance_id.clone(),
+            source: t.source.to_string(),
+            started_at: now_rfc3339(),
+            ..TakeOutRecord::default()
+        });
+        // A resumed take-out continues the timeline it had.
+        let mut timeline = Timeline::from_record(&record);
+        if record.group.is_none() {
+            record.group = t
+                .group
+                .clone()
+                .or_else(|| own.then(|| self.settings.own_group.clone()).flatten());
+        }
+        if record.hook.is_none() {
+            record.hook = t.hook.clone();
+        }
+
+        let host_id = match self.which_host(&t, own, &mut record, &mut timeline).await {
+            Ok(host_id) => host_id,
+            Err(Refusal(outcome)) => return outcome,
+        };
+        if let Some(id) = &host_id {
+            span.record("host_id", id.as_str());
+        }
+        if t.source == Source::Sqs && !record.taken_out {
+            if let Some(refusal) = hook::unconfirmed_termination(
+                &self.lifecycle,
+                &t.instance_id,
+                t.group.as_deref(),
+                Instant::now() + FIND_BUDGET,
+            )
+            .await
+            {
+                tracing::warn!("not acting on the termination message: {refusal}");
+                return Outcome::NotCompleted;
+            }
+        }
+        record.host_id = host_id.clone();
+        timeline.push(format!(
+            "termination of {} from {}{}",
+            t.instance_id,
+            t.source,
+            if own { "" } else { " (a peer)" }
+        ));
+
+        let lookup = self.lifecycle_action(&t, &record, &mut timeline).await;
+        if let HookLookup::Found(target) = &lookup {
+            record.group = Some(target.group.clone());
+            record.hook = Some(target.hook.clone());
+        }
+        self.records.save(&record);
+        let answered = record.hook_completed;
+        let work = self.take_out_and_answer(&t, own, host_id, &mut record, &mut timeline, &lookup);
+        match (&lookup, answered) {
+            // Heartbeats for as long as the work goes on; dropped with it.
+            (HookLookup::Found(target), false) => {
+                tokio::select! {
+                    outcome = work => outcome,
+                    () = hook::keep_alive(&self.lifecycle, target) => unreachable!("heartbeats never end"),
+                }
+            }
+            _ => work.await,
+        }
+    }
+
+    /// The host to take out: the recorded one first (a removed host drops out of lists),
+    /// else the one labelled with the instance id. `None`: this instance has no host here.
+    async fn which_host(
+        &self,
+        t: &Termination,
+        own: bool,
+        record: &mut TakeOutRecord,
+        timeline: &mut Timeline,
+    ) -> Result<Option<String>, Refusal> {
+        if let Some(id) = record.host_id.clone() {
+            return Ok(Some(id));
+        }
+        let deadline = Instant::now() + FIND_BUDGET.min(self.settings.drain_timeout);
+        match self.cluster.find_host(&t.instance_id, deadline).await {
+            Ok(Some(host)) => Ok(Some(host.id)),
+            Ok(None) if own => Ok(None),
+            Ok(None) => {
+                tracing::info!(source = %t.source, "no host of this environment belongs to that instance; handing it back");
+                Err(Refusal(Outcome::NotHere))
+            }
+            Err(e) if !own => {
+                // Cannot tell whether the peer's host is here: let another host try.
+                tracing::warn!("cannot look the host up ({e}); handing the termination back");
+                Err(Refusal(Outcome::NotHere))
+            }
+            Err(e) => {
+                timeline.push(format!("looking the host up failed: {e}"));
+                // The host may stay a ghost, but the hook is still ours to answer.
+                let lookup = self.lifecycle_action(t, record, timeline).await;
+                let outcome = self
+                    .finish_failed(record, timeline, "find host", &e.to_string(), &lookup)
+                    .await;
+                Err(Refusal(outcome))
+            }
+        }
+    }
+
+    /// The lifecycle action to answer. Asked by hand, by a signal or by a Spot notice, the
+    /// instance may not be terminating at all: then no action waits, and waiting for one
+    /// would only hold drover up.
+    async fn lifecycle_action(
+        &self,
+        t: &Termination,
+        record: &TakeOutRecord,
+        timeline: &mut Timeline,
+    ) -> HookLookup {
+        if matches!(t.source, Source::Command | Source::Signal | Source::Spot) {
+            let deadline = Instant::now() + FIND_BUDGET;
+            match hook::membership(&self.lifecycle, &t.instance_id, deadline).await {
+                Ok(Some(m)) if !m.is_terminating() => {
+                    timeline.push(format!(
+                        "the instance is {} in group {}; no lifecycle action to complete",
+                        m.lifecycle_state.as_deref().unwrap_or("?"),
+                        m.group
+                    ));
+                    return HookLookup::NoAction;
+                }
+                Ok(None) => {
+                    timeline.push(
+                        "the instance is in no Auto Scaling group; no lifecycle action to complete",
+                    );
+                    return HookLookup::NoAction;
+                }
+                _ => {}
+            }
+        }
+        let lookup = hook::look_up(
+            &self.lifecycle,
+            &t.instance_id,
+            record.group.as_deref(),
+            record.hook.as_deref(),
+            self.settings.hook_name.as_deref(),
+            Instant::now() + FIND_BUDGET,
+        )
+        .await;
+        if lookup == HookLookup::NoAction {
+            timeline.push("the instance is in no group with a termination hook; no lifecycle action to complete");
+        }
+        lookup
+    }
+
+    /// Takes the host out (what is not done yet), then answers the lifecycle action.
+    async fn take_out_and_answer(
+        &self,
+        t: &Termination,
+        own: bool,
+        host_id: Option<String>,
+        record: &mut TakeOutRecord,
+        timeline: &mut Timeline,
+        lookup: &HookLookup,
+    ) -> Outcome {
+        let mut failure: Option<(String, String)> = None;
+        match (&host_id, record.taken_out) {
+            (None, _) => {
+                if !record.taken_out {
+                    timeline.push("no host in Rancher for this instance; nothing to take out");
+                }
+                record.taken_out = true;
+            }
+            (Some(id), false) => {
+                let plan = Plan {
+                    evacuate: self.settings.evacuate && !t.urgent,
+                    stop_agent: own,
+                };
+                let report =
+                    take_out::take_out(&self.cluster, &self.agent, id, plan, self.deadline(t))
+                        .await;
+                for said in &report.events {
+                    timeline.push_at(said.at, said.text.clone());
+                }
+                match &report.ending {
+                    Ending::Out { state } => {
+                        timeline.push(format!("host {id} out of Rancher ({state})"));
+                        record.taken_out = true;
+                    }
+                    Ending::Failed { step, state, error } => {
+                        timeline.push(format!(
+                            "taking host {id} out failed at {step} (host {state}): {error}"
+                        ));
+                        failure = Some((step.to_string(), error.clone()));
+                    }
+                }
+                if let Some(agent) = report.agent {
+                    timeline.push(agent);
+                }
+            }
+            // Out already (a resumed take-out): only the agent may still be running.
+            (Some(_), true) => {
+                if own {
+                    if let Some(agent) = take_out::stop_agent(&self.agent).await {
+                        timeline.push(agent);
+                    }
+                }
+            }
+        }
+        record.timeline = timeline.entries().to_vec();
+        self.records.save(record);
+
+        if let Some((step, error)) = failure {
+            return self
+                .finish_failed(record, timeline, &step, &error, lookup)
+                .await;
+        }
+        let outcome = self
+            .answer(record, timeline, lookup, LifecycleResult::Continue)
+            .await;
+        if outcome == Outcome::Done && record.paged {
+            page::resolve(&self.pager, record, timeline).await;
+        }
+        record.timeline = timeline.entries().to_vec();
+        self.records.save(record);
+        outcome
+    }
+
+    /// The take-out's deadline: `drain_timeout`, or sooner when the source has a hard end
+    /// (a Spot interruption), but never less than a few seconds.
+    fn deadline(&self, t: &Termination) -> Instant {
+        let mut deadline = Instant::now() + self.settings.drain_timeout;
+        if let Some(hard) = t.deadline {
+            let left = hard
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            deadline = deadline.min(Instant::now() + left.max(MIN_TAKE_OUT));
+        }
+        deadline
+    }
+
+    /// Completes the lifecycle action with `result`; the outcome for the source.
+    async fn answer(
+        &self,
+        record: &mut TakeOutRecord,
+        timeline: &mut Timeline,
+        lookup: &HookLookup,
+        result: LifecycleResult,
+    ) -> Outcome {
+        let failed = result != LifecycleResult::Continue || !record.taken_out;
+        let settled = if failed {
+            Outcome::FailedButCompleted
+        } else {
+            Outcome::Done
+        };
+        if record.hook_completed {
+            return settled;
+        }
+        let target: &HookTarget = match lookup {
+            HookLookup::Found(target) => target,
+            HookLookup::NoAction => {
+                record.hook_completed = true;
+                return settled;
+            }
+            HookLookup::Unknown(why) => {
+                timeline.push(why.clone());
+                self.page(record, timeline, "find the lifecycle action", why)
+                    .await;
+                return Outcome::NotCompleted;
+            }
+        };
+        let deadline = Instant::now() + COMPLETE_BUDGET;
+        match hook::complete(&self.lifecycle, target, result, deadline).await {
+            Ok(Completion::Completed) => {
+                timeline.push(format!(
+                    "completed lifecycle action {}/{} with {}",
+                    target.group,
+                    target.hook,
+                    result.as_str()
+                ));
+                record.hook_completed = true;
+                settled
+            }
+            Ok(Completion::AlreadyDone) => {
+                timeline.push("lifecycle action was already completed");
+                record.hook_completed = true;
+                settled
+            }
+            Err(e) => {
+                timeline.push(format!("completing the lifecycle action failed: {e}"));
+                self.page(
+                    record,
+                    timeline,
+                    "complete lifecycle action",
+                    &e.to_string(),
+                )
+                .await;
+                Outcome::NotCompleted
+            }
+        }
+    }
+
+    /// Taking the host out failed: page, then answer the hook with `on_failure`.
+    async fn finish_failed(
+        &self,
+        record: &mut TakeOutRecord,
+        timeline: &mut Timeline,
+        step: &str,
+        error: &str,
+        lookup: &HookLookup,
+    ) -> Outcome {
+        self.page(record, timeline, step, error).await;
+        let outcome = self
+            .answer(record, timeline, lookup, self.settings.on_failure)
+            .await;
+        record.timeline = timeline.entries().to_vec();
+        self.records.save(record);
+        outcome
+    }
+
+    async fn page(
+        &self,
+        record: &mut TakeOutRecord,
+        timeline: &mut Timeline,
+        step: &str,
+        error: &str,
+    ) {
+        let facts = Facts {
+            cluster_url: &self.settings.cluster_url,
+            on_failure: self.settings.on_failure.as_str(),
+        };
+        page::page(&self.pager, &facts, record, timeline, step, error).await;
+    }
+}

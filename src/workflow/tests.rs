@@ -1,0 +1,1168 @@
+//! The workflow's decision table, over in-memory fakes of the cluster, Auto Scaling, the
+//! local agent and the pager, in paused time. Each case checks what its rule promises and
+//! fails when the rule is broken.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Settings, Workflow};
+use crate::cluster::{
+    AgentRegistration, Cluster, ClusterError, ClusterHost, Happened, LocalAgent, Step, StepDone,
+    StepEvent, StepFailed, GONE,
+};
+use crate::lifecycle::{
+    ActionRef, CallFailure, GroupMembership, LifecycleActions, LifecycleHook, LifecycleResult,
+    LAUNCHING_TRANSITION, TERMINATING_TRANSITION,
+};
+use crate::pager::{Incident, PagerError, Paging};
+use crate::state::{record_file, Records, StateDir, TakeOutRecord};
+use crate::work::{Outcome, Source, Termination, Work};
+
+const OWN: &str = "i-0000000000000000a";
+const PEER: &str = "i-0000000000000000b";
+const STRANGER: &str = "i-0000000000000000c";
+const GROUP: &str = "crawlers";
+const HOOK: &str = "drain";
+const OWN_HOST: &str = "1h1";
+const PEER_HOST: &str = "1h2";
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---- The cluster ----
+
+#[derive(Default)]
+struct ClusterState {
+    /// Host id -> (instance, state).
+    hosts: BTreeMap<String, (String, String)>,
+    /// Steps that fail, with the error, for as long as they are listed.
+    failing: HashMap<Step, String>,
+    find_fails: bool,
+    /// How long each step takes.
+    step_time: Duration,
+    steps: Vec<(String, Step)>,
+}
+
+/// Hosts move through Rancher's states as the steps take them; a step past its end does
+/// nothing.
+#[derive(Clone, Default)]
+struct FakeCluster(Arc<Mutex<ClusterState>>);
+
+fn how_far_out(state: &str) -> u8 {
+    match state {
+        "inactive" => 1,
+        "removed" => 2,
+        "purged" => 3,
+        _ => 0,
+    }
+}
+
+impl FakeCluster {
+    fn add(&self, host: &str, instance: &str) {
+        lock(&self.0)
+            .hosts
+            .insert(host.into(), (instance.into(), "active".into()));
+    }
+
+    fn state(&self, host: &str) -> Option<String> {
+        lock(&self.0).hosts.get(host).map(|(_, s)| s.clone())
+    }
+
+    fn steps(&self) -> Vec<(String, Step)> {
+        lock(&self.0).steps.clone()
+    }
+
+    fn fail(&self, step: Step, error: &str) {
+        lock(&self.0).failing.insert(step, error.into());
+    }
+
+    fn heal(&self) {
+        lock(&self.0).failing.clear();
+    }
+}
+
+impl Cluster for FakeCluster {
+    fn describe(&self) -> String {
+        "fake cluster".into()
+    }
+
+    async fn find_host(
+        &self,
+        instance_id: &str,
+        _deadline: Instant,
+    ) -> Result<Option<ClusterHost>, ClusterError> {
+        let s = lock(&self.0);
+        if s.find_fails {
+            return Err(ClusterError::OutOfTime("listing hosts: no answer".into()));
+        }
+        Ok(s.hosts
+            .iter()
+            .find(|(_, (i, state))| i == instance_id && how_far_out(state) < 2)
+            .map(|(id, (_, state))| ClusterHost {
+                id: id.clone(),
+                state: state.clone(),
+                active: state == "active",
+                hostname: None,
+            }))
+    }
+
+    async fn registration(&self, _deadline: Instant) -> Result<AgentRegistration, ClusterError> {
+        Err(ClusterError::OutOfTime("not in these tests".into()))
+    }
+
+    async fn take_step(
+        &self,
+        host_id: &str,
+        step: Step,
+        deadline: Instant,
+    ) -> Result<StepDone, StepFailed> {
+        let step_time = lock(&self.0).step_time;
+        if Instant::now() + step_time > deadline {
+            tokio::time::sleep_until(deadline).await;
+            let mut s = lock(&self.0);
+            s.steps.push((host_id.to_string(), step));
+            return Err(StepFailed {
+                state: s
+                    .hosts
+                    .get(host_id)
+                    .map(|h| h.1.clone())
+                    .unwrap_or_default(),
+                error: "lifecycle.drain_timeout ran out".into(),
+                events: vec![],
+            });
+        }
+        tokio::time::sleep(step_time).await;
+        let mut s = lock(&self.0);
+        s.steps.push((host_id.to_string(), step));
+        let event = |what| StepEvent {
+            at: SystemTime::now(),
+            what,
+        };
+        let failing = s.failing.get(&step).cloned();
+        let Some((_, state)) = s.hosts.get_mut(host_id) else {
+            return Ok(StepDone {
+                state: GONE.into(),
+                events: vec![event(Happened::Gone)],
+            });
+        };
+        if let Some(error) = failing {
+            return Err(StepFailed {
+                state: state.clone(),
+                error,
+                events: vec![],
+            });
+        }
+        let (target, to) = match step {
+            Step::Evacuate => {
+                return Ok(StepDone {
+                    state: state.clone(),
+                    events: vec![event(Happened::Sent {
+                        action: "evacuate".into(),
+                        from: state.clone(),
+                    })],
+                })
+            }
+            Step::Deactivate => (1, "inactive"),
+            Step::Remove => (2, "removed"),
+            Step::Purge => (3, "purged"),
+        };
+        if how_far_out(state) >= target {
+            return Ok(StepDone {
+                state: state.clone(),
+                events: vec![],
+            });
+        }
+        let from = std::mem::replace(state, to.to_string());
+        Ok(StepDone {
+            state: to.into(),
+            events: vec![
+                event(Happened::Sent {
+                    action: step.name().into(),
+                    from,
+                }),
+                event(Happened::Became(to.into())),
+            ],
+        })
+    }
+}
+
+// ---- Auto Scaling ----
+
+#[derive(Debug, thiserror::Error)]
+#[error("{text}")]
+struct FakeError {
+    text: String,
+    transient: bool,
+    no_active: bool,
+}
+
+impl CallFailure for FakeError {
+    fn is_transient(&self) -> bool {
+        self.transient
+    }
+    fn is_no_active_action(&self) -> bool {
+        self.no_active
+    }
+}
+
+fn throttled() -> FakeError {
+    FakeError {
+        text: "Throttling: Rate exceeded".into(),
+        transient: true,
+        no_active: false,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Completed {
+    group: String,
+    hook: String,
+    instance_id: String,
+    result: LifecycleResult,
+}
+
+#[derive(Default)]
+struct AsgState {
+    /// Instance -> (group, lifecycle state).
+    instances: HashMap<String, (String, String)>,
+    /// A state the instance takes once the time comes (the group catching up with IMDS).
+    later: HashMap<String, (Instant, String)>,
+    hooks: HashMap<String, Vec<LifecycleHook>>,
+    completions: Vec<Completed>,
+    heartbeats: usize,
+    calls: usize,
+    membership_fails: bool,
+    hooks_fail: bool,
+}
+
+#[derive(Clone, Default)]
+struct FakeAsg(Arc<Mutex<AsgState>>);
+
+fn hook(name: &str, transition: &str, timeout: i32) -> LifecycleHook {
+    LifecycleHook {
+        name: name.into(),
+        transition: transition.into(),
+        heartbeat_timeout_secs: Some(timeout),
+    }
+}
+
+impl FakeAsg {
+    fn place(&self, instance: &str, group: &str, state: &str) {
+        lock(&self.0)
+            .instances
+            .insert(instance.into(), (group.into(), state.into()));
+    }
+
+    fn set_hooks(&self, group: &str, hooks: Vec<LifecycleHook>) {
+        lock(&self.0).hooks.insert(group.into(), hooks);
+    }
+
+    fn completions(&self) -> Vec<Completed> {
+        lock(&self.0).completions.clone()
+    }
+
+    fn calls(&self) -> usize {
+        lock(&self.0).calls
+    }
+
+    fn state(&self, instance: &str) -> Option<String> {
+        let mut s = lock(&self.0);
+        if let Some((at, state)) = s.later.get(instance).cloned() {
+            if Instant::now() >= at {
+                s.later.remove(instance);
+                if let Some(i) = s.instances.get_mut(instance) {
+                    i.1 = state;
+                }
+            }
+        }
+        s.instances.get(instance).map(|(_, st)| st.clone())
+    }
+}
+
+impl LifecycleActions for FakeAsg {
+    type Error = FakeError;
+
+    async fn membership(&self, instance_id: &str) -> Result<Option<GroupMembership>, FakeError> {
+        let state = self.state(instance_id);
+        let mut s = lock(&self.0);
+        s.calls += 1;
+        if s.membership_fails {
+            return Err(throttled());
+        }
+        Ok(s.instances
+            .get(instance_id)
+            .map(|(group, _)| GroupMembership {
+                group: group.clone(),
+                lifecycle_state: state,
+            }))
+    }
+
+    async fn hooks(&self, group: &str) -> Result<Vec<LifecycleHook>, FakeError> {
+        let mut s = lock(&self.0);
+        s.calls += 1;
+        if s.hooks_fail {
+            return Err(FakeError {
+                text: "AccessDenied".into(),
+                transient: false,
+                no_active: false,
+            });
+        }
+        Ok(s.hooks.get(group).cloned().unwrap_or_default())
+    }
+
+    async fn complete(
+        &self,
+        action: ActionRef<'_>,
+        result: LifecycleResult,
+    ) -> Result<(), FakeError> {
+        let state = self.state(action.instance_id);
+        let mut s = lock(&self.0);
+        s.calls += 1;
+        if state.as_deref() != Some("Terminating:Wait") {
+            return Err(FakeError {
+                text: format!(
+                    "ValidationError: No active Lifecycle Action found with instance ID {}",
+                    action.instance_id
+                ),
+                transient: false,
+                no_active: true,
+            });
+        }
+        s.completions.push(Completed {
+            group: action.group.into(),
+            hook: action.hook.into(),
+            instance_id: action.instance_id.into(),
+            result,
+        });
+        if let Some(i) = s.instances.get_mut(action.instance_id) {
+            i.1 = "Terminating:Proceed".into();
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(&self, _action: ActionRef<'_>) -> Result<(), FakeError> {
+        let mut s = lock(&self.0);
+        s.calls += 1;
+        s.heartbeats += 1;
+        Ok(())
+    }
+}
+
+// ---- The local agent and the pager ----
+
+#[derive(Clone, Default)]
+struct FakeAgent(Arc<Mutex<usize>>);
+
+impl LocalAgent for FakeAgent {
+    async fn stop(&self) -> Result<bool, String> {
+        *lock(&self.0) += 1;
+        Ok(true)
+    }
+}
+
+#[derive(Default)]
+struct PagerState {
+    triggers: Vec<Incident>,
+    resolves: Vec<String>,
+}
+
+#[derive(Clone, Default)]
+struct FakePager(Arc<Mutex<PagerState>>);
+
+impl FakePager {
+    fn failed_steps(&self) -> Vec<String> {
+        lock(&self.0)
+            .triggers
+            .iter()
+            .map(|i| i.failed_step.clone())
+            .collect()
+    }
+
+    fn resolves(&self) -> Vec<String> {
+        lock(&self.0).resolves.clone()
+    }
+}
+
+impl Paging for FakePager {
+    fn is_configured(&self) -> bool {
+        true
+    }
+
+    async fn trigger(&self, incident: &Incident, _deadline: Instant) -> Result<(), PagerError> {
+        lock(&self.0).triggers.push(incident.clone());
+        Ok(())
+    }
+
+    async fn resolve(
+        &self,
+        instance_id: &str,
+        _summary: &str,
+        _deadline: Instant,
+    ) -> Result<(), PagerError> {
+        lock(&self.0).resolves.push(instance_id.into());
+        Ok(())
+    }
+}
+
+// ---- The bed ----
+
+/// The fakes, a state dir and the settings: this instance and one peer, both in the group
+/// with a termination hook, both with an active host.
+struct Bed {
+    cluster: FakeCluster,
+    asg: FakeAsg,
+    agent: FakeAgent,
+    pager: FakePager,
+    dir: tempfile::TempDir,
+    settings: Settings,
+}
+
+/// A consumer running on a tracker, with its door and its two tokens.
+struct Running {
+    door: mpsc::Sender<Work>,
+    intake: CancellationToken,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Bed {
+    fn new() -> Bed {
+        let bed = Bed {
+            cluster: FakeCluster::default(),
+            asg: FakeAsg::default(),
+            agent: FakeAgent::default(),
+            pager: FakePager::default(),
+            dir: tempfile::tempdir().expect("state dir"),
+            settings: Settings {
+                own_instance: OWN.into(),
+                own_group: Some(GROUP.into()),
+                drain_timeout: Duration::from_secs(600),
+                on_failure: LifecycleResult::Continue,
+                evacuate: false,
+                handle_peers: true,
+                hook_name: None,
+                cluster_url: "https://rancher.example.com/".into(),
+            },
+        };
+        bed.asg.set_hooks(
+            GROUP,
+            vec![
+                hook("boot", LAUNCHING_TRANSITION, 300),
+                hook(HOOK, TERMINATING_TRANSITION, 300),
+            ],
+        );
+        bed.asg.place(OWN, GROUP, "Terminating:Wait");
+        bed.asg.place(PEER, GROUP, "Terminating:Wait");
+        bed.cluster.add(OWN_HOST, OWN);
+        bed.cluster.add(PEER_HOST, PEER);
+        bed
+    }
+
+    fn records(&self) -> Records {
+        Records::new(StateDir::new(self.dir.path()))
+    }
+
+    fn record(&self, instance: &str) -> Option<TakeOutRecord> {
+        self.records().read(instance)
+    }
+
+    fn start(&self) -> Running {
+        let workflow = Workflow::new(
+            self.settings.clone(),
+            self.cluster.clone(),
+            self.asg.clone(),
+            self.agent.clone(),
+            self.pager.clone(),
+            self.records(),
+        );
+        let stop = CancellationToken::new();
+        let intake = stop.child_token();
+        let tracker = TaskTracker::new();
+        let door = workflow.start(intake.clone(), stop.clone(), &tracker);
+        Running {
+            door,
+            intake,
+            stop,
+            tracker,
+        }
+    }
+
+    /// One termination through a fresh consumer, to its outcome.
+    async fn terminate(&self, t: Termination) -> Outcome {
+        let running = self.start();
+        running.send(t).await.await.expect("an outcome")
+    }
+
+    fn agent_stops(&self) -> usize {
+        *lock(&self.agent.0)
+    }
+
+    fn completions(&self) -> Vec<Completed> {
+        self.asg.completions()
+    }
+}
+
+impl Running {
+    async fn send(&self, t: Termination) -> oneshot::Receiver<Outcome> {
+        let (work, reply) = Work::terminate(t);
+        self.door.send(work).await.expect("the consumer takes work");
+        reply
+    }
+
+    async fn stop_work(&self, take_out: Option<Termination>) -> oneshot::Receiver<Option<Outcome>> {
+        let (work, reply) = Work::stop(take_out);
+        self.door.send(work).await.expect("the consumer takes work");
+        reply
+    }
+}
+
+fn message(instance: &str) -> Termination {
+    let mut t = Termination::new(instance, Source::Sqs);
+    t.group = Some(GROUP.into());
+    t.hook = Some(HOOK.into());
+    t
+}
+
+fn completed(instance: &str, hook: &str, result: LifecycleResult) -> Completed {
+    Completed {
+        group: GROUP.into(),
+        hook: hook.into(),
+        instance_id: instance.into(),
+        result,
+    }
+}
+
+fn all_steps(host: &str) -> Vec<(String, Step)> {
+    [Step::Deactivate, Step::Remove, Step::Purge]
+        .into_iter()
+        .map(|s| (host.to_string(), s))
+        .collect()
+}
+
+/// Lets the consumer and its work run until `done` holds (paused time moves on its own).
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: never");
+}
+
+// ---- Own host and a peer's ----
+
+#[tokio::test(start_paused = true)]
+async fn own_host_is_taken_out_its_agent_stopped_and_its_hook_completed() {
+    let bed = Bed::new();
+    let outcome = bed
+        .terminate(Termination::new(OWN, Source::ImdsTargetState))
+        .await;
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(bed.cluster.steps(), all_steps(OWN_HOST));
+    assert_eq!(bed.cluster.state(OWN_HOST).as_deref(), Some("purged"));
+    assert_eq!(bed.agent_stops(), 1);
+    assert_eq!(
+        bed.completions(),
+        [completed(OWN, HOOK, LifecycleResult::Continue)]
+    );
+    let record = bed.record(OWN).expect("record");
+    assert!(record.finished(), "{record:?}");
+    assert_eq!(record.host_id.as_deref(), Some(OWN_HOST));
+    let events: Vec<&str> = record.timeline.iter().map(|(_, e)| e.as_str()).collect();
+    for expected in [
+        "deactivate (host active)",
+        "host inactive",
+        "host 1h1 out of Rancher (purged)",
+        "stopped the local rancher-agent container",
+        "completed lifecycle action crawlers/drain with CONTINUE",
+    ] {
+        assert!(events.contains(&expected), "{expected} in {events:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peers_host_is_taken_out_and_the_peers_hook_completed_but_no_agent_stopped() {
+    let bed = Bed::new();
+    assert_eq!(bed.terminate(message(PEER)).await, Outcome::Done);
+    assert_eq!(bed.cluster.steps(), all_steps(PEER_HOST));
+    assert_eq!(bed.cluster.state(OWN_HOST).as_deref(), Some("active"));
+    assert_eq!(bed.agent_stops(), 0, "the local agent is this host's");
+    assert_eq!(
+        bed.completions(),
+        [completed(PEER, HOOK, LifecycleResult::Continue)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_is_left_alone_when_handle_peers_is_off() {
+    let mut bed = Bed::new();
+    bed.settings.handle_peers = false;
+    assert_eq!(bed.terminate(message(PEER)).await, Outcome::NotHere);
+    assert!(bed.cluster.steps().is_empty());
+    assert_eq!(bed.asg.calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_without_a_host_here_is_handed_back() {
+    let bed = Bed::new();
+    bed.asg.place(STRANGER, GROUP, "Terminating:Wait");
+    assert_eq!(bed.terminate(message(STRANGER)).await, Outcome::NotHere);
+    assert!(bed.cluster.steps().is_empty());
+    assert!(bed.completions().is_empty(), "not ours to answer");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_whose_host_cannot_be_looked_up_is_handed_back_unpaged() {
+    let bed = Bed::new();
+    lock(&bed.cluster.0).find_fails = true;
+    assert_eq!(bed.terminate(message(PEER)).await, Outcome::NotHere);
+    assert!(bed.completions().is_empty());
+    assert!(bed.pager.failed_steps().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn own_host_that_cannot_be_looked_up_pages_and_answers_with_on_failure() {
+    let mut bed = Bed::new();
+    bed.settings.on_failure = LifecycleResult::Abandon;
+    lock(&bed.cluster.0).find_fails = true;
+    let outcome = bed
+        .terminate(Termination::new(OWN, Source::ImdsTargetState))
+        .await;
+    assert_eq!(outcome, Outcome::FailedButCompleted);
+    assert_eq!(bed.pager.failed_steps(), ["find host"]);
+    assert_eq!(
+        bed.completions(),
+        [completed(OWN, HOOK, LifecycleResult::Abandon)]
+    );
+}
+
+// ---- A message is a claim: Auto Scaling confirms it ----
+
+#[tokio::test(start_paused = true)]
+async fn a_message_for_an_instance_in_service_changes_nothing() {
+    let bed = Bed::new();
+    bed.asg.place(PEER, GROUP, "InService");
+    assert_eq!(bed.terminate(message(PEER)).await, Outcome::NotCompleted);
+    assert!(bed.cluster.steps().is_empty());
+    assert!(bed.completions().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_naming_another_group_changes_nothing() {
+    let bed = Bed::new();
+    let mut forged = message(PEER);
+    forged.group = Some("someone-elses".into());
+    assert_eq!(bed.terminate(forged).await, Outcome::NotCompleted);
+    assert!(bed.cluster.steps().is_empty());
+    assert!(bed.completions().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_for_an_instance_in_no_group_changes_nothing() {
+    let bed = Bed::new();
+    lock(&bed.asg.0).instances.remove(PEER);
+    assert_eq!(bed.terminate(message(PEER)).await, Outcome::NotCompleted);
+    assert!(bed.cluster.steps().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_auto_scaling_cannot_confirm_changes_nothing() {
+    let bed = Bed::new();
+    lock(&bed.asg.0).membership_fails = true;
+    let started = Instant::now();
+    assert_eq!(bed.terminate(message(PEER)).await, Outcome::NotCompleted);
+    assert!(bed.cluster.steps().is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_secs(50),
+        "throttling is ridden out before giving up: {:?}",
+        started.elapsed()
+    );
+    assert!(bed.asg.calls() > 3, "retried: {}", bed.asg.calls());
+}
+
+// ---- Which hook ----
+
+#[tokio::test(start_paused = true)]
+async fn the_termination_hook_the_message_names_is_answered() {
+    let bed = Bed::new();
+    bed.asg.set_hooks(
+        GROUP,
+        vec![
+            hook(HOOK, TERMINATING_TRANSITION, 300),
+            hook("second", TERMINATING_TRANSITION, 300),
+        ],
+    );
+    let mut t = message(PEER);
+    t.hook = Some("second".into());
+    assert_eq!(bed.terminate(t).await, Outcome::Done);
+    assert_eq!(
+        bed.completions(),
+        [completed(PEER, "second", LifecycleResult::Continue)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_named_hook_that_is_no_termination_hook_is_not_answered() {
+    let bed = Bed::new();
+    let mut t = message(PEER);
+    t.hook = Some("boot".into());
+    assert_eq!(bed.terminate(t).await, Outcome::Done);
+    assert_eq!(
+        bed.completions(),
+        [completed(PEER, HOOK, LifecycleResult::Continue)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_configured_hook_is_answered_when_the_source_names_none() {
+    let mut bed = Bed::new();
+    bed.asg.set_hooks(
+        GROUP,
+        vec![
+            hook(HOOK, TERMINATING_TRANSITION, 300),
+            hook("second", TERMINATING_TRANSITION, 300),
+        ],
+    );
+    bed.settings.hook_name = Some("second".into());
+    let outcome = bed
+        .terminate(Termination::new(OWN, Source::ImdsTargetState))
+        .await;
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(
+        bed.completions(),
+        [completed(OWN, "second", LifecycleResult::Continue)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_group_and_hook_are_looked_up_when_nobody_names_them() {
+    let mut bed = Bed::new();
+    bed.settings.own_group = None;
+    let outcome = bed
+        .terminate(Termination::new(OWN, Source::ImdsTargetState))
+        .await;
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(
+        bed.completions(),
+        [completed(OWN, HOOK, LifecycleResult::Continue)]
+    );
+    assert_eq!(
+        bed.record(OWN).and_then(|r| r.group).as_deref(),
+        Some(GROUP)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_termination_hook_means_nothing_to_answer() {
+    let bed = Bed::new();
+    bed.asg
+        .set_hooks(GROUP, vec![hook("boot", LAUNCHING_TRANSITION, 300)]);
+    let outcome = bed
+        .terminate(Termination::new(OWN, Source::ImdsTargetState))
+        .await;
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(bed.cluster.steps(), all_steps(OWN_HOST));
+    assert!(bed.completions().is_empty());
+    assert!(bed.record(OWN).expect("record").finished());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hook_auto_scaling_cannot_name_pages_and_keeps_the_message() {
+    let bed = Bed::new();
+    lock(&bed.asg.0).hooks_fail = true;
+    assert_eq!(bed.terminate(message(PEER)).await, Outcome::NotCompleted);
+    // The confirmed host is out all the same; only the answer is left for the next try.
+    assert_eq!(bed.cluster.steps(), all_steps(PEER_HOST));
+    assert_eq!(bed.pager.failed_steps(), ["find the lifecycle action"]);
+    assert!(bed.completions().is_empty());
+    let record = bed.record(PEER).expect("record");
+    assert!(record.taken_out && !record.hook_completed, "{record:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_configured_hook_the_group_lacks_cannot_be_answered() {
+    let mut bed = Bed::new();
+    bed.settings.hook_name = Some("nosuch".into());
+    let outcome = bed
+        .terminate(Termination::new(OWN, Source::ImdsTargetState))
+        .await;
+    assert_eq!(outcome, Outcome::NotCompleted);
+    assert_eq!(bed.pager.failed_steps(), ["find the lifecycle action"]);
+    assert!(bed.completions().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn deregistering_an_instance_in_service_answers_no_action() {
+    let bed = Bed::new();
+    bed.asg.place(OWN, GROUP, "InService");
+    let outcome = bed.terminate(Termination::new(OWN, Source::Command)).await;
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(bed.cluster.steps(), all_steps(OWN_HOST));
+    assert!(bed.completions().is_empty());
+    assert!(bed.pager.failed_steps().is_empty());
+}
+
+// ---- Take-out done, failed, removed but not purged ----
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_take_out_pages_and_answers_with_on_failure() {
+    let mut bed = Bed::new();
+    bed.settings.on_failure = LifecycleResult::Abandon;
+    bed.cluster.fail(Step::Deactivate, "Rancher answered 500");
+    let outcome = bed.terminate(message(PEER)).await;
+    assert_eq!(outcome, Outcome::FailedButCompleted);
+    assert_eq!(bed.pager.failed_steps(), ["deactivate"]);
+    assert_eq!(
+        bed.completions(),
+        [completed(PEER, HOOK, LifecycleResult::Abandon)]
+    );
+    assert!(!bed.record(PEER).expect("record").taken_out);
+    assert_eq!(bed.cluster.steps(), [(PEER_HOST.into(), Step::Deactivate)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removed_host_whose_purge_fails_is_out() {
+    let bed = Bed::new();
+    bed.cluster.fail(Step::Purge, "purge refused");
+    assert_eq!(bed.terminate(message(PEER)).await, Outcome::Done);
+    assert_eq!(bed.cluster.state(PEER_HOST).as_deref(), Some("removed"));
+    assert!(bed.pager.failed_steps().is_empty());
+    assert_eq!(
+        bed.completions(),
+        [completed(PEER, HOOK, LifecycleResult::Continue)]
+    );
+    let record = bed.record(PEER).expect("record");
+    assert!(record
+        .timeline
+        .iter()
+        .any(|(_, e)| e.contains("purges removed hosts on its own")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_rancher_no_longer_knows_is_out() {
+    let bed = Bed::new();
+    // Listed when looked up, gone by the first step.
+    let t = message(PEER);
+    let running = bed.start();
+    lock(&bed.cluster.0).step_time = Duration::from_secs(1);
+    let reply = running.send(t).await;
+    until("the take-out started", || bed.record(PEER).is_some()).await;
+    lock(&bed.cluster.0).hosts.remove(PEER_HOST);
+    assert_eq!(reply.await.expect("outcome"), Outcome::Done);
+    assert_eq!(bed.cluster.steps(), [(PEER_HOST.into(), Step::Deactivate)]);
+    assert_eq!(bed.completions().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_later_success_resolves_the_earlier_page() {
+    let bed = Bed::new();
+    bed.cluster.fail(Step::Deactivate, "Rancher answered 500");
+    assert_eq!(
+        bed.terminate(Termination::new(OWN, Source::ImdsTargetState))
+            .await,
+        Outcome::FailedButCompleted
+    );
+    assert!(bed.record(OWN).expect("record").paged);
+    // A restarted drover (a new consumer) resumes: the host goes out this time.
+    bed.cluster.heal();
+    assert_eq!(
+        bed.terminate(Termination::new(OWN, Source::Resume)).await,
+        Outcome::Done
+    );
+    assert_eq!(bed.pager.resolves(), [OWN]);
+    assert!(!bed.record(OWN).expect("record").paged);
+    assert_eq!(bed.completions().len(), 1, "answered once, the first time");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resumed_take_out_skips_what_is_done() {
+    let bed = Bed::new();
+    bed.records().save(&TakeOutRecord {
+        instance_id: OWN.into(),
+        host_id: Some(OWN_HOST.into()),
+        group: Some(GROUP.into()),
+        hook: Some(HOOK.into()),
+        source: "sqs".into(),
+        taken_out: true,
+        ..TakeOutRecord::default()
+    });
+    let outcome = bed.terminate(Termination::new(OWN, Source::Resume)).await;
+    assert_eq!(outcome, Outcome::Done);
+    assert!(bed.cluster.steps().is_empty(), "the host was out already");
+    assert_eq!(bed.agent_stops(), 1, "its agent may still run");
+    assert_eq!(bed.completions().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_finished_record_means_nothing_is_done_again() {
+    let bed = Bed::new();
+    bed.records().save(&TakeOutRecord {
+        instance_id: PEER.into(),
+        host_id: Some(PEER_HOST.into()),
+        taken_out: true,
+        hook_completed: true,
+        ..TakeOutRecord::default()
+    });
+    assert_eq!(bed.terminate(message(PEER)).await, Outcome::Done);
+    assert!(bed.cluster.steps().is_empty());
+    assert_eq!(bed.asg.calls(), 0);
+}
+
+// ---- Sources ----
+
+#[tokio::test(start_paused = true)]
+async fn a_spot_interruption_skips_evacuation_which_others_do_first() {
+    let mut bed = Bed::new();
+    bed.settings.evacuate = true;
+    let mut spot = Termination::new(OWN, Source::Spot);
+    spot.urgent = true;
+    spot.deadline = Some(SystemTime::now() + Duration::from_secs(120));
+    assert_eq!(bed.terminate(spot).await, Outcome::Done);
+    assert_eq!(bed.cluster.steps(), all_steps(OWN_HOST));
+    assert_eq!(bed.terminate(message(PEER)).await, Outcome::Done);
+    let peer_steps: Vec<Step> = bed
+        .cluster
+        .steps()
+        .into_iter()
+        .filter(|(h, _)| h == PEER_HOST)
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(
+        peer_steps,
+        [Step::Evacuate, Step::Deactivate, Step::Remove, Step::Purge]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spot_interruption_bounds_the_take_out_by_its_notice() {
+    let bed = Bed::new();
+    lock(&bed.cluster.0).step_time = Duration::from_secs(60);
+    let mut spot = Termination::new(OWN, Source::Spot);
+    spot.urgent = true;
+    spot.deadline = Some(SystemTime::now() + Duration::from_secs(90));
+    let started = Instant::now();
+    // Work past the notice is pointless: the take-out gets until then, not drain_timeout.
+    assert_eq!(bed.terminate(spot).await, Outcome::FailedButCompleted);
+    let took = started.elapsed();
+    assert!(
+        (Duration::from_secs(89)..Duration::from_secs(100)).contains(&took),
+        "{took:?}"
+    );
+    assert_eq!(
+        bed.cluster.steps(),
+        [
+            (OWN_HOST.to_string(), Step::Deactivate),
+            (OWN_HOST.to_string(), Step::Remove)
+        ]
+    );
+    assert_eq!(bed.pager.failed_steps(), ["remove"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_answer_waits_for_terminating_wait() {
+    let bed = Bed::new();
+    bed.asg.place(OWN, GROUP, "Terminating");
+    lock(&bed.asg.0).later.insert(
+        OWN.into(),
+        (
+            Instant::now() + Duration::from_secs(20),
+            "Terminating:Wait".into(),
+        ),
+    );
+    let started = Instant::now();
+    let outcome = bed
+        .terminate(Termination::new(OWN, Source::ImdsTargetState))
+        .await;
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(bed.completions().len(), 1);
+    assert!(started.elapsed() >= Duration::from_secs(20));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_action_answered_elsewhere_counts_as_done() {
+    let bed = Bed::new();
+    bed.asg.place(PEER, GROUP, "Terminating:Proceed");
+    assert_eq!(bed.terminate(message(PEER)).await, Outcome::Done);
+    assert!(bed.completions().is_empty(), "nothing left to complete");
+    assert!(bed.record(PEER).expect("record").finished());
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_keep_a_slow_take_out_alive() {
+    let bed = Bed::new();
+    bed.asg
+        .set_hooks(GROUP, vec![hook(HOOK, TERMINATING_TRANSITION, 30)]);
+    lock(&bed.cluster.0).step_time = Duration::from_secs(25);
+    assert_eq!(bed.terminate(message(PEER)).await, Outcome::Done);
+    // 75 s of steps at one heartbeat per 10 s.
+    let beats = lock(&bed.asg.0).heartbeats;
+    assert!((6..=8).contains(&beats), "{beats} heartbeats");
+}
+
+// ---- The one door: duplicates, settled work, stops ----
+
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_joins_the_take_out_under_way() {
+    let bed = Bed::new();
+    lock(&bed.cluster.0).step_time = Duration::from_secs(5);
+    let running = bed.start();
+    let first = running.send(message(OWN)).await;
+    let second = running
+        .send(Termination::new(OWN, Source::ImdsTargetState))
+        .await;
+    let again = running.send(message(OWN)).await;
+    for reply in [first, second, again] {
+        assert_eq!(reply.await.expect("outcome"), Outcome::Done);
+    }
+    assert_eq!(bed.cluster.steps(), all_steps(OWN_HOST), "one take-out");
+    assert_eq!(bed.completions().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn settled_work_is_answered_at_once_and_not_done_again() {
+    let bed = Bed::new();
+    let running = bed.start();
+    assert_eq!(
+        running.send(message(PEER)).await.await.expect("outcome"),
+        Outcome::Done
+    );
+    let calls = bed.asg.calls();
+    assert_eq!(
+        running.send(message(PEER)).await.await.expect("outcome"),
+        Outcome::Done
+    );
+    assert_eq!(bed.asg.calls(), calls, "no call for a settled instance");
+    assert_eq!(bed.cluster.steps(), all_steps(PEER_HOST));
+}
+
+#[tokio::test(start_paused = true)]
+async fn work_that_was_not_settled_is_tried_again() {
+    let bed = Bed::new();
+    bed.asg.place(PEER, GROUP, "InService");
+    let running = bed.start();
+    assert_eq!(
+        running.send(message(PEER)).await.await.expect("outcome"),
+        Outcome::NotCompleted
+    );
+    bed.asg.place(PEER, GROUP, "Terminating:Wait");
+    assert_eq!(
+        running.send(message(PEER)).await.await.expect("outcome"),
+        Outcome::Done
+    );
+    assert_eq!(bed.completions().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hard_stop_during_a_take_out_leaves_it_to_resume() {
+    let bed = Bed::new();
+    lock(&bed.cluster.0).step_time = Duration::from_secs(5);
+    let running = bed.start();
+    let reply = running
+        .send(Termination::new(OWN, Source::ImdsTargetState))
+        .await;
+    until("the first step", || !bed.cluster.steps().is_empty()).await;
+    running.stop.cancel();
+    running.tracker.close();
+    running.tracker.wait().await;
+    assert!(reply.await.is_err(), "no outcome: the work was cut short");
+    let record = bed.record(OWN).expect("record");
+    assert!(!record.finished());
+    assert!(bed.completions().is_empty());
+    // A restart resumes from the record and finishes, answering once.
+    assert_eq!(
+        bed.terminate(Termination::new(OWN, Source::Resume)).await,
+        Outcome::Done
+    );
+    assert_eq!(bed.cluster.state(OWN_HOST).as_deref(), Some("purged"));
+    assert_eq!(bed.completions().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wind_down_drops_work_not_started_and_finishes_work_under_way() {
+    let bed = Bed::new();
+    lock(&bed.cluster.0).step_time = Duration::from_secs(5);
+    let running = bed.start();
+    let under_way = running.send(message(PEER)).await;
+    until("the peer's take-out started", || {
+        !bed.cluster.steps().is_empty()
+    })
+    .await;
+    // Sent but not taken yet: the consumer has not run since.
+    let (work, not_started) = Work::terminate(Termination::new(OWN, Source::ImdsTargetState));
+    running.door.try_send(work).expect("room in the door");
+    running.intake.cancel();
+    assert!(
+        not_started.await.is_err(),
+        "dropped, so that it is handed back"
+    );
+    assert_eq!(under_way.await.expect("outcome"), Outcome::Done);
+    running.tracker.close();
+    running.tracker.wait().await;
+    assert!(running.door.is_closed());
+    assert_eq!(bed.cluster.state(OWN_HOST).as_deref(), Some("active"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_that_keeps_the_host_waits_for_its_take_out_under_way() {
+    let bed = Bed::new();
+    lock(&bed.cluster.0).step_time = Duration::from_secs(5);
+    let running = bed.start();
+    let first = running.send(message(OWN)).await;
+    until("the take-out started", || !bed.cluster.steps().is_empty()).await;
+    let stop = running.stop_work(None).await;
+    assert_eq!(stop.await.expect("outcome"), Some(Outcome::Done));
+    assert_eq!(first.await.expect("outcome"), Outcome::Done);
+    assert_eq!(bed.cluster.steps(), all_steps(OWN_HOST));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_that_keeps_the_host_changes_nothing() {
+    let bed = Bed::new();
+    let running = bed.start();
+    assert_eq!(running.stop_work(None).await.await.expect("answer"), None);
+    assert!(bed.cluster.steps().is_empty());
+    assert_eq!(bed.asg.calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_that_takes_the_host_out_does_so_once() {
+    let bed = Bed::new();
+    let running = bed.start();
+    let take_out = Termination::new(OWN, Source::Signal);
+    assert_eq!(
+        running
+            .stop_work(Some(take_out.clone()))
+            .await
+            .await
+            .expect("answer"),
+        Some(Outcome::Done)
+    );
+    // The machine stops after the termination was handled: answered at once.
+    assert_eq!(
+        running
+            .stop_work(Some(take_out))
+            .await
+            .await
+            .expect("answer"),
+        Some(Outcome::Done)
+    );
+    assert_eq!(bed.cluster.steps(), all_steps(OWN_HOST));
+    assert_eq!(bed.completions().len(), 1);
+}
+
+#[test]
+fn the_record_file_of_each_instance_is_its_own() {
+    let names: HashSet<String> = [OWN, PEER, STRANGER]
+        .iter()
+        .map(|i| record_file(i))
+        .collect();
+    assert_eq!(names.len(), 3);
+}
