@@ -7,15 +7,18 @@
 #
 #   scripts/testbed-setup.sh            everything
 #   scripts/testbed-setup.sh base       packages and venvs (quick)
-#   scripts/testbed-setup.sh packaging  the slow part: cargo-deb and cargo-generate-rpm, the
-#                                       scratch root; scripts/test.sh runs it beside the build
+#   scripts/testbed-setup.sh rootfs     the scratch root (debootstrap: waits on the network,
+#                                       so scripts/test.sh runs it beside the build)
+#   scripts/testbed-setup.sh tools      cargo-deb and cargo-generate-rpm (a large build, which
+#                                       scripts/test.sh runs after the main one, not beside)
+#   scripts/testbed-setup.sh packaging  rootfs and tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 part=${1:-all}
-case $part in all | base | packaging) ;; *) echo "usage: $0 [base|packaging]" >&2; exit 2 ;; esac
+case $part in all | base | rootfs | tools | packaging) ;; *) echo "usage: $0 [base|rootfs|tools|packaging]" >&2; exit 2 ;; esac
 
-if [ "$part" != packaging ]; then
+if [ "$part" = all ] || [ "$part" = base ]; then
 
 need=()
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
@@ -56,22 +59,25 @@ fi
 
 fi
 
-if [ "$part" != base ]; then
+if [ "$part" = all ] || [ "$part" = packaging ] || [ "$part" = rootfs ]; then
     # A scratch Debian root (minbase plus systemd) that the package tests install the .deb
     # into (dpkg --root, rpm --root) and run systemd-analyze verify against; copied per test.
-    # Fetched in the background while the tools build: one waits on the network, the other
-    # on the CPU.
     rootfs=.testbed/rootfs
-    bootstrap=
     if [ ! -x "$rootfs/usr/bin/systemd-analyze" ]; then
         echo "testbed-setup: debootstrapping a scratch Debian root into $rootfs"
         rm -rf "$rootfs" "$rootfs.partial"
         suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
-        debootstrap --variant=minbase --include=systemd "$suite" "$rootfs.partial" \
-            http://deb.debian.org/debian >.testbed/debootstrap.log 2>&1 &
-        bootstrap=$!
+        if ! debootstrap --variant=minbase --include=systemd "$suite" "$rootfs.partial" \
+            http://deb.debian.org/debian >.testbed/debootstrap.log 2>&1; then
+            echo "testbed-setup: debootstrap failed:" >&2
+            tail -20 .testbed/debootstrap.log >&2
+            exit 1
+        fi
+        mv "$rootfs.partial" "$rootfs"
     fi
+fi
 
+if [ "$part" = all ] || [ "$part" = packaging ] || [ "$part" = tools ]; then
     # Packaging tools, pinned, in the repo's own cargo root so that nothing global changes.
     # Built unoptimised but for the digest and checksum crates the .rpm spends its time in:
     # a third of the CPU time of a release build, and as fast on the test packages.
@@ -84,14 +90,5 @@ if [ "$part" != base ]; then
         done
         cargo install -q --locked --debug --root "$tools" --config profile.dev.debug=0 \
             "${fast[@]}" cargo-deb@3.8.0 cargo-generate-rpm@0.21.1
-    fi
-
-    if [ -n "$bootstrap" ]; then
-        if ! wait "$bootstrap"; then
-            echo "testbed-setup: debootstrap failed:" >&2
-            tail -20 .testbed/debootstrap.log >&2
-            exit 1
-        fi
-        mv "$rootfs.partial" "$rootfs"
     fi
 fi
