@@ -236,6 +236,8 @@ struct AsgState {
     later: HashMap<String, (Instant, String)>,
     hooks: HashMap<String, Vec<LifecycleHook>>,
     completions: Vec<Completed>,
+    /// Completions refused because the instance was not waiting.
+    refused: usize,
     heartbeats: usize,
     calls: usize,
     membership_fails: bool,
@@ -326,6 +328,7 @@ impl LifecycleActions for FakeAsg {
         let mut s = lock(&self.0);
         s.calls += 1;
         if state.as_deref() != Some("Terminating:Wait") {
+            s.refused += 1;
             return Err(FakeError {
                 text: format!(
                     "ValidationError: No active Lifecycle Action found with instance ID {}",
@@ -984,6 +987,11 @@ async fn the_answer_waits_for_terminating_wait() {
     assert_eq!(outcome, Outcome::Done);
     assert_eq!(bed.completions().len(), 1);
     assert!(started.elapsed() >= Duration::from_secs(20));
+    assert_eq!(
+        lock(&bed.asg.0).refused,
+        0,
+        "never asked before Terminating:Wait"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -1029,18 +1037,22 @@ async fn a_duplicate_joins_the_take_out_under_way() {
 #[tokio::test(start_paused = true)]
 async fn settled_work_is_answered_at_once_and_not_done_again() {
     let bed = Bed::new();
+    // Failed but answered: the record is not finished, only the consumer knows it settled.
+    bed.cluster.fail(Step::Deactivate, "Rancher answered 500");
     let running = bed.start();
     assert_eq!(
         running.send(message(PEER)).await.await.expect("outcome"),
-        Outcome::Done
+        Outcome::FailedButCompleted
     );
     let calls = bed.asg.calls();
+    let steps = bed.cluster.steps();
     assert_eq!(
         running.send(message(PEER)).await.await.expect("outcome"),
-        Outcome::Done
+        Outcome::FailedButCompleted
     );
     assert_eq!(bed.asg.calls(), calls, "no call for a settled instance");
-    assert_eq!(bed.cluster.steps(), all_steps(PEER_HOST));
+    assert_eq!(bed.cluster.steps(), steps, "no second take-out");
+    assert_eq!(bed.pager.failed_steps(), ["deactivate"], "paged once");
 }
 
 #[tokio::test(start_paused = true)]
@@ -1099,9 +1111,11 @@ async fn a_wind_down_drops_work_not_started_and_finishes_work_under_way() {
     let (work, not_started) = Work::terminate(Termination::new(OWN, Source::ImdsTargetState));
     running.door.try_send(work).expect("room in the door");
     running.intake.cancel();
+    // At once, not when the work under way ends: its source hands its input back now.
+    let dropped = tokio::time::timeout(Duration::from_secs(1), not_started).await;
     assert!(
-        not_started.await.is_err(),
-        "dropped, so that it is handed back"
+        matches!(dropped, Ok(Err(_))),
+        "dropped at once, so that it is handed back"
     );
     assert_eq!(under_way.await.expect("outcome"), Outcome::Done);
     running.tracker.close();
