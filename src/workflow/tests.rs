@@ -468,6 +468,17 @@ impl Bed {
         bed
     }
 
+    /// The group gets a second termination hook, `second`, after `drain`.
+    fn two_termination_hooks(&self) {
+        self.asg.set_hooks(
+            GROUP,
+            vec![
+                hook(HOOK, TERMINATING_TRANSITION, 300),
+                hook("second", TERMINATING_TRANSITION, 300),
+            ],
+        );
+    }
+
     fn records(&self) -> Records {
         Records::new(StateDir::new(self.dir.path()))
     }
@@ -696,13 +707,7 @@ async fn a_message_auto_scaling_cannot_confirm_changes_nothing() {
 #[tokio::test(start_paused = true)]
 async fn the_termination_hook_the_message_names_is_answered() {
     let bed = Bed::new();
-    bed.asg.set_hooks(
-        GROUP,
-        vec![
-            hook(HOOK, TERMINATING_TRANSITION, 300),
-            hook("second", TERMINATING_TRANSITION, 300),
-        ],
-    );
+    bed.two_termination_hooks();
     let mut t = message(PEER);
     t.hook = Some("second".into());
     assert_eq!(bed.terminate(t).await, Outcome::Done);
@@ -727,13 +732,7 @@ async fn a_named_hook_that_is_no_termination_hook_is_not_answered() {
 #[tokio::test(start_paused = true)]
 async fn the_configured_hook_is_answered_when_the_source_names_none() {
     let mut bed = Bed::new();
-    bed.asg.set_hooks(
-        GROUP,
-        vec![
-            hook(HOOK, TERMINATING_TRANSITION, 300),
-            hook("second", TERMINATING_TRANSITION, 300),
-        ],
-    );
+    bed.two_termination_hooks();
     bed.settings.hook_name = Some("second".into());
     let outcome = bed
         .terminate(Termination::new(OWN, Source::ImdsTargetState))
