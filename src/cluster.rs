@@ -452,7 +452,8 @@ mod tests {
         })
         .await;
         let id = active_host(&server);
-        server.inject("action=purge", Some("POST"), 500, 1000);
+        let purge = testbed::http::Match::action("purge").method("POST");
+        server.fail(purge, testbed::http::Fault::Status(500), 1000);
         let lines = std::sync::Mutex::new(Vec::<String>::new());
         let progress = |l: &str| lines.lock().expect("lines").push(l.to_string());
         let deadline = Instant::now() + Duration::from_secs(2);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use common::{all_files_text, Bed, BedOptions, DockerMode, ACCESS, SECRET};
 use nix::sys::signal::Signal;
+use testbed::http::{Fault, Match};
 use testbed::imds::ImdsOptions;
 use testbed::rancher::{HostSpec, RancherOptions};
 
@@ -169,7 +170,7 @@ async fn docker_coming_up_after_drover_is_waited_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imds_answering_500_at_first_is_retried() {
     let bed = Bed::start().await;
-    bed.imds.fail_next(4, 500);
+    bed.imds.fail(Match::any(), Fault::Status(500), 4);
     let run = bed.drover(&["register"]).await;
     run.assert_code(0);
     let failures = bed

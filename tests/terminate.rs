@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{direct_message, eventually, Bed, BedOptions, GROUP, HOOK, ROUTING_KEY};
 use nix::sys::signal::Signal;
+use testbed::http::{Fault, Match};
 use testbed::moto::MotoServer;
 use testbed::rancher::{HostSpec, RancherOptions};
 
@@ -299,10 +300,10 @@ async fn a_hook_auto_scaling_cannot_name_keeps_the_message_and_pages() {
         .expect("token");
     // DescribeLifecycleHooks refused: drover cannot tell which action waits, so it must
     // neither claim the hook done nor delete the message.
-    bed.asg.fail_next(
-        "DescribeLifecycleHooks",
+    bed.asg.fail(
+        Match::action("DescribeLifecycleHooks"),
+        Fault::ValidationError,
         1000,
-        testbed::autoscaling::Fault::ValidationError,
     );
     moto.send(&queue, &direct_message(&bed.instance_id, &token))
         .await;
@@ -385,9 +386,15 @@ async fn rancher_failing_throughout_pages_then_answers_on_failure() {
         .push(("DROVER_PAGER_WEBHOOK_URL".into(), bed.pager.webhook_url()));
     let mut run = bed.spawn(&["run"]);
     run.wait_for("watching for termination", LONG).await;
-    // From now on every action answers 503, and the pager is rate limited twice.
-    bed.rancher.inject("action=", Some("POST"), 503, 100_000);
-    bed.pager.fail_next(2, 429);
+    // From now on every action (a POST on a host) answers 503, and the pager is rate
+    // limited twice.
+    bed.rancher.fail(
+        Match::path("/hosts").method("POST"),
+        Fault::Status(503),
+        100_000,
+    );
+    bed.pager
+        .fail(Match::path(testbed::pager::ENQUEUE), Fault::Throttling, 2);
     let token = bed
         .asg
         .begin_termination(&bed.instance_id, Duration::ZERO)

@@ -16,9 +16,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::process::{Child, Command};
 
-use crate::autoscaling::{AutoScalingServer, Fault as AsgFault};
+use crate::autoscaling::AutoScalingServer;
 use crate::bench::{GROUP, HOOK};
 use crate::docker::DockerEngine;
+use crate::http::{Fault, Match};
 use crate::imds::{ImdsOptions, ImdsServer};
 use crate::moto::MotoServer;
 use crate::pager::PagerServer;
@@ -607,9 +608,11 @@ level = "debug"
     async fn play(&mut self, campaign: &Campaign) -> Result<(), String> {
         let plan = self.plan.clone();
         // Faults that meet drover from its first request on.
-        if plan.sqs_errors > 0 {
-            self.sqs.fail_next("ReceiveMessage", plan.sqs_errors);
-        }
+        self.sqs.fail(
+            Match::action("ReceiveMessage"),
+            Fault::Status(500),
+            plan.sqs_errors,
+        );
         self.spawn(&campaign.drover)?;
         self.wait_for_log("watching for termination", Duration::from_secs(60))
             .await?;
@@ -617,22 +620,13 @@ level = "debug"
 
         // Faults that meet the take-out.
         for action in ["deactivate", "remove", "purge"] {
-            if plan.rancher_errors > 0 {
-                self.rancher.inject(
-                    &format!("action={action}"),
-                    Some("POST"),
-                    plan.rancher_error_status,
-                    plan.rancher_errors,
-                );
-            }
-            if plan.conflicts > 0 {
-                self.rancher.inject(
-                    &format!("action={action}"),
-                    Some("POST"),
-                    409,
-                    plan.conflicts,
-                );
-            }
+            let on = || Match::action(action).method("POST");
+            self.rancher.fail(
+                on(),
+                Fault::Status(plan.rancher_error_status),
+                plan.rancher_errors,
+            );
+            self.rancher.fail(on(), Fault::Status(409), plan.conflicts);
         }
         if !plan.rancher_latency.is_zero() {
             self.rancher.set_latency(plan.rancher_latency);
@@ -640,37 +634,36 @@ level = "debug"
         if plan.has(FaultKind::RancherStuckRemoving) {
             self.rancher.stick(&self.own_host, "removing");
         }
-        if plan.imds_errors > 0 {
-            self.imds.fail_next(plan.imds_errors, 500);
-        }
+        self.imds
+            .fail(Match::any(), Fault::Status(500), plan.imds_errors);
         if plan.has(FaultKind::ImdsTokenExpiry) {
             self.imds.expire_tokens();
         }
         if !plan.imds_latency.is_zero() {
             self.imds.set_latency(plan.imds_latency);
         }
-        if plan.asg_errors > 0 {
-            let fault = if plan.has(FaultKind::AsgThrottling) {
-                AsgFault::Throttling
-            } else {
-                AsgFault::ServiceUnavailable
-            };
-            for action in [
-                "CompleteLifecycleAction",
-                "DescribeAutoScalingInstances",
-                "DescribeLifecycleHooks",
-            ] {
-                self.asg.fail_next(action, plan.asg_errors, fault);
-            }
+        let fault = if plan.has(FaultKind::AsgThrottling) {
+            Fault::Throttling
+        } else {
+            Fault::Status(503)
+        };
+        for action in [
+            "CompleteLifecycleAction",
+            "DescribeAutoScalingInstances",
+            "DescribeLifecycleHooks",
+        ] {
+            self.asg.fail(Match::action(action), fault, plan.asg_errors);
         }
-        if plan.pager_errors > 0 {
-            let status = if plan.seed.is_multiple_of(2) {
-                429
-            } else {
-                500
-            };
-            self.pager.fail_next(plan.pager_errors, status);
-        }
+        let status = if plan.seed.is_multiple_of(2) {
+            429
+        } else {
+            500
+        };
+        self.pager.fail(
+            Match::path(crate::pager::ENQUEUE),
+            Fault::Status(status),
+            plan.pager_errors,
+        );
         if plan.has(FaultKind::RancherReset) {
             self.rancher_proxy.reset_open();
             self.rancher_proxy.reset_next(2);

@@ -3,8 +3,10 @@
 //! and the local demo (`drover-testbed demo`).
 //!
 //! Every stand-in listens on `127.0.0.1:0`, follows `shared/reference.md` to the letter
-//! (error bodies, asynchronous transitions, the AWS quirks), can inject faults and latency,
-//! and keeps a log of the requests it answered so that tests can assert on what drover did.
+//! (error bodies, asynchronous transitions, the AWS quirks), and sits behind one fault layer
+//! ([`http::Faults`]): injected faults, latency and the log of the requests it received,
+//! with the same API on each (`fail(Match, Fault, times)`, `set_latency`, `requests`), so
+//! that tests can break it and assert on what drover did.
 
 pub mod autoscaling;
 pub mod bench;
