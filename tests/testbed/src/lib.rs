@@ -10,6 +10,7 @@
 
 pub mod autoscaling;
 pub mod bench;
+pub mod config;
 pub mod docker;
 pub mod faults;
 pub mod http;
