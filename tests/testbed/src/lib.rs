@@ -9,6 +9,7 @@
 //! that tests can break it and assert on what drover did.
 
 pub mod autoscaling;
+pub mod bed;
 pub mod bench;
 pub mod config;
 pub mod docker;
