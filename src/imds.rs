@@ -516,7 +516,8 @@ mod tests {
         let server = ImdsServer::start(ImdsOptions::default()).await;
         let imds = Imds::with_endpoint(&server.url());
         // The token PUT and the first GET fail, then IMDS recovers.
-        server.fail_next(2, 500);
+        let any = testbed::http::Match::any();
+        server.fail(any, testbed::http::Fault::Status(500), 2);
         let id = imds
             .get_within("meta-data/instance-id", Duration::from_secs(10))
             .await

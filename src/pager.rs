@@ -619,6 +619,11 @@ mod tests {
         Instant::now() + Duration::from_secs(secs)
     }
 
+    /// PagerDuty's Events API; faults there leave the webhook alone.
+    fn enqueue() -> testbed::http::Match {
+        testbed::http::Match::path(testbed::pager::ENQUEUE)
+    }
+
     fn enqueue_statuses(server: &PagerServer) -> Vec<u16> {
         server
             .requests()
@@ -721,7 +726,7 @@ mod tests {
     #[tokio::test]
     async fn throttling_is_retried_then_accepted() {
         let server = PagerServer::start().await;
-        server.fail_next(2, 429);
+        server.fail(enqueue(), testbed::http::Fault::Status(429), 2);
         let pager = pager(&server, Some(KEY), false);
         pager
             .trigger(&incident(), in_secs(20))
@@ -775,7 +780,7 @@ mod tests {
     #[tokio::test]
     async fn the_deadline_bounds_retries() {
         let server = PagerServer::start().await;
-        server.fail_next(1000, 503);
+        server.fail(enqueue(), testbed::http::Fault::Status(503), 1000);
         let pager = pager(&server, Some(KEY), false);
         let started = std::time::Instant::now();
         let err = pager
@@ -934,7 +939,7 @@ mod tests {
         errors.extend(short.trigger(&incident(), in_secs(10)).await.err());
         errors.extend(short.resolve("i-1", "ok", in_secs(10)).await.err());
         // Out of time, with retries logged.
-        server.fail_next(1000, 503);
+        server.fail(enqueue(), testbed::http::Fault::Status(503), 1000);
         errors.extend(good.trigger(&incident(), in_secs(1)).await.err());
         // Nobody listening.
         let closed = {

@@ -9,9 +9,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
+use testbed::launch::{drover_bin, Endpoints, Launcher};
 
 /// Every example, by file name under `cloud-init/`.
 const EXAMPLES: [&str; 4] = [
@@ -264,16 +265,14 @@ impl CheckRun {
 
 /// Runs the built drover's `check` on `config_text` with nothing reachable: every endpoint
 /// on 127.0.0.1 port 9, a Docker socket that does not exist, a clean environment.
-fn drover_check(config_text: &str) -> CheckRun {
+async fn drover_check(config_text: String) -> CheckRun {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("drover.toml");
     let secret = dir.path().join("rancher.secret");
     let routing = dir.path().join("pagerduty.key");
     let state = dir.path().join("state");
-    let stdout_path = dir.path().join("stdout");
-    let stderr_path = dir.path().join("stderr");
     for (path, text) in [
-        (&config, config_text.to_string()),
+        (&config, config_text),
         (&secret, format!("{SAMPLE_SECRET_KEY}\n")),
         (&routing, format!("{SAMPLE_ROUTING_KEY}\n")),
     ] {
@@ -281,22 +280,8 @@ fn drover_check(config_text: &str) -> CheckRun {
         set_mode(path, 0o600);
     }
     let set = |key: &str, path: &Path| format!("{key}={}", path.display());
-    // Output to files, not pipes: nothing can block on a full pipe while we poll.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_drover"))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir.path())
-        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
-        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_CONFIG_FILE", dir.path().join("no-aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            dir.path().join("no-aws-credentials"),
-        )
-        .env("DOCKER_HOST", "unix:///nonexistent.sock")
+    let run = Launcher::new(&drover_bin(), dir.path(), "check")
+        .endpoints(&Endpoints::nowhere())
         .arg("--config")
         .arg(&config)
         .arg("--set")
@@ -306,37 +291,14 @@ fn drover_check(config_text: &str) -> CheckRun {
         .arg("--set")
         .arg(set("state.dir", &state))
         .arg("check")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
-        .spawn()
-        .expect("the built drover starts");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for drover") {
-            break Some(status);
-        }
-        if started.elapsed() > CHECK_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let read =
-        |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
-    let run = CheckRun {
-        code: status.and_then(|s| s.code()),
-        stdout: read(&stdout_path),
-        stderr: read(&stderr_path),
-    };
-    assert!(
-        status.is_some(),
-        "drover check did not finish within {CHECK_LIMIT:?}\n--- stdout\n{}\n--- stderr\n{}",
-        run.stdout,
-        run.stderr
-    );
-    run
+        .run(CHECK_LIMIT)
+        .await
+        .expect("drover check finishes");
+    CheckRun {
+        code: run.code,
+        stdout: run.stdout,
+        stderr: run.stderr,
+    }
 }
 
 fn set_mode(path: &Path, mode: u32) {
@@ -387,8 +349,8 @@ fn every_example_writes_drover_toml_0600_at_the_init_stage() {
     }
 }
 
-#[test]
-fn drover_accepts_every_example_config() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drover_accepts_every_example_config() {
     let configs: Vec<(&str, String)> = EXAMPLES
         .iter()
         .map(|name| {
@@ -406,16 +368,10 @@ fn drover_accepts_every_example_config() {
         }
     }
     // In parallel: each check waits for its unreachable dependencies.
-    let runs: Vec<(&str, CheckRun)> = std::thread::scope(|s| {
-        let handles: Vec<_> = configs
-            .iter()
-            .map(|(name, text)| (*name, s.spawn(move || drover_check(text))))
-            .collect();
-        handles
-            .into_iter()
-            .map(|(name, h)| (name, h.join().expect("check thread")))
-            .collect()
-    });
+    let checks = configs
+        .iter()
+        .map(|(name, text)| async move { (*name, drover_check(text.clone()).await) });
+    let runs: Vec<(&str, CheckRun)> = futures_util::future::join_all(checks).await;
     for (name, run) in runs {
         let context = format!(
             "{name}: exit {:?}\n--- stdout\n{}\n--- stderr\n{}",

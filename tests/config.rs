@@ -1,182 +1,184 @@
 //! Bad configuration end to end: the built binary exits 2 with one line naming the key.
 
-mod common;
+use std::collections::BTreeMap;
+use std::time::Duration;
 
-use std::path::Path;
+use testbed::bed::{set_mode, CHECKS, SECRET};
+use testbed::config::{DroverConfig, Secret};
+use testbed::launch::{drover_bin, Endpoints, Launcher, Run};
 
-use common::{drover_bin, set_mode, SECRET};
+/// A config drover accepts: the four required keys.
+fn good() -> DroverConfig {
+    let mut config = DroverConfig::default();
+    config.rancher.url = Some("https://rancher.example.com".into());
+    config.rancher.project_id = Some("1a5".into());
+    config.rancher.access_key = Some("AK".into());
+    config.rancher.secret_key = Some(Secret::Inline(SECRET.into()));
+    config
+}
 
-const GOOD: &str = r#"
-[rancher]
-url = "https://rancher.example.com"
-project_id = "1a5"
-access_key = "AK"
-secret_key = "s3cr3t-DroverTestSecretKey-9f8e7d"
-"#;
-
-/// Runs `drover <args>` with only the given config and environment.
-fn run(dir: &Path, config: &str, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+/// Runs `drover --config <it> <args>` with only the given config and environment.
+async fn run(
+    dir: &std::path::Path,
+    config: &DroverConfig,
+    ends: &Endpoints,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Run {
     let path = dir.join("drover.toml");
-    std::fs::write(&path, config).expect("config");
-    set_mode(&path, 0o600);
-    let mut cmd = std::process::Command::new(drover_bin());
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
+    config.write(&path).expect("config");
+    Launcher::new(&drover_bin(), dir, "drover")
+        .endpoints(ends)
+        .envs(env.iter().copied())
         .arg("--config")
         .arg(&path)
-        .args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("drover runs")
+        .args(args)
+        .run(Duration::from_secs(60))
+        .await
+        .expect("drover runs to its end")
 }
 
 #[track_caller]
-fn assert_config_error(config: &str, env: &[(&str, &str)], key: &str) {
+fn assert_one_line_naming(run: &Run, key: &str) {
+    assert_eq!(run.code, Some(2), "{key}: {}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {}", run.stderr);
+    assert!(lines[0].contains(key), "names {key}: {}", run.stderr);
+    assert!(!run.all().contains(SECRET), "no secret: {}", run.stderr);
+}
+
+async fn assert_config_error(config: &DroverConfig, env: &[(&str, &str)], key: &str) {
     let dir = tempfile::tempdir().expect("dir");
-    let out = run(dir.path(), config, env, &["register"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{key}: {stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one line: {stderr}");
-    assert!(lines[0].contains(key), "names {key}: {stderr}");
-    assert!(!stderr.contains(SECRET), "no secret: {stderr}");
+    let run = run(
+        dir.path(),
+        config,
+        &Endpoints::default(),
+        env,
+        &["register"],
+    )
+    .await;
+    assert_one_line_naming(&run, key);
 }
 
-#[test]
-fn missing_required_key() {
-    assert_config_error(
-        &GOOD.replace("project_id = \"1a5\"\n", ""),
-        &[],
-        "rancher.project_id",
-    );
-    assert_config_error(
-        &GOOD.replace("secret_key = \"s3cr3t-DroverTestSecretKey-9f8e7d\"\n", ""),
-        &[],
-        "rancher.secret_key",
-    );
+#[tokio::test]
+async fn missing_required_key() {
+    let mut config = good();
+    config.rancher.project_id = None;
+    assert_config_error(&config, &[], "rancher.project_id").await;
+    let mut config = good();
+    config.rancher.secret_key = None;
+    assert_config_error(&config, &[], "rancher.secret_key").await;
 }
 
-#[test]
-fn wrong_type() {
+#[tokio::test]
+async fn wrong_type() {
+    let mut config = good();
+    config.raw("agent", r#"privileged = "sometimes""#);
+    assert_config_error(&config, &[], "agent.privileged").await;
     assert_config_error(
-        &format!("{GOOD}\n[agent]\nprivileged = \"sometimes\"\n"),
-        &[],
-        "agent.privileged",
-    );
-    assert_config_error(
-        GOOD,
+        &good(),
         &[("DROVER_LIFECYCLE_EVACUATE", "perhaps")],
         "lifecycle.evacuate",
-    );
+    )
+    .await;
     // A secret of the wrong type is named but never echoed.
-    assert_config_error(
-        &GOOD.replace(
-            "secret_key = \"s3cr3t-DroverTestSecretKey-9f8e7d\"",
-            "secret_key = [\"s3cr3t-DroverTestSecretKey-9f8e7d\"]",
-        ),
-        &[],
-        "rancher.secret_key",
-    );
+    let mut config = good();
+    config.rancher.secret_key = None;
+    config.raw("rancher", &format!("secret_key = [\"{SECRET}\"]"));
+    assert_config_error(&config, &[], "rancher.secret_key").await;
 }
 
-#[test]
-fn unknown_key() {
-    assert_config_error(
-        &format!("{GOOD}\n[lifecycle]\nqueue = \"x\"\n"),
-        &[],
-        "lifecycle.queue",
-    );
-    assert_config_error(GOOD, &[("DROVER_PAGER_ROUTING", "x")], "pager.routing");
+#[tokio::test]
+async fn unknown_key() {
+    let mut config = good();
+    config.raw("lifecycle", r#"queue = "x""#);
+    assert_config_error(&config, &[], "lifecycle.queue").await;
+    assert_config_error(&good(), &[("DROVER_PAGER_ROUTING", "x")], "pager.routing").await;
 }
 
-#[test]
-fn bad_duration() {
+#[tokio::test]
+async fn bad_duration() {
+    let mut config = good();
+    config.raw("lifecycle", r#"drain_timeout = "ten minutes""#);
+    assert_config_error(&config, &[], "lifecycle.drain_timeout").await;
     assert_config_error(
-        &format!("{GOOD}\n[lifecycle]\ndrain_timeout = \"ten minutes\"\n"),
-        &[],
-        "lifecycle.drain_timeout",
-    );
-    assert_config_error(
-        GOOD,
+        &good(),
         &[("DROVER_AGENT_REGISTER_TIMEOUT", "5")],
         "agent.register_timeout",
-    );
+    )
+    .await;
 }
 
-#[test]
-fn labels_that_cannot_be_carried() {
-    for labels in [
-        r#"{ role = "a&b" }"#,
-        r#"{ "a=b" = "c" }"#,
-        r#"{ role = "" }"#,
-    ] {
-        assert_config_error(
-            &format!("{GOOD}\n[agent]\nlabels = {labels}\n"),
-            &[],
-            "agent.labels",
-        );
+#[tokio::test]
+async fn labels_that_cannot_be_carried() {
+    for (key, value) in [("role", "a&b"), ("a=b", "c"), ("role", "")] {
+        let mut config = good();
+        config.agent.labels = Some(BTreeMap::from([(key.to_string(), value.to_string())]));
+        assert_config_error(&config, &[], "agent.labels").await;
     }
-    assert_config_error(GOOD, &[("DROVER_AGENT_LABELS", "role=a&b")], "agent.labels");
+    assert_config_error(
+        &good(),
+        &[("DROVER_AGENT_LABELS", "role=a&b")],
+        "agent.labels",
+    )
+    .await;
 }
 
-#[test]
-fn unreadable_secret_file() {
-    let config = GOOD.replace(
-        "secret_key = \"s3cr3t-DroverTestSecretKey-9f8e7d\"",
-        "secret_key_file = \"/nonexistent/rancher.secret\"",
-    );
-    assert_config_error(&config, &[], "rancher.secret_key_file");
-    let config = format!("{GOOD}\n[pager]\npagerduty_routing_key_file = \"/nonexistent/pd.key\"\n");
-    assert_config_error(&config, &[], "pager.pagerduty_routing_key_file");
+#[tokio::test]
+async fn unreadable_secret_file() {
+    let mut config = good();
+    config.rancher.secret_key = Some(Secret::File("/nonexistent/rancher.secret".into()));
+    assert_config_error(&config, &[], "rancher.secret_key_file").await;
+    let mut config = good();
+    config.pager.routing_key = Some(Secret::File("/nonexistent/pd.key".into()));
+    assert_config_error(&config, &[], "pager.pagerduty_routing_key_file").await;
 }
 
-#[test]
-fn bad_flag_and_bad_subcommand_exit_2() {
+#[tokio::test]
+async fn bad_flag_and_bad_subcommand_exit_2() {
     let dir = tempfile::tempdir().expect("dir");
-    let out = run(dir.path(), GOOD, &[], &["--set", "nonsense", "register"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--set"));
-    let out = run(dir.path(), GOOD, &[], &["frobnicate"]);
-    assert_eq!(out.status.code(), Some(2));
+    let none = Endpoints::default();
+    let out = run(
+        dir.path(),
+        &good(),
+        &none,
+        &[],
+        &["--set", "nonsense", "register"],
+    )
+    .await;
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("--set"));
+    let out = run(dir.path(), &good(), &none, &[], &["frobnicate"]).await;
+    assert_eq!(out.code, Some(2));
 }
 
-#[test]
-fn loose_secret_file_mode_is_a_warning() {
+#[tokio::test]
+async fn loose_secret_file_mode_is_a_warning() {
     let dir = tempfile::tempdir().expect("dir");
     let secret = dir.path().join("secret");
     std::fs::write(&secret, SECRET).expect("secret");
     set_mode(&secret, 0o644);
-    let config = GOOD.replace(
-        "secret_key = \"s3cr3t-DroverTestSecretKey-9f8e7d\"",
-        &format!("secret_key_file = \"{}\"", secret.display()),
-    );
+    let mut config = good();
+    config.rancher.secret_key = Some(Secret::File(secret));
     // Everything else points at closed ports, so each check fails fast and is reported.
     let out = run(
         dir.path(),
         &config,
-        &[
-            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9"),
-            ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
-            ("DROVER_RANCHER_URL", "http://127.0.0.1:9"),
-            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
-            ("AWS_ACCESS_KEY_ID", "x"),
-            ("AWS_SECRET_ACCESS_KEY", "y"),
-            ("AWS_REGION", "us-east-1"),
-        ],
+        &Endpoints::nowhere(),
+        &[("DROVER_RANCHER_URL", "http://127.0.0.1:9")],
         &["check"],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
-    assert!(stderr.contains("chmod 600"), "{stderr}");
-    assert!(!stderr.contains(SECRET) && !stdout.contains(SECRET));
-    for name in common::CHECKS {
+    )
+    .await;
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(out.stderr.contains("chmod 600"), "{}", out.stderr);
+    assert!(!out.all().contains(SECRET));
+    for name in CHECKS {
         assert!(
-            stdout
+            out.stdout
                 .lines()
                 .any(|l| l.split_whitespace().nth(1) == Some(name)),
-            "a line for {name}: {stdout}"
+            "a line for {name}: {}",
+            out.stdout
         );
     }
 }

@@ -1,15 +1,15 @@
 //! `drover register` end to end: the built binary against the IMDS, Rancher and Auto Scaling
 //! stand-ins and a private Docker engine.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{all_files_text, Bed, BedOptions, DockerMode, ACCESS, SECRET};
-use nix::sys::signal::Signal;
+use testbed::bed::{all_files_text, Bed, BedOptions, DockerMode, ACCESS, SECRET};
+use testbed::config::LogFormat;
+use testbed::http::{Fault, Match};
 use testbed::imds::ImdsOptions;
+use testbed::notify::Notice;
 use testbed::rancher::{HostSpec, RancherOptions};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -153,15 +153,15 @@ async fn docker_coming_up_after_drover_is_waited_for() {
         .expect("image");
     bed.docker.stop();
 
-    let child = bed.command(&["register"]).spawn().expect("drover starts");
+    let mut run = bed.spawn(&["register"]);
     tokio::time::sleep(Duration::from_secs(5)).await;
     bed.docker.start().await.expect("engine starts late");
-    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+    let code = run
+        .wait(Duration::from_secs(90))
         .await
-        .expect("drover finishes")
-        .expect("output");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+        .expect("drover finishes");
+    let stderr = run.stderr();
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("waiting for the Docker engine"), "{stderr}");
     assert_eq!(bed.my_hosts().len(), 1);
 }
@@ -169,7 +169,7 @@ async fn docker_coming_up_after_drover_is_waited_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imds_answering_500_at_first_is_retried() {
     let bed = Bed::start().await;
-    bed.imds.fail_next(4, 500);
+    bed.imds.fail(Match::any(), Fault::Status(500), 4);
     let run = bed.drover(&["register"]).await;
     run.assert_code(0);
     let failures = bed
@@ -186,9 +186,7 @@ async fn imds_answering_500_at_first_is_retried() {
 async fn imds_token_refused_says_imds_may_be_disabled() {
     let mut bed = Bed::start().await;
     bed.imds.set_token_hang(true);
-    bed.extra_config = "".into();
-    bed.extra_env
-        .push(("DROVER_AGENT_REGISTER_TIMEOUT".into(), "6s".into()));
+    bed.config.agent.register_timeout = Some(Duration::from_secs(6));
     let run = bed.drover(&["register"]).await;
     run.assert_code(1);
     assert!(
@@ -242,7 +240,7 @@ async fn register_twice_starts_one_container_and_one_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_agent_with_its_host_registering_is_not_started_again() {
-    let bed = Bed::with(BedOptions {
+    let mut bed = Bed::with(BedOptions {
         rancher: RancherOptions {
             register_delay: Duration::from_secs(8),
             ..BedOptions::default().rancher
@@ -251,12 +249,13 @@ async fn running_agent_with_its_host_registering_is_not_started_again() {
     })
     .await;
     // First run gives up while the host is still registering; the agent keeps running.
-    let mut first = bed.command(&["register"]);
-    first.env("DROVER_AGENT_REGISTER_TIMEOUT", "4s");
-    let run = common::run_bounded(first, Duration::from_secs(60)).await;
+    let register_timeout = bed.config.agent.register_timeout;
+    bed.config.agent.register_timeout = Some(Duration::from_secs(4));
+    let run = bed.drover(&["register"]).await;
     run.assert_code(1);
     assert!(run.stderr.contains("not active within"), "{}", run.stderr);
     // The second run finds the agent and the registering host, and only waits.
+    bed.config.agent.register_timeout = register_timeout;
     let second = bed.drover(&["register"]).await;
     second.assert_code(0);
     assert!(
@@ -298,27 +297,54 @@ async fn run_waits_in_the_warm_pool_registers_in_service_and_stops_cleanly_there
         ..BedOptions::default()
     })
     .await;
-    bed.extra_env
-        .push(("DROVER_LIFECYCLE_IMDS_POLL".into(), "0s".into()));
+    bed.config.lifecycle.imds_poll = Some(Duration::ZERO);
+    let readies = |run: &testbed::launch::Running| {
+        run.notices()
+            .iter()
+            .filter(|n| **n == Notice::Ready)
+            .count()
+    };
 
     // Auto Scaling stops the instance while it waits: a clean exit, nothing registered,
     // so that systemd doesn't mark the unit failed on every parked instance.
     let mut run = bed.spawn(&["run"]);
-    run.wait_for("waiting in the warm pool", LONG).await;
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(LONG).await, Some(0), "{}", run.output());
+    // Ready while it waits, so that boot goes on.
+    run.wait_status("waiting in the warm pool", LONG)
+        .await
+        .expect("waiting in the warm pool");
+    let notices = run.notices();
+    let ready = notices.iter().position(|n| *n == Notice::Ready);
+    let waiting = notices
+        .iter()
+        .position(|n| matches!(n, Notice::Status(s) if s.contains("warm pool")));
+    assert!(ready.is_some() && ready < waiting, "{notices:?}");
+    assert_eq!(
+        run.stop(LONG).await.expect("stops"),
+        Some(0),
+        "{}",
+        run.output()
+    );
     assert!(run.output().contains("nothing was registered"));
     assert!(bed.rancher.bootstraps_seen().is_empty());
 
     // Put in service while drover waits: it registers then.
     let mut run = bed.spawn(&["run"]);
-    run.wait_for("waiting in the warm pool", LONG).await;
+    run.wait_status("waiting in the warm pool", LONG)
+        .await
+        .expect("waiting in the warm pool");
     bed.imds.set_target_lifecycle_state(Some("InService"));
-    run.wait_for("watching for termination", LONG).await;
+    run.wait_status("watching for termination", LONG)
+        .await
+        .expect("registered and watching");
+    assert_eq!(readies(&run), 2, "{:?}", run.notices());
     assert_eq!(bed.my_hosts().len(), 1);
     assert!(bed.registration().is_some());
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(LONG).await, Some(0), "{}", run.output());
+    assert_eq!(
+        run.stop(LONG).await.expect("stops"),
+        Some(0),
+        "{}",
+        run.output()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,10 +420,8 @@ async fn v1_only_server_paged_hosts_and_a_ghost_with_the_same_hostname() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_and_no_secret_anywhere() {
     let mut bed = Bed::start().await;
-    bed.extra_env
-        .push(("DROVER_LOG_FORMAT".into(), "json".into()));
-    bed.extra_env
-        .push(("DROVER_LOG_LEVEL".into(), "trace".into()));
+    bed.config.log.format = Some(LogFormat::Json);
+    bed.config.log.level = Some("trace".into());
     let run = bed.drover(&["register"]).await;
     run.assert_code(0);
     let check = bed.drover(&["check"]).await;

@@ -1,31 +1,45 @@
 //! The termination half end to end: `drover run` and `drover deregister` against the test
 //! bed, moto SQS and a private Docker engine.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{direct_message, eventually, Bed, BedOptions, GROUP, HOOK, ROUTING_KEY};
-use nix::sys::signal::Signal;
+use testbed::bed::{direct_message, eventually, Bed, BedOptions, GROUP, HOOK, ROUTING_KEY};
+use testbed::config::{OnFailure, OnSigterm, Secret};
+use testbed::http::{Fault, Match};
+use testbed::launch::Running;
 use testbed::moto::MotoServer;
 use testbed::rancher::{HostSpec, RancherOptions};
 
 const LONG: Duration = Duration::from_secs(60);
 
 /// A bed whose drover watches a fresh moto queue.
-async fn bed_with_queue(opts: BedOptions) -> (Bed, MotoServer, String) {
-    let moto = MotoServer::start().await.expect("moto starts");
-    let queue = moto.create_queue("drover-lifecycle", Some(5)).await;
-    let mut bed = Bed::with(opts).await;
-    bed.extra_env
-        .push(("AWS_ENDPOINT_URL_SQS".into(), moto.url()));
-    bed.extra_env
-        .push(("DROVER_LIFECYCLE_QUEUE_URL".into(), queue.clone()));
+async fn bed_with_queue(opts: BedOptions) -> Bed {
+    let mut bed = Bed::with(BedOptions {
+        queue: true,
+        ..opts
+    })
+    .await;
     // These tests drive terminations through the queue; IMDS polling has its own tests.
-    bed.extra_env
-        .push(("DROVER_LIFECYCLE_IMDS_POLL".into(), "0s".into()));
-    (bed, moto, queue)
+    bed.config.lifecycle.imds_poll = Some(Duration::ZERO);
+    bed
+}
+
+/// `drover run`, once it has told systemd it is ready: registered and watching.
+async fn run_ready(bed: &Bed) -> Running {
+    let mut run = bed.spawn(&["run"]);
+    run.wait_ready(LONG).await.expect("drover run ready");
+    run
+}
+
+/// SIGTERM, as at power-off; the exit code.
+async fn stop(run: &mut Running) -> Option<i32> {
+    run.stop(LONG).await.expect("drover run stops")
+}
+
+/// The pager with a routing key, so that drover pages.
+fn with_routing_key(bed: &mut Bed) {
+    bed.config.pager.routing_key = Some(Secret::Inline(ROUTING_KEY.into()));
 }
 
 fn peer(bed: &Bed, n: u32) -> (String, String) {
@@ -63,7 +77,8 @@ async fn queue_empty(moto: &MotoServer, queue: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_message_takes_the_host_out_and_completes_the_hook() {
-    let (bed, moto, queue) = bed_with_queue(BedOptions::default()).await;
+    let bed = bed_with_queue(BedOptions::default()).await;
+    let (moto, queue) = bed.queue();
     let host_id = bed.register().await;
     // A ghost with the same hostname (another engine's host, long gone) must stay untouched.
     let hostname = bed.rancher.host(&host_id).expect("host").hostname;
@@ -74,14 +89,13 @@ async fn sqs_message_takes_the_host_out_and_completes_the_hook() {
         agent_state: Some("disconnected".into()),
         agent_ip: "10.0.9.9".into(),
     });
-    let mut run = bed.spawn(&["run"]);
-    run.wait_for("watching for termination", LONG).await;
+    let mut run = run_ready(&bed).await;
 
     let token = bed
         .asg
         .begin_termination(&bed.instance_id, Duration::ZERO)
         .expect("token");
-    moto.send(&queue, &direct_message(&bed.instance_id, &token))
+    moto.send(queue, &direct_message(&bed.instance_id, &token))
         .await;
     let done = eventually("hook completed", LONG, || {
         completions_of(&bed, &bed.instance_id).into_iter().next()
@@ -111,7 +125,7 @@ async fn sqs_message_takes_the_host_out_and_completes_the_hook() {
     }
     let ghost = bed.rancher.host(&ghost).expect("ghost");
     assert_eq!(ghost.history, vec!["active".to_string()], "ghost untouched");
-    queue_empty(&moto, &queue).await;
+    queue_empty(moto, queue).await;
     // The local agent stops reconnecting.
     let agent = eventually("rancher-agent stopped", LONG, || {
         let c = futures_executor_block(bed.docker.container("rancher-agent"));
@@ -122,8 +136,7 @@ async fn sqs_message_takes_the_host_out_and_completes_the_hook() {
 
     // Stays up after its own termination, until SIGTERM.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(LONG).await, Some(0), "{}", run.output());
+    assert_eq!(stop(&mut run).await, Some(0), "{}", run.output());
     assert_eq!(completions_of(&bed, &bed.instance_id).len(), 1);
     let record = std::fs::read_to_string(
         bed.state_dir()
@@ -140,15 +153,15 @@ fn futures_executor_block<F: std::future::Future>(f: F) -> F::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_shape_and_the_test_notification() {
-    let (bed, moto, queue) = bed_with_queue(BedOptions::default()).await;
+    let bed = bed_with_queue(BedOptions::default()).await;
+    let (moto, queue) = bed.queue();
     bed.register().await;
     let (eb_instance, eb_host) = peer(&bed, 1);
     let (sns_instance, sns_host) = peer(&bed, 2);
-    let mut run = bed.spawn(&["run"]);
-    run.wait_for("watching for termination", LONG).await;
+    let mut run = run_ready(&bed).await;
 
     moto.send(
-        &queue,
+        queue,
         &serde_json::json!({
             "AccountId": "123456789012", "RequestId": "r-1",
             "AutoScalingGroupARN": "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:x:autoScalingGroupName/crawlers",
@@ -163,7 +176,7 @@ async fn every_message_shape_and_the_test_notification() {
         .begin_termination(&eb_instance, Duration::ZERO)
         .expect("token");
     moto.send(
-        &queue,
+        queue,
         &serde_json::json!({
             "version": "0", "id": "6a7e8feb-b491-4cf7-a9f1-bf3703467718",
             "detail-type": "EC2 Instance-terminate Lifecycle Action",
@@ -185,7 +198,7 @@ async fn every_message_shape_and_the_test_notification() {
         .begin_termination(&sns_instance, Duration::ZERO)
         .expect("token");
     moto.send(
-        &queue,
+        queue,
         &serde_json::json!({
             "Type": "Notification", "MessageId": "m-1",
             "TopicArn": "arn:aws:sns:us-east-1:123456789012:lifecycle",
@@ -205,11 +218,10 @@ async fn every_message_shape_and_the_test_notification() {
         assert_eq!(c.result, "CONTINUE");
         assert_eq!(bed.rancher.host(host).expect("host").state, "purged");
     }
-    queue_empty(&moto, &queue).await;
+    queue_empty(moto, queue).await;
     // The own host was not touched by peers' terminations.
     assert_eq!(bed.my_hosts()[0].state, "active");
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(LONG).await, Some(0));
+    assert_eq!(stop(&mut run).await, Some(0));
     assert!(
         run.output().contains("test notification"),
         "{}",
@@ -219,13 +231,13 @@ async fn every_message_shape_and_the_test_notification() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_without_a_host_here_is_handed_back_and_never_deleted() {
-    let (bed, moto, queue) = bed_with_queue(BedOptions::default()).await;
+    let bed = bed_with_queue(BedOptions::default()).await;
+    let (moto, queue) = bed.queue();
     bed.register().await;
-    let mut run = bed.spawn(&["run"]);
-    run.wait_for("watching for termination", LONG).await;
+    let mut run = run_ready(&bed).await;
     let stranger = "i-0123456789abcdef0";
     moto.send(
-        &queue,
+        queue,
         &direct_message(stranger, "11111111-2222-3333-4444-555555555555"),
     )
     .await;
@@ -243,11 +255,14 @@ async fn a_peer_without_a_host_here_is_handed_back_and_never_deleted() {
     // forgery (or a mistake): the peer's host stays, and so does the message.
     let (healthy, healthy_host) = peer(&bed, 7);
     moto.send(
-        &queue,
+        queue,
         &direct_message(&healthy, "66666666-7777-8888-9999-000000000000"),
     )
     .await;
-    run.wait_for("not terminating", LONG).await;
+    // What drover decided is known only from it: its log says why it left the host alone.
+    run.wait_for_output("not terminating", LONG)
+        .await
+        .expect("the peer found in service");
     // A plain host of the environment, its instance in no group: nothing confirms that it
     // is terminating, so a message about it is a claim only, and its host stays.
     let plain = "i-0000000000000beef";
@@ -259,15 +274,17 @@ async fn a_peer_without_a_host_here_is_handed_back_and_never_deleted() {
         agent_ip: "10.0.3.200".into(),
     });
     moto.send(
-        &queue,
+        queue,
         &direct_message(plain, "77777777-8888-9999-aaaa-bbbbbbbbbbbb"),
     )
     .await;
-    run.wait_for("is in no Auto Scaling group", LONG).await;
+    run.wait_for_output("is in no Auto Scaling group", LONG)
+        .await
+        .expect("the plain host found in no group");
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Never deleted: all are in the queue, or in its dead-letter queue when the hand-backs
     // used up the redrive policy's 5 receives (the stranger's can, in a couple of seconds).
-    let (visible, hidden) = moto.approximate_counts(&queue).await;
+    let (visible, hidden) = moto.approximate_counts(queue).await;
     let (dead, dead_hidden) = moto.approximate_counts(&format!("{queue}-dlq")).await;
     assert_eq!(
         visible + hidden + dead + dead_hidden,
@@ -279,34 +296,34 @@ async fn a_peer_without_a_host_here_is_handed_back_and_never_deleted() {
         let host = bed.rancher.host(id).expect("peer host");
         assert_eq!(host.history, vec!["active".to_string()], "{id}");
     }
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(LONG).await, Some(0));
+    assert_eq!(stop(&mut run).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hook_auto_scaling_cannot_name_keeps_the_message_and_pages() {
-    let (mut bed, moto, queue) = bed_with_queue(BedOptions::default()).await;
+    let mut bed = bed_with_queue(BedOptions::default()).await;
     let host_id = bed.register().await;
-    bed.extra_env.push((
-        "DROVER_PAGER_PAGERDUTY_ROUTING_KEY".into(),
-        ROUTING_KEY.into(),
-    ));
-    let mut run = bed.spawn(&["run"]);
-    run.wait_for("watching for termination", LONG).await;
+    with_routing_key(&mut bed);
+    let (moto, queue) = bed.queue();
+    let mut run = run_ready(&bed).await;
     let token = bed
         .asg
         .begin_termination(&bed.instance_id, Duration::ZERO)
         .expect("token");
     // DescribeLifecycleHooks refused: drover cannot tell which action waits, so it must
     // neither claim the hook done nor delete the message.
-    bed.asg.fail_next(
-        "DescribeLifecycleHooks",
+    bed.asg.fail(
+        Match::action("DescribeLifecycleHooks"),
+        Fault::ValidationError,
         1000,
-        testbed::autoscaling::Fault::ValidationError,
     );
-    moto.send(&queue, &direct_message(&bed.instance_id, &token))
+    moto.send(queue, &direct_message(&bed.instance_id, &token))
         .await;
-    run.wait_for("lifecycle action not completed", LONG).await;
+    // Nothing outside drover shows that it gave up on the message for now, and the take-out
+    // record is written just before: its log line is the point to look at the queue.
+    run.wait_for_output("lifecycle action not completed", LONG)
+        .await
+        .expect("drover keeps the message");
     assert_eq!(bed.rancher.host(&host_id).expect("host").state, "purged");
     assert!(completions_of(&bed, &bed.instance_id).is_empty());
     let pages = bed.pager.events();
@@ -316,7 +333,7 @@ async fn a_hook_auto_scaling_cannot_name_keeps_the_message_and_pages() {
         "{}",
         pages[0]
     );
-    let (visible, hidden) = moto.approximate_counts(&queue).await;
+    let (visible, hidden) = moto.approximate_counts(queue).await;
     assert_eq!(visible + hidden, 1, "the message stays for another try");
     let record: serde_json::Value = serde_json::from_slice(
         &std::fs::read(
@@ -328,13 +345,12 @@ async fn a_hook_auto_scaling_cannot_name_keeps_the_message_and_pages() {
     .expect("json");
     assert_eq!(record["taken_out"], true);
     assert_eq!(record["hook_completed"], false);
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(LONG).await, Some(0));
+    assert_eq!(stop(&mut run).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_transitions_are_covered_by_heartbeats() {
-    let (bed, moto, queue) = bed_with_queue(BedOptions {
+    let bed = bed_with_queue(BedOptions {
         rancher: RancherOptions {
             transition_delay: Duration::from_secs(3),
             ..BedOptions::default().rancher
@@ -343,14 +359,14 @@ async fn slow_transitions_are_covered_by_heartbeats() {
         ..BedOptions::default()
     })
     .await;
+    let (moto, queue) = bed.queue();
     bed.register().await;
-    let mut run = bed.spawn(&["run"]);
-    run.wait_for("watching for termination", LONG).await;
+    let mut run = run_ready(&bed).await;
     let token = bed
         .asg
         .begin_termination(&bed.instance_id, Duration::ZERO)
         .expect("token");
-    moto.send(&queue, &direct_message(&bed.instance_id, &token))
+    moto.send(queue, &direct_message(&bed.instance_id, &token))
         .await;
     let done = eventually("hook completed", LONG, || {
         completions_of(&bed, &bed.instance_id).into_iter().next()
@@ -365,34 +381,33 @@ async fn slow_transitions_are_covered_by_heartbeats() {
         "heartbeats: {:?}",
         bed.asg.heartbeats()
     );
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(LONG).await, Some(0));
+    assert_eq!(stop(&mut run).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rancher_failing_throughout_pages_then_answers_on_failure() {
-    let (mut bed, moto, queue) = bed_with_queue(BedOptions::default()).await;
+    let mut bed = bed_with_queue(BedOptions::default()).await;
     bed.register().await;
-    bed.extra_env.push((
-        "DROVER_PAGER_PAGERDUTY_ROUTING_KEY".into(),
-        ROUTING_KEY.into(),
-    ));
-    bed.extra_env
-        .push(("DROVER_LIFECYCLE_DRAIN_TIMEOUT".into(), "5s".into()));
-    bed.extra_env
-        .push(("DROVER_LIFECYCLE_ON_FAILURE".into(), "abandon".into()));
-    bed.extra_env
-        .push(("DROVER_PAGER_WEBHOOK_URL".into(), bed.pager.webhook_url()));
-    let mut run = bed.spawn(&["run"]);
-    run.wait_for("watching for termination", LONG).await;
-    // From now on every action answers 503, and the pager is rate limited twice.
-    bed.rancher.inject("action=", Some("POST"), 503, 100_000);
-    bed.pager.fail_next(2, 429);
+    with_routing_key(&mut bed);
+    bed.config.lifecycle.drain_timeout = Some(Duration::from_secs(5));
+    bed.config.lifecycle.on_failure = Some(OnFailure::Abandon);
+    bed.config.pager.webhook_url = Some(bed.pager.webhook_url());
+    let (moto, queue) = bed.queue();
+    let mut run = run_ready(&bed).await;
+    // From now on every action (a POST on a host) answers 503, and the pager is rate
+    // limited twice.
+    bed.rancher.fail(
+        Match::path("/hosts").method("POST"),
+        Fault::Status(503),
+        100_000,
+    );
+    bed.pager
+        .fail(Match::path(testbed::pager::ENQUEUE), Fault::Throttling, 2);
     let token = bed
         .asg
         .begin_termination(&bed.instance_id, Duration::ZERO)
         .expect("token");
-    moto.send(&queue, &direct_message(&bed.instance_id, &token))
+    moto.send(queue, &direct_message(&bed.instance_id, &token))
         .await;
     let done = eventually("hook answered", LONG, || {
         completions_of(&bed, &bed.instance_id).into_iter().next()
@@ -424,9 +439,8 @@ async fn rancher_failing_throughout_pages_then_answers_on_failure() {
     assert_eq!(enqueues, 3, "two 429s, then accepted");
     assert_eq!(bed.pager.webhooks().len(), 1);
     // The hook is completed (with ABANDON), so the message goes.
-    queue_empty(&moto, &queue).await;
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(LONG).await, Some(0));
+    queue_empty(moto, queue).await;
+    assert_eq!(stop(&mut run).await, Some(0));
     // The page came before the lifecycle answer.
     let out = run.output();
     let paged_at = out.find("paged: deactivate failed").expect("paged");
@@ -445,26 +459,24 @@ async fn killed_while_removing_then_restarted_resumes_and_completes_once() {
         ..BedOptions::default()
     })
     .await;
-    bed.extra_env
-        .push(("DROVER_LIFECYCLE_IMDS_POLL".into(), "300ms".into()));
+    bed.config.lifecycle.imds_poll = Some(Duration::from_millis(300));
     let host_id = bed.register().await;
     bed.rancher.stick(&host_id, "removing");
-    let mut first = bed.spawn(&["run"]);
-    first.wait_for("watching for termination", LONG).await;
+    let mut first = run_ready(&bed).await;
     bed.asg.begin_termination(&bed.instance_id, Duration::ZERO);
     bed.imds.set_target_lifecycle_state(Some("Terminated"));
     eventually("host removing", LONG, || {
         bed.rancher.host(&host_id).filter(|h| h.state == "removing")
     })
     .await;
-    first.signal(Signal::SIGKILL);
-    first.wait(LONG).await;
+    first.kill().await;
     bed.rancher.unstick(&host_id);
 
     let mut second = bed.spawn(&["run"]);
     second
-        .wait_for("resuming an unfinished take-out", LONG)
-        .await;
+        .wait_for_output("resuming an unfinished take-out", LONG)
+        .await
+        .expect("the take-out resumed");
     let done = eventually("hook completed", LONG, || {
         completions_of(&bed, &bed.instance_id).into_iter().next()
     })
@@ -475,39 +487,37 @@ async fn killed_while_removing_then_restarted_resumes_and_completes_once() {
     assert_eq!(completions_of(&bed, &bed.instance_id).len(), 1);
     // Only one host ever, and no new registration on the way out.
     assert_eq!(bed.rancher.bootstraps_seen().len(), 1);
-    second.signal(Signal::SIGTERM);
-    assert_eq!(second.wait(LONG).await, Some(0));
+    assert_eq!(stop(&mut second).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_message_twice_completes_once_and_malformed_ones_stay() {
-    let (bed, moto, queue) = bed_with_queue(BedOptions::default()).await;
+    let bed = bed_with_queue(BedOptions::default()).await;
+    let (moto, queue) = bed.queue();
     bed.register().await;
-    let mut run = bed.spawn(&["run"]);
-    run.wait_for("watching for termination", LONG).await;
-    moto.send(&queue, "this is not json").await;
-    moto.send(&queue, "{\"EC2InstanceId\": 42}").await;
+    let mut run = run_ready(&bed).await;
+    moto.send(queue, "this is not json").await;
+    moto.send(queue, "{\"EC2InstanceId\": 42}").await;
     let token = bed
         .asg
         .begin_termination(&bed.instance_id, Duration::ZERO)
         .expect("token");
     let body = direct_message(&bed.instance_id, &token);
-    moto.send(&queue, &body).await;
-    moto.send(&queue, &body).await;
+    moto.send(queue, &body).await;
+    moto.send(queue, &body).await;
     eventually("hook completed", LONG, || {
         completions_of(&bed, &bed.instance_id).into_iter().next()
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(completions_of(&bed, &bed.instance_id).len(), 1);
-    let (visible, hidden) = moto.approximate_counts(&queue).await;
+    let (visible, hidden) = moto.approximate_counts(queue).await;
     assert_eq!(
         visible + hidden,
         2,
         "the two malformed messages stay for the redrive policy"
     );
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(LONG).await, Some(0));
+    assert_eq!(stop(&mut run).await, Some(0));
     let out = run.output();
     assert!(out.contains("malformed lifecycle message"), "{out}");
     assert!(!out.contains(&token), "the token is never logged");
@@ -516,11 +526,9 @@ async fn the_same_message_twice_completes_once_and_malformed_ones_stay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imds_terminated_seconds_before_terminating_wait() {
     let mut bed = Bed::start().await;
-    bed.extra_env
-        .push(("DROVER_LIFECYCLE_IMDS_POLL".into(), "300ms".into()));
+    bed.config.lifecycle.imds_poll = Some(Duration::from_millis(300));
     let host_id = bed.register().await;
-    let mut run = bed.spawn(&["run"]);
-    run.wait_for("watching for termination", LONG).await;
+    let mut run = run_ready(&bed).await;
     // IMDS says Terminated now; the group reaches Terminating:Wait only 4 s later.
     bed.asg
         .begin_termination(&bed.instance_id, Duration::from_secs(4));
@@ -545,20 +553,16 @@ async fn imds_terminated_seconds_before_terminating_wait() {
         .count();
     assert_eq!(completes, 1, "one call, once the group was waiting");
     assert_eq!(bed.rancher.host(&host_id).expect("host").state, "purged");
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(LONG).await, Some(0));
+    assert_eq!(stop(&mut run).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spot_interruption_takes_the_host_out_at_once() {
     let mut bed = Bed::start().await;
-    bed.extra_env
-        .push(("DROVER_LIFECYCLE_IMDS_POLL".into(), "300ms".into()));
-    bed.extra_env
-        .push(("DROVER_LIFECYCLE_EVACUATE".into(), "true".into()));
+    bed.config.lifecycle.imds_poll = Some(Duration::from_millis(300));
+    bed.config.lifecycle.evacuate = Some(true);
     let host_id = bed.register().await;
-    let mut run = bed.spawn(&["run"]);
-    run.wait_for("watching for termination", LONG).await;
+    let mut run = run_ready(&bed).await;
     bed.imds.set_spot_action(Some(serde_json::json!({
         "action": "terminate",
         "time": humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(120)).to_string()
@@ -575,22 +579,17 @@ async fn spot_interruption_takes_the_host_out_at_once() {
     assert!(!evacuated, "no time for evacuation with a Spot notice");
     // The group has not started terminating it: nothing to complete.
     assert!(bed.asg.completions().is_empty());
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(LONG).await, Some(0));
+    assert_eq!(stop(&mut run).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_on_sigterm_exit_keeps_the_host() {
     let mut bed = Bed::start().await;
-    bed.extra_env
-        .push(("DROVER_LIFECYCLE_ON_SIGTERM".into(), "exit".into()));
-    bed.extra_env
-        .push(("DROVER_LIFECYCLE_IMDS_POLL".into(), "0s".into()));
+    bed.config.lifecycle.on_sigterm = Some(OnSigterm::Exit);
+    bed.config.lifecycle.imds_poll = Some(Duration::ZERO);
     let host_id = bed.register().await;
-    let mut run = bed.spawn(&["run"]);
-    run.wait_for("watching for termination", LONG).await;
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(LONG).await, Some(0));
+    let mut run = run_ready(&bed).await;
+    assert_eq!(stop(&mut run).await, Some(0));
     assert!(
         run.output().contains("the host stays registered"),
         "{}",
@@ -665,15 +664,20 @@ async fn deregister_if_going_away_acts_only_when_the_machine_goes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_on_sigterm_deregister_takes_the_host_out_first() {
     let mut bed = Bed::start().await;
-    bed.extra_env
-        .push(("DROVER_LIFECYCLE_ON_SIGTERM".into(), "deregister".into()));
-    bed.extra_env
-        .push(("DROVER_LIFECYCLE_IMDS_POLL".into(), "0s".into()));
+    bed.config.lifecycle.on_sigterm = Some(OnSigterm::Deregister);
+    bed.config.lifecycle.imds_poll = Some(Duration::ZERO);
     let host_id = bed.register().await;
-    let mut run = bed.spawn(&["run"]);
-    run.wait_for("watching for termination", LONG).await;
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(LONG).await, Some(0), "{}", run.output());
+    let mut run = run_ready(&bed).await;
+    run.signal(nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    // systemd hears that the stop has begun before the take-out does its work.
+    run.wait_stopping(LONG).await.expect("STOPPING=1");
+    assert_eq!(
+        run.wait(LONG).await.expect("drover run stops"),
+        Some(0),
+        "{}",
+        run.output()
+    );
     // drover exited only after the host was out.
     assert_eq!(bed.rancher.host(&host_id).expect("host").state, "purged");
     assert!(run.output().contains("taking the host out before stopping"));
@@ -683,24 +687,19 @@ async fn sigterm_with_on_sigterm_deregister_takes_the_host_out_first() {
 async fn sigterm_auto_takes_the_host_out_only_when_the_instance_is_terminating() {
     let mut bed = Bed::start().await;
     // IMDS polling off, so that only the signal can act.
-    bed.extra_env
-        .push(("DROVER_LIFECYCLE_IMDS_POLL".into(), "0s".into()));
+    bed.config.lifecycle.imds_poll = Some(Duration::ZERO);
     let host_id = bed.register().await;
 
     // Not terminating (a reboot, a restart of the service): the host stays.
-    let mut run = bed.spawn(&["run"]);
-    run.wait_for("watching for termination", LONG).await;
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(LONG).await, Some(0));
+    let mut run = run_ready(&bed).await;
+    assert_eq!(stop(&mut run).await, Some(0));
     assert_eq!(bed.rancher.host(&host_id).expect("host").state, "active");
 
     // Terminating per IMDS: the host goes, and the hook is completed.
-    let mut run = bed.spawn(&["run"]);
-    run.wait_for("watching for termination", LONG).await;
+    let mut run = run_ready(&bed).await;
     bed.asg.begin_termination(&bed.instance_id, Duration::ZERO);
     bed.imds.set_target_lifecycle_state(Some("Terminated"));
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait(LONG).await, Some(0), "{}", run.output());
+    assert_eq!(stop(&mut run).await, Some(0), "{}", run.output());
     assert_eq!(bed.rancher.host(&host_id).expect("host").state, "purged");
     let done = completions_of(&bed, &bed.instance_id);
     assert_eq!(done.len(), 1);
@@ -710,12 +709,8 @@ async fn sigterm_auto_takes_the_host_out_only_when_the_instance_is_terminating()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_take_out_pages_and_a_later_success_resolves() {
     let mut bed = Bed::start().await;
-    bed.extra_env.push((
-        "DROVER_PAGER_PAGERDUTY_ROUTING_KEY".into(),
-        ROUTING_KEY.into(),
-    ));
-    bed.extra_env
-        .push(("DROVER_LIFECYCLE_DRAIN_TIMEOUT".into(), "3s".into()));
+    with_routing_key(&mut bed);
+    bed.config.lifecycle.drain_timeout = Some(Duration::from_secs(3));
     let host_id = bed.register().await;
     bed.rancher.stick(&host_id, "deactivating");
     let first = bed.drover(&["deregister"]).await;

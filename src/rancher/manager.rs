@@ -512,7 +512,8 @@ mod tests {
         })
         .await;
         let id = active_host(&server);
-        server.inject("action=purge", Some("POST"), 500, 1000);
+        let purge = testbed::http::Match::action("purge").method("POST");
+        server.fail(purge, testbed::http::Fault::Status(500), 1000);
         let rancher = rancher(&server).await;
         let deadline = Instant::now() + Duration::from_secs(2);
         rancher

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use rand::Rng;
@@ -60,18 +60,6 @@ pub struct Heartbeat {
     pub instance_id: String,
     /// Since the stand-in started.
     pub at: Duration,
-}
-
-/// A failure to inject into the next calls of an action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// 400 `Throttling`, "Rate exceeded".
-    Throttling,
-    /// 503 `ServiceUnavailable`.
-    ServiceUnavailable,
-    /// 400 `ValidationError` "No active Lifecycle Action found with instance ID ..." (or
-    /// "... with token ..."), as when the action is already done.
-    ValidationError,
 }
 
 /// A `CompleteLifecycleAction` the service refused, with the named instance's lifecycle
@@ -160,8 +148,6 @@ struct Inner {
     completions: Vec<Completion>,
     refused: Vec<RefusedCompletion>,
     heartbeats: Vec<Heartbeat>,
-    faults: HashMap<String, (usize, Fault)>,
-    latency: Duration,
 }
 
 impl Inner {
@@ -210,7 +196,6 @@ impl Inner {
 
 struct Shared {
     inner: Mutex<Inner>,
-    log: http::RequestLog,
 }
 
 impl Shared {
@@ -230,6 +215,7 @@ impl Shared {
 /// A running Auto Scaling stand-in; stops when dropped.
 pub struct AutoScalingServer {
     shared: Arc<Shared>,
+    faults: http::Faults,
     server: http::Server,
 }
 
@@ -244,16 +230,18 @@ impl AutoScalingServer {
                 completions: Vec::new(),
                 refused: Vec::new(),
                 heartbeats: Vec::new(),
-                faults: HashMap::new(),
-                latency: Duration::ZERO,
             }),
-            log: http::RequestLog::default(),
         });
+        let faults = http::Faults::default();
         let router = Router::new().fallback(handle).with_state(shared.clone());
-        let server = http::Server::start(router)
+        let server = http::Server::start(faults.serve(router, render))
             .await
             .expect("bind a loopback port for the Auto Scaling stand-in");
-        AutoScalingServer { shared, server }
+        AutoScalingServer {
+            shared,
+            faults,
+            server,
+        }
     }
 
     /// What `AWS_ENDPOINT_URL_AUTO_SCALING` is set to.
@@ -343,25 +331,15 @@ impl AutoScalingServer {
         self.shared.now().0.heartbeats.clone()
     }
 
-    /// The next `n` calls of `action` (e.g. `CompleteLifecycleAction`) fail with `fault`,
-    /// without effect.
-    pub fn fail_next(&self, action: &str, n: usize, fault: Fault) {
-        self.shared
-            .lock()
-            .faults
-            .insert(action.to_string(), (n, fault));
-    }
-
-    /// Every answer is delayed by `d`.
-    pub fn set_latency(&self, d: Duration) {
-        self.shared.lock().latency = d;
-    }
-
-    /// Every request answered, with its `Action`.
-    pub fn requests(&self) -> Vec<http::LoggedRequest> {
-        self.shared.log.entries()
+    /// Injected faults, latency and the request log, each request with its `Action` (see
+    /// [`http::fault_api!`]): an injected fault fails the call without effect, with the
+    /// service's awsQuery error.
+    pub fn faults(&self) -> &http::Faults {
+        &self.faults
     }
 }
+
+http::fault_api!(AutoScalingServer);
 
 /// The request's parameters, query string and form body together.
 struct Params(Vec<(String, String)>);
@@ -396,7 +374,7 @@ impl Params {
 struct ApiError {
     status: u16,
     kind: &'static str,
-    code: &'static str,
+    code: String,
     message: String,
 }
 
@@ -405,7 +383,7 @@ impl ApiError {
         ApiError {
             status: 400,
             kind: "Sender",
-            code: "ValidationError",
+            code: "ValidationError".into(),
             message: message.into(),
         }
     }
@@ -422,21 +400,40 @@ impl ApiError {
         ))
     }
 
-    fn fault(fault: Fault, params: &Params) -> ApiError {
+    /// An injected fault, as the service answers it.
+    fn fault(fault: http::Fault, params: &Params) -> ApiError {
         match fault {
-            Fault::Throttling => ApiError {
+            http::Fault::Throttling => ApiError {
                 status: 400,
                 kind: "Sender",
-                code: "Throttling",
+                code: "Throttling".into(),
                 message: "Rate exceeded".into(),
             },
-            Fault::ServiceUnavailable => ApiError {
+            http::Fault::Status(503) => ApiError {
                 status: 503,
                 kind: "Receiver",
-                code: "ServiceUnavailable",
+                code: "ServiceUnavailable".into(),
                 message: "Service is unavailable. Please try again later.".into(),
             },
-            Fault::ValidationError => ApiError::validation(no_active_action(
+            http::Fault::Status(500) => ApiError {
+                status: 500,
+                kind: "Receiver",
+                code: "InternalFailure".into(),
+                message: "The request processing has failed because of an unknown error, exception or failure.".into(),
+            },
+            http::Fault::Status(status) => {
+                let reason = StatusCode::from_u16(status)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("Error");
+                ApiError {
+                    status,
+                    kind: if status < 500 { "Sender" } else { "Receiver" },
+                    code: reason.split_whitespace().collect(),
+                    message: reason.into(),
+                }
+            }
+            http::Fault::ValidationError => ApiError::validation(no_active_action(
                 params.value("LifecycleActionToken"),
                 params.value("InstanceId").unwrap_or(""),
             )),
@@ -461,53 +458,37 @@ fn no_active_action(token: Option<&str>, instance_id: &str) -> String {
     }
 }
 
-async fn handle(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    let query = uri.query().unwrap_or("").to_string();
+/// The request's parameters: the query string, then the form body.
+fn params(query: &str, body: &[u8]) -> Result<Params, serde_urlencoded::de::Error> {
+    let mut pairs = serde_urlencoded::from_str::<Vec<(String, String)>>(query)?;
+    pairs.extend(serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)?);
+    Ok(Params(pairs))
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, uri: Uri, body: Bytes) -> Response {
     let request_id = uuid();
-    let latency = shared.lock().latency;
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    let parsed = serde_urlencoded::from_str::<Vec<(String, String)>>(&query).and_then(|mut q| {
-        q.extend(serde_urlencoded::from_bytes::<Vec<(String, String)>>(
-            &body,
-        )?);
-        Ok(q)
-    });
-    let (action, result) = match parsed {
-        Err(e) => (
-            String::new(),
-            Err(ApiError {
-                status: 400,
-                kind: "Sender",
-                code: "MalformedQueryString",
-                message: format!("The query string is malformed: {e}"),
-            }),
-        ),
-        Ok(pairs) => {
-            let params = Params(pairs);
+    let result = match params(uri.query().unwrap_or(""), &body) {
+        Err(e) => Err(ApiError {
+            status: 400,
+            kind: "Sender",
+            code: "MalformedQueryString".into(),
+            message: format!("The query string is malformed: {e}"),
+        }),
+        Ok(params) => {
             let action = params.get("Action").unwrap_or("").to_string();
-            let result = dispatch(&shared, &action, &params, &request_id);
-            (action, result)
+            dispatch(&shared, &action, &params, &request_id)
         }
     };
-    let response = match result {
+    match result {
         Ok(body) => xml(200, &request_id, body),
         Err(e) => e.into_response(&request_id),
-    };
-    shared.log.record(
-        method.as_str(),
-        uri.path(),
-        &query,
-        &action,
-        response.status().as_u16(),
-    );
-    response
+    }
+}
+
+/// An injected fault, as the service answers it (awsQuery XML).
+fn render(fault: http::Fault, req: &http::Incoming<'_>) -> Response {
+    let params = params(req.query, req.body).unwrap_or(Params(Vec::new()));
+    ApiError::fault(fault, &params).into_response(&uuid())
 }
 
 fn dispatch(
@@ -517,12 +498,6 @@ fn dispatch(
     request_id: &str,
 ) -> Result<String, ApiError> {
     let (mut inner, now) = shared.now();
-    if let Some((left, fault)) = inner.faults.get_mut(action) {
-        if *left > 0 {
-            *left -= 1;
-            return Err(ApiError::fault(*fault, params));
-        }
-    }
     let result = match action {
         "CompleteLifecycleAction" => match complete(&mut inner, now, params) {
             Ok(()) => Ok(String::new()),
@@ -541,7 +516,7 @@ fn dispatch(
             return Err(ApiError {
                 status: 400,
                 kind: "Sender",
-                code: "MissingAction",
+                code: "MissingAction".into(),
                 message: "The request must contain the parameter Action.".into(),
             })
         }
@@ -549,7 +524,7 @@ fn dispatch(
             return Err(ApiError {
                 status: 400,
                 kind: "Sender",
-                code: "InvalidAction",
+                code: "InvalidAction".into(),
                 message: format!("Could not find operation {other} for version 2011-01-01"),
             })
         }
@@ -824,6 +799,7 @@ pub fn termination_message(group: &str, hook: &str, instance_id: &str, token: &s
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::{Fault, Match};
     use aws_sdk_autoscaling::config::retry::RetryConfig;
     use aws_sdk_autoscaling::config::{Credentials, Region};
     use aws_sdk_autoscaling::error::ProvideErrorMetadata;
@@ -1006,8 +982,21 @@ mod tests {
     async fn complete_by_instance_id_and_faults() {
         let (asg, client) = bed(Duration::from_secs(300)).await;
         asg.begin_termination(ID, Duration::ZERO);
-        asg.fail_next("CompleteLifecycleAction", 1, Fault::Throttling);
-        asg.fail_next("DescribeAutoScalingInstances", 1, Fault::ServiceUnavailable);
+        asg.fail(
+            Match::action("CompleteLifecycleAction"),
+            Fault::Throttling,
+            1,
+        );
+        asg.fail(
+            Match::action("DescribeAutoScalingInstances"),
+            Fault::Status(503),
+            1,
+        );
+        asg.fail(
+            Match::action("RecordLifecycleActionHeartbeat"),
+            Fault::ValidationError,
+            1,
+        );
         let err = complete_by_id(&client).await.expect_err("throttled");
         assert_eq!(err.code(), Some("Throttling"));
         let err = client
@@ -1017,12 +1006,33 @@ mod tests {
             .await
             .expect_err("unavailable");
         assert_eq!(err.code(), Some("ServiceUnavailable"));
+        let err = client
+            .record_lifecycle_action_heartbeat()
+            .auto_scaling_group_name(GROUP)
+            .lifecycle_hook_name(HOOK)
+            .instance_id(ID)
+            .send()
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), Some("ValidationError"));
+        assert_eq!(
+            err.message(),
+            Some(format!("No active Lifecycle Action found with instance ID {ID}").as_str())
+        );
+        assert!(
+            asg.heartbeats().is_empty(),
+            "an injected fault has no effect"
+        );
         complete_by_id(&client).await.expect("completes by id");
         let done = asg.completions();
         assert_eq!(done.len(), 1);
         assert!(!done[0].by_token && !done[0].by_timeout);
+        assert!(
+            asg.refused_completions().is_empty(),
+            "injected, not refused"
+        );
         let statuses: Vec<u16> = asg.requests().iter().map(|r| r.status).collect();
-        assert_eq!(statuses, vec![400, 503, 200]);
+        assert_eq!(statuses, vec![400, 503, 400, 200]);
     }
 
     #[tokio::test]

@@ -8,18 +8,19 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::process::{Child, Command};
 
-use crate::autoscaling::{AutoScalingServer, Fault as AsgFault};
-use crate::bench::{GROUP, HOOK};
+use crate::autoscaling::AutoScalingServer;
+use crate::bed::{GROUP, HOOK};
+use crate::config::{DroverConfig, LogFormat, OnFailure, OnSigterm, Secret};
 use crate::docker::DockerEngine;
+use crate::http::{Fault, Match};
 use crate::imds::{ImdsOptions, ImdsServer};
+use crate::launch::{Endpoints, Launcher, Running};
 use crate::moto::MotoServer;
 use crate::pager::PagerServer;
 use crate::proxy::{DockerSocketProxy, ResetProxy, SqsFaultProxy};
@@ -392,8 +393,9 @@ struct Case {
     own_host: String,
     bystander_host: String,
     plain_host: String,
-    child: Option<Child>,
-    runs: usize,
+    drover: Option<Running>,
+    /// Every run's log file, in order.
+    logs: Vec<PathBuf>,
     /// When the trigger was given, and when drover last (re)started.
     triggered: Option<Instant>,
     restarted: Option<Instant>,
@@ -434,13 +436,13 @@ impl Case {
             .await
             .map_err(|e| format!("rancher proxy: {e}"))?;
         let asg = AutoScalingServer::start().await;
-        crate::bench::add_group(&asg);
+        crate::bed::add_group(&asg, crate::bed::HOOK_TIMEOUT);
         for i in [&own, &bystander, &stranger] {
             asg.add_instance(GROUP, &i.instance_id, "m5.large", "us-east-1b");
         }
-        let own_host = crate::bench::add_active_host(&rancher, &own);
-        let bystander_host = crate::bench::add_active_host(&rancher, &bystander);
-        let plain_host = crate::bench::add_active_host(&rancher, &plain);
+        let own_host = crate::bed::add_active_host(&rancher, &own);
+        let bystander_host = crate::bed::add_active_host(&rancher, &bystander);
+        let plain_host = crate::bed::add_active_host(&rancher, &plain);
         let pager = PagerServer::start().await;
         let sqs = SqsFaultProxy::start(&campaign.moto.url())
             .await
@@ -478,8 +480,8 @@ impl Case {
             own_host,
             bystander_host,
             plain_host,
-            child: None,
-            runs: 0,
+            drover: None,
+            logs: Vec::new(),
             triggered: None,
             restarted: None,
         };
@@ -488,111 +490,67 @@ impl Case {
     }
 
     fn write_config(&self) -> std::io::Result<()> {
-        use std::os::unix::fs::PermissionsExt;
         let secret = self.dir.path().join("rancher.secret");
-        std::fs::write(&secret, SECRET)?;
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))?;
-        let queue_line = if self.plan.trigger == Trigger::Sigterm {
-            String::new()
+        crate::config::write_private(&secret, SECRET.as_bytes())?;
+        let sigterm = self.plan.trigger == Trigger::Sigterm;
+        let mut config = DroverConfig::default();
+        // Through the resetting proxy.
+        config.rancher.url = Some(self.rancher_proxy.url());
+        config.rancher.project_id = Some(self.rancher.project_id().to_string());
+        config.rancher.access_key = Some(self.rancher.access_key().to_string());
+        config.rancher.secret_key = Some(Secret::File(secret));
+        config.agent.privileged = Some(false);
+        config.agent.register_timeout = Some(Duration::from_secs(60));
+        config.lifecycle.queue_url = (!sigterm).then(|| self.queue.clone());
+        config.lifecycle.imds_poll = Some(if sigterm {
+            Duration::ZERO
         } else {
-            format!("queue_url = \"{}\"\n", self.queue)
-        };
-        let imds_poll = if self.plan.trigger == Trigger::Sigterm {
-            "0s"
-        } else {
-            "1s"
-        };
-        let text = format!(
-            r#"[rancher]
-url = "{url}"
-project_id = "{project}"
-access_key = "{access}"
-secret_key_file = "{secret}"
-
-[agent]
-privileged = false
-register_timeout = "60s"
-
-[lifecycle]
-{queue_line}imds_poll = "{imds_poll}"
-drain_timeout = "{drain}s"
-on_failure = "abandon"
-on_sigterm = "auto"
-
-[pager]
-pagerduty_routing_key = "{ROUTING_KEY}"
-pagerduty_url = "{pager}"
-
-[state]
-dir = "{state}"
-
-[log]
-format = "json"
-level = "debug"
-"#,
-            url = self.rancher_proxy.url(),
-            project = self.rancher.project_id(),
-            access = self.rancher.access_key(),
-            secret = secret.display(),
-            drain = self.plan.drain().as_secs(),
-            pager = self.pager.enqueue_url(),
-            state = self.dir.path().join("state").display(),
-        );
-        let path = self.dir.path().join("drover.toml");
-        std::fs::write(&path, text)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-    }
-
-    fn log_path(&self, run: usize) -> PathBuf {
-        self.dir.path().join(format!("drover-{run}.log"))
+            Duration::from_secs(1)
+        });
+        config.lifecycle.drain_timeout = Some(Duration::from_secs(self.plan.drain().as_secs()));
+        config.lifecycle.on_failure = Some(OnFailure::Abandon);
+        config.lifecycle.on_sigterm = Some(OnSigterm::Auto);
+        config.pager.routing_key = Some(Secret::Inline(ROUTING_KEY.into()));
+        config.pager.pagerduty_url = Some(self.pager.enqueue_url());
+        config.state.dir = Some(self.dir.path().join("state"));
+        config.log.format = Some(LogFormat::Json);
+        config.log.level = Some("debug".into());
+        config.write(&self.dir.path().join("drover.toml"))
     }
 
     /// Every run's log, in order.
     fn log(&self) -> String {
-        (0..self.runs)
-            .map(|r| std::fs::read_to_string(self.log_path(r)).unwrap_or_default())
+        self.logs
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
             .collect::<Vec<_>>()
             .join("\n")
     }
 
     fn spawn(&mut self, drover: &Path) -> Result<(), String> {
-        let log = std::fs::File::create(self.log_path(self.runs)).map_err(|e| e.to_string())?;
-        self.runs += 1;
-        let mut cmd = Command::new(drover);
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", self.dir.path())
-            .env("DROVER_CONFIG", self.dir.path().join("drover.toml"))
-            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", self.imds.url())
-            .env("AWS_ENDPOINT_URL_AUTO_SCALING", self.asg.url())
-            .env("AWS_ENDPOINT_URL_SQS", self.sqs.url())
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("DOCKER_HOST", self.docker.docker_host())
-            .arg("run")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true);
-        self.child = Some(
-            cmd.spawn()
-                .map_err(|e| format!("{}: {e}", drover.display()))?,
-        );
+        // drover's SQS calls go through the fault proxy; Rancher's URL is in the config.
+        let ends = Endpoints {
+            imds: Some(self.imds.url()),
+            autoscaling: Some(self.asg.url()),
+            sqs: Some(self.sqs.url()),
+            region: Some("us-east-1".into()),
+            docker_host: Some(self.docker.docker_host()),
+            ..Endpoints::default()
+        };
+        let running = Launcher::new(
+            drover,
+            self.dir.path(),
+            &format!("drover-{}", self.logs.len()),
+        )
+        .config(&self.dir.path().join("drover.toml"))
+        .endpoints(&ends)
+        .arg("run")
+        .spawn()?;
+        self.logs
+            .extend(running.stderr_path().map(Path::to_path_buf));
+        self.drover = Some(running);
         self.restarted = Some(Instant::now());
         Ok(())
-    }
-
-    async fn wait_for_log(&self, needle: &str, limit: Duration) -> Result<(), String> {
-        let until = Instant::now() + limit;
-        let path = self.log_path(self.runs.saturating_sub(1));
-        while Instant::now() < until {
-            if std::fs::read_to_string(&path).is_ok_and(|l| l.contains(needle)) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Err(format!("drover did not log {needle:?} within {limit:?}"))
     }
 
     fn own_completions(&self) -> usize {
@@ -608,31 +566,27 @@ level = "debug"
         let plan = self.plan.clone();
         // Faults that meet drover from its first request on.
         if plan.sqs_errors > 0 {
-            self.sqs.fail_next("ReceiveMessage", plan.sqs_errors);
+            self.sqs.fail(
+                Match::action("ReceiveMessage"),
+                Fault::Status(500),
+                plan.sqs_errors,
+            );
         }
         self.spawn(&campaign.drover)?;
-        self.wait_for_log("watching for termination", Duration::from_secs(60))
-            .await?;
+        if let Some(drover) = self.drover.as_mut() {
+            drover.wait_ready(Duration::from_secs(60)).await?;
+        }
         tokio::time::sleep(plan.trigger_after).await;
 
         // Faults that meet the take-out.
         for action in ["deactivate", "remove", "purge"] {
-            if plan.rancher_errors > 0 {
-                self.rancher.inject(
-                    &format!("action={action}"),
-                    Some("POST"),
-                    plan.rancher_error_status,
-                    plan.rancher_errors,
-                );
-            }
-            if plan.conflicts > 0 {
-                self.rancher.inject(
-                    &format!("action={action}"),
-                    Some("POST"),
-                    409,
-                    plan.conflicts,
-                );
-            }
+            let on = || Match::action(action).method("POST");
+            self.rancher.fail(
+                on(),
+                Fault::Status(plan.rancher_error_status),
+                plan.rancher_errors,
+            );
+            self.rancher.fail(on(), Fault::Status(409), plan.conflicts);
         }
         if !plan.rancher_latency.is_zero() {
             self.rancher.set_latency(plan.rancher_latency);
@@ -640,37 +594,36 @@ level = "debug"
         if plan.has(FaultKind::RancherStuckRemoving) {
             self.rancher.stick(&self.own_host, "removing");
         }
-        if plan.imds_errors > 0 {
-            self.imds.fail_next(plan.imds_errors, 500);
-        }
+        self.imds
+            .fail(Match::any(), Fault::Status(500), plan.imds_errors);
         if plan.has(FaultKind::ImdsTokenExpiry) {
             self.imds.expire_tokens();
         }
         if !plan.imds_latency.is_zero() {
             self.imds.set_latency(plan.imds_latency);
         }
-        if plan.asg_errors > 0 {
-            let fault = if plan.has(FaultKind::AsgThrottling) {
-                AsgFault::Throttling
-            } else {
-                AsgFault::ServiceUnavailable
-            };
-            for action in [
-                "CompleteLifecycleAction",
-                "DescribeAutoScalingInstances",
-                "DescribeLifecycleHooks",
-            ] {
-                self.asg.fail_next(action, plan.asg_errors, fault);
-            }
+        let fault = if plan.has(FaultKind::AsgThrottling) {
+            Fault::Throttling
+        } else {
+            Fault::Status(503)
+        };
+        for action in [
+            "CompleteLifecycleAction",
+            "DescribeAutoScalingInstances",
+            "DescribeLifecycleHooks",
+        ] {
+            self.asg.fail(Match::action(action), fault, plan.asg_errors);
         }
-        if plan.pager_errors > 0 {
-            let status = if plan.seed.is_multiple_of(2) {
-                429
-            } else {
-                500
-            };
-            self.pager.fail_next(plan.pager_errors, status);
-        }
+        let status = if plan.seed.is_multiple_of(2) {
+            429
+        } else {
+            500
+        };
+        self.pager.fail(
+            Match::path(crate::pager::ENQUEUE),
+            Fault::Status(status),
+            plan.pager_errors,
+        );
         if plan.has(FaultKind::RancherReset) {
             self.rancher_proxy.reset_open();
             self.rancher_proxy.reset_next(2);
@@ -705,9 +658,8 @@ level = "debug"
 
         for (i, after) in plan.kills.iter().enumerate() {
             tokio::time::sleep(*after).await;
-            if let Some(mut child) = self.child.take() {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
+            if let Some(mut drover) = self.drover.take() {
+                drover.kill().await;
             }
             if let Some(back) = docker_back.filter(|b| *b > Instant::now()) {
                 // The engine may come back while drover is down, or after.
@@ -835,8 +787,8 @@ level = "debug"
     }
 
     fn signal(&self, sig: nix::sys::signal::Signal) {
-        if let Some(pid) = self.child.as_ref().and_then(Child::id) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+        if let Some(drover) = &self.drover {
+            let _ = drover.signal(sig);
         }
     }
 
@@ -1008,28 +960,20 @@ level = "debug"
     async fn stop(&mut self) -> Vec<String> {
         let mut v = Vec::new();
         // A Sigterm case's drover exits by itself once the host is out.
-        let Some(mut child) = self.child.take() else {
+        let Some(mut drover) = self.drover.take() else {
             return v;
         };
         if self.plan.trigger != Trigger::Sigterm || !self.plan.kills.is_empty() {
-            if let Some(pid) = child.id() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
+            let _ = drover.signal(nix::sys::signal::Signal::SIGTERM);
         }
-        match tokio::time::timeout(STOP_LIMIT, child.wait()).await {
-            Ok(Ok(status)) if status.success() => {}
-            Ok(Ok(status)) => v.push(format!("drover exited with {status}")),
-            Ok(Err(e)) => v.push(format!("waiting for drover: {e}")),
-            Err(_) => {
-                v.push(format!(
-                    "drover did not exit within {STOP_LIMIT:?} of SIGTERM"
-                ));
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-            }
+        // Past the limit, `wait` kills it.
+        match drover.wait(STOP_LIMIT).await {
+            Ok(Some(0)) => {}
+            Ok(Some(code)) => v.push(format!("drover exited with exit status: {code}")),
+            Ok(None) => v.push("drover was killed by a signal".into()),
+            Err(_) => v.push(format!(
+                "drover did not exit within {STOP_LIMIT:?} of SIGTERM"
+            )),
         }
         self.rancher.unstick(&self.own_host);
         v

@@ -64,15 +64,11 @@ struct Inner {
     spot_action: Option<serde_json::Value>,
     /// Token -> when it stops being valid.
     tokens: HashMap<String, Instant>,
-    fail_next: usize,
-    fail_status: u16,
-    latency: Duration,
     token_hang: bool,
 }
 
 struct Shared {
     inner: Mutex<Inner>,
-    log: http::RequestLog,
     /// Closed when the handle drops, so that hung token requests end with the stand-in
     /// instead of outliving it in axum's connection tasks.
     stopped: watch::Receiver<()>,
@@ -87,6 +83,7 @@ impl Shared {
 /// A running IMDSv2 stand-in; stops when dropped.
 pub struct ImdsServer {
     shared: Arc<Shared>,
+    faults: http::Faults,
     server: http::Server,
     _stop: watch::Sender<()>,
 }
@@ -99,20 +96,18 @@ impl ImdsServer {
                 opts,
                 spot_action: None,
                 tokens: HashMap::new(),
-                fail_next: 0,
-                fail_status: 500,
-                latency: Duration::ZERO,
                 token_hang: false,
             }),
-            log: http::RequestLog::default(),
             stopped,
         });
+        let faults = http::Faults::default();
         let router = Router::new().fallback(handle).with_state(shared.clone());
-        let server = http::Server::start(router)
+        let server = http::Server::start(faults.serve(router, render))
             .await
             .expect("bind a loopback port for the IMDS stand-in");
         ImdsServer {
             shared,
+            faults,
             server,
             _stop: stop,
         }
@@ -132,20 +127,15 @@ impl ImdsServer {
         self.shared.lock().spot_action = action;
     }
 
-    /// The next `n` requests, token PUTs included, answer `status` with a short body.
-    pub fn fail_next(&self, n: usize, status: u16) {
-        let mut inner = self.shared.lock();
-        inner.fail_next = n;
-        inner.fail_status = status;
-    }
-
-    /// Every answer is delayed by `d`.
-    pub fn set_latency(&self, d: Duration) {
-        self.shared.lock().latency = d;
+    /// Injected faults, latency and the request log (see [`http::fault_api!`]): an
+    /// injected fault answers with the service's error page for its status, token PUTs
+    /// included.
+    pub fn faults(&self) -> &http::Faults {
+        &self.faults
     }
 
     /// The token PUT never answers: what a hop limit of 1 looks like from a bridged
-    /// container. Such requests are logged with status 0.
+    /// container. Such requests stay in the log with status 0.
     pub fn set_token_hang(&self, hang: bool) {
         self.shared.lock().token_hang = hang;
     }
@@ -153,10 +143,6 @@ impl ImdsServer {
     /// Every token issued so far becomes invalid: the next GET carrying one gets 401.
     pub fn expire_tokens(&self) {
         self.shared.lock().tokens.clear();
-    }
-
-    pub fn requests(&self) -> Vec<http::LoggedRequest> {
-        self.shared.log.entries()
     }
 
     /// GETs (not token PUTs) answered 200.
@@ -168,6 +154,8 @@ impl ImdsServer {
     }
 }
 
+http::fault_api!(ImdsServer);
+
 async fn handle(
     State(shared): State<Arc<Shared>>,
     method: Method,
@@ -175,44 +163,20 @@ async fn handle(
     headers: HeaderMap,
     _body: Bytes,
 ) -> Response {
-    let path = uri.path().to_string();
-    let query = uri.query().unwrap_or("").to_string();
-    let (latency, failure, hang) = {
-        let mut inner = shared.lock();
-        let failure = if inner.fail_next > 0 {
-            inner.fail_next -= 1;
-            Some(inner.fail_status)
-        } else {
-            None
-        };
-        let hang = inner.token_hang && method == Method::PUT && path == TOKEN_PATH;
-        (inner.latency, failure, hang)
-    };
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    if let Some(status) = failure {
-        shared
-            .log
-            .record(method.as_str(), &path, &query, "", status);
-        return error_page(status);
-    }
+    let path = uri.path();
+    let hang = shared.lock().token_hang && method == Method::PUT && path == TOKEN_PATH;
     if hang {
-        // The request was seen but will never be answered.
-        shared.log.record(method.as_str(), &path, &query, "", 0);
+        // The request was seen (the log shows it unanswered) but will never be answered.
         let mut stopped = shared.stopped.clone();
         while stopped.changed().await.is_ok() {}
         return error_page(503);
     }
-    let response = answer(&shared, &method, &path, &headers);
-    shared.log.record(
-        method.as_str(),
-        &path,
-        &query,
-        "",
-        response.status().as_u16(),
-    );
-    response
+    answer(&shared, &method, path, &headers)
+}
+
+/// An injected fault, as the service answers it: its error page for the status.
+fn render(fault: http::Fault, _req: &http::Incoming<'_>) -> Response {
+    error_page(fault.status())
 }
 
 fn answer(shared: &Shared, method: &Method, path: &str, headers: &HeaderMap) -> Response {
@@ -583,11 +547,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn fail_next_answers_then_recovers() {
+    async fn injected_faults_answer_then_recover() {
         let imds = ImdsServer::start(ImdsOptions::default()).await;
         let url = imds.url();
         let http = reqwest::Client::new();
-        imds.fail_next(2, 500);
+        imds.fail(http::Match::any(), http::Fault::Status(500), 2);
         for _ in 0..2 {
             let resp = http
                 .put(format!("{url}{TOKEN_PATH}"))

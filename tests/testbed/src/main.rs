@@ -4,16 +4,13 @@
 //! `drover-testbed faults`: the seeded fault-injection campaign (see `testbed::faults`).
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use testbed::autoscaling::{AutoScalingServer, HookSpec};
+use testbed::bed::{direct_message, Bed, BedOptions, GROUP, HOOK};
 use testbed::bench::{self, Settings};
 use testbed::docker::DockerEngine;
-use testbed::imds::{ImdsOptions, ImdsServer};
 use testbed::moto::MotoServer;
-use testbed::pager::PagerServer;
-use testbed::rancher::{RancherOptions, RancherServer};
+use testbed::rancher::RancherOptions;
 
 const USAGE: &str = "usage: drover-testbed demo [--drover PATH]
        drover-testbed bench [--drover PATH] [--idle SECS] [--runs N] [--fleet N]
@@ -145,117 +142,56 @@ async fn demo(drover: PathBuf) -> Result<(), String> {
         ));
     }
     heading("starting the test bed");
-    let imds_opts = ImdsOptions::default();
-    let instance_id = imds_opts.instance_id.clone();
-    let imds = ImdsServer::start(imds_opts).await;
+    let mut bed = Bed::try_with(BedOptions {
+        rancher: RancherOptions::default(),
+        queue: true,
+        drover: drover.clone(),
+        ..BedOptions::default()
+    })
+    .await?;
+    // drover's own default level: the walk-through shows what an operator would see.
+    bed.config.log.level = None;
+    let instance_id = bed.instance_id.clone();
+    let queue = bed.queue().1.to_string();
     println!(
-        "IMDSv2 stand-in      {}  (instance {instance_id}, group crawlers)",
-        imds.url()
+        "IMDSv2 stand-in      {}  (instance {instance_id}, group {GROUP})",
+        bed.imds.url()
     );
-    let rancher = RancherServer::start(RancherOptions::default()).await;
     println!(
         "Rancher 1.x stand-in {}  (project {}, no registration token yet)",
-        rancher.url(),
-        rancher.project_id()
+        bed.rancher.url(),
+        bed.rancher.project_id()
     );
-    let asg = AutoScalingServer::start().await;
-    asg.add_group(
-        "crawlers",
-        vec![HookSpec {
-            name: "drain".into(),
-            transition: "autoscaling:EC2_INSTANCE_TERMINATING".into(),
-            heartbeat_timeout: Duration::from_secs(300),
-            default_result: "ABANDON".into(),
-        }],
-    );
-    asg.add_instance("crawlers", &instance_id, "m5.large", "us-east-1b");
     println!(
-        "Auto Scaling stand-in {}  (group crawlers, hook drain)",
-        asg.url()
+        "Auto Scaling stand-in {}  (group {GROUP}, hook {HOOK})",
+        bed.asg.url()
     );
-    let pager = PagerServer::start().await;
-    println!("PagerDuty stand-in   {}", pager.enqueue_url());
-    let moto = MotoServer::start()
-        .await
-        .map_err(|e| format!("moto_server: {e} (run scripts/testbed-setup.sh)"))?;
-    let queue = moto.create_queue("drover-lifecycle", Some(5)).await;
+    println!("PagerDuty stand-in   {}", bed.pager.enqueue_url());
     println!("SQS (moto)           {queue}");
-    let docker = DockerEngine::launch()
-        .await
-        .map_err(|e| format!("dockerd: {e} (run scripts/testbed-setup.sh)"))?;
-    rancher.watch_docker(docker.socket());
     println!(
         "Docker engine        {}  (stand-in rancher/agent:v1.2.11 imported)",
-        docker.docker_host()
+        bed.docker.docker_host()
     );
-
-    let dir = tempfile::Builder::new()
-        .prefix("drover-demo-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
-    let secret = dir.path().join("rancher.secret");
-    std::fs::write(&secret, rancher.secret_key()).map_err(|e| e.to_string())?;
-    set_private(&secret)?;
-    let config_path = dir.path().join("drover.toml");
-    let config = format!(
-        r#"[rancher]
-url = "{url}"
-project_id = "{project}"
-access_key = "{access}"
-secret_key_file = "{secret}"
-
-[agent]
-labels = {{ role = "crawling", env = "prod" }}
-privileged = false          # privileged containers cannot start on this machine
-register_timeout = "60s"
-
-[lifecycle]
-queue_url = "{queue}"
-
-[pager]
-pagerduty_url = "{pager}"
-
-[state]
-dir = "{state}"
-"#,
-        url = rancher.url(),
-        project = rancher.project_id(),
-        access = rancher.access_key(),
-        secret = secret.display(),
-        queue = queue,
-        pager = pager.enqueue_url(),
-        state = dir.path().join("state").display(),
+    println!(
+        "\ndrover's config ({}):\n{}",
+        bed.config_path().display(),
+        bed.config.render()
     );
-    std::fs::write(&config_path, &config).map_err(|e| e.to_string())?;
-    set_private(&config_path)?;
-    println!("\ndrover's config ({}):\n{config}", config_path.display());
-
-    let env = vec![
-        (
-            "DROVER_CONFIG".to_string(),
-            config_path.display().to_string(),
-        ),
-        ("AWS_EC2_METADATA_SERVICE_ENDPOINT".into(), imds.url()),
-        ("AWS_ENDPOINT_URL_AUTO_SCALING".into(), asg.url()),
-        ("AWS_ENDPOINT_URL_SQS".into(), moto.url()),
-        ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
-        ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
-        ("DOCKER_HOST".into(), docker.docker_host()),
-    ];
+    println!("(agent.privileged = false: privileged containers cannot start on this machine)");
 
     heading("1. drover check");
-    run(&drover, &["check"], &env).await?;
+    run(&bed, &["check"]).await?;
 
     heading("2. drover register (the boot step)");
-    let before = rancher.requests().len();
-    let code = run(&drover, &["register"], &env).await?;
+    let before = bed.rancher.requests().len();
+    let code = run(&bed, &["register"]).await?;
     if code != 0 {
         return Err(format!("drover register exited {code}"));
     }
 
     heading("3. what drover did, as the test bed saw it");
     println!("Rancher API requests:");
-    for r in rancher.requests().iter().skip(before) {
+    for r in bed.rancher.requests().iter().skip(before) {
         let query = if r.query.is_empty() {
             String::new()
         } else {
@@ -263,7 +199,7 @@ dir = "{state}"
         };
         println!("  {:>6} {}{} -> {}", r.method, r.path, query, r.status);
     }
-    for b in rancher.bootstraps_seen() {
+    for b in bed.rancher.bootstraps_seen() {
         println!(
             "bootstrap container {}:",
             &b.container_id[..b.container_id.len().min(12)]
@@ -277,7 +213,7 @@ dir = "{state}"
             println!("  bind       {bind}");
         }
     }
-    for h in rancher.hosts() {
+    for h in bed.rancher.hosts() {
         println!(
             "host {} ({}): {}  labels {:?}",
             h.id,
@@ -286,7 +222,7 @@ dir = "{state}"
             h.labels
         );
     }
-    let record = dir.path().join("state").join("registration.json");
+    let record = bed.state_dir().join("registration.json");
     println!(
         "{}:\n{}",
         record.display(),
@@ -294,50 +230,35 @@ dir = "{state}"
     );
 
     heading("4. drover register again: nothing changes");
-    run(&drover, &["register"], &env).await?;
+    run(&bed, &["register"]).await?;
     println!(
         "bootstrap containers started in all: {}, hosts: {}",
-        rancher.bootstraps_seen().len(),
-        rancher
-            .hosts()
-            .iter()
-            .filter(|h| h.state != "removed" && h.state != "purged")
-            .count()
+        bed.rancher.bootstraps_seen().len(),
+        bed.my_hosts().len()
     );
 
     heading("5. drover run: the resident daemon watches the queue and IMDS");
-    let mut daemon = tokio::process::Command::new(&drover);
-    daemon
-        .arg("run")
-        .envs(env.iter().cloned())
-        .env("DROVER_LIFECYCLE_IMDS_POLL", "1s")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let mut daemon = daemon
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", drover.display()))?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    bed.config.lifecycle.imds_poll = Some(Duration::from_secs(1));
+    println!("(with lifecycle.imds_poll = \"1s\")");
+    let mut daemon = bed.launcher(&["run"]).inherit_output().spawn()?;
+    daemon.wait_ready(Duration::from_secs(60)).await?;
+    println!("(drover told systemd READY=1)");
 
     heading("6. Auto Scaling scales in: a termination lifecycle message arrives");
-    let token = asg
+    let token = bed
+        .asg
         .begin_termination(&instance_id, Duration::from_secs(1))
         .ok_or("the instance is not in the group")?;
-    let message = serde_json::json!({
-        "Origin": "AutoScalingGroup", "Destination": "EC2",
-        "LifecycleHookName": "drain",
-        "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
-        "AutoScalingGroupName": "crawlers", "EC2InstanceId": instance_id,
-        "LifecycleActionToken": token, "AccountId": "123456789012",
-        "RequestId": "demo", "Service": "AWS Auto Scaling",
-        "Time": "2026-11-23T12:00:00.000Z"
-    });
-    moto.send(&queue, &message.to_string()).await;
+    let (moto, _) = bed.queue();
+    moto.send(&queue, &direct_message(&instance_id, &token))
+        .await;
     println!(
-        "sent to {queue}: EC2_INSTANCE_TERMINATING for {instance_id} (group crawlers, hook drain)"
+        "sent to {queue}: EC2_INSTANCE_TERMINATING for {instance_id} (group {GROUP}, hook {HOOK})"
     );
     let end = tokio::time::Instant::now() + Duration::from_secs(90);
     let completion = loop {
-        if let Some(c) = asg
+        if let Some(c) = bed
+            .asg
             .completions()
             .into_iter()
             .find(|c| c.instance_id == instance_id)
@@ -352,7 +273,8 @@ dir = "{state}"
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     heading("7. the host's way out, as the test bed saw it");
-    for r in rancher
+    for r in bed
+        .rancher
         .requests()
         .iter()
         .filter(|r| r.query.contains("action="))
@@ -362,7 +284,7 @@ dir = "{state}"
             r.method, r.path, r.query, r.status
         );
     }
-    for h in rancher.hosts() {
+    for h in bed.rancher.hosts() {
         println!("host {}: {}", h.id, h.history.join(" -> "));
     }
     println!(
@@ -377,47 +299,35 @@ dir = "{state}"
             "by instance id"
         }
     );
-    println!("heartbeats sent: {}", asg.heartbeats().len());
+    println!("heartbeats sent: {}", bed.asg.heartbeats().len());
     let (visible, hidden) = moto.approximate_counts(&queue).await;
     println!("messages left in the queue: {}", visible + hidden);
-    if let Some(agent) = docker.container("rancher-agent").await {
+    if let Some(agent) = bed.docker.container("rancher-agent").await {
         println!("local rancher-agent container: {}", agent.state);
     }
 
     heading("8. power-off: SIGTERM to drover run");
-    if let Some(pid) = daemon.id() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    let status = tokio::time::timeout(Duration::from_secs(30), daemon.wait())
+    daemon.signal(nix::sys::signal::Signal::SIGTERM)?;
+    daemon.wait_stopping(Duration::from_secs(30)).await?;
+    println!("(drover told systemd STOPPING=1)");
+    let code = daemon
+        .wait(Duration::from_secs(30))
         .await
-        .map_err(|_| "drover run did not stop within 30 s".to_string())?
-        .map_err(|e| e.to_string())?;
-    println!("(exit {})", status.code().unwrap_or(-1));
+        .map_err(|_| "drover run did not stop within 30 s".to_string())?;
+    println!("(exit {})", code.unwrap_or(-1));
     heading("done; stopping the test bed");
     Ok(())
 }
 
-fn set_private(path: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| e.to_string())
-}
-
-async fn run(drover: &PathBuf, args: &[&str], env: &[(String, String)]) -> Result<i32, String> {
+/// Runs drover to its end against the bed, its output shown as it comes.
+async fn run(bed: &Bed, args: &[&str]) -> Result<i32, String> {
     println!("$ drover {}", args.join(" "));
-    let mut cmd = tokio::process::Command::new(drover);
-    cmd.args(args)
-        .envs(env.iter().cloned())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let status = tokio::time::timeout(Duration::from_secs(120), cmd.status())
-        .await
-        .map_err(|_| "drover did not finish within 120s".to_string())?
-        .map_err(|e| format!("cannot run {}: {e}", drover.display()))?;
-    let code = status.code().unwrap_or(-1);
+    let run = bed
+        .launcher(args)
+        .inherit_output()
+        .run(Duration::from_secs(120))
+        .await?;
+    let code = run.code.unwrap_or(-1);
     println!("(exit {code})");
     Ok(code)
 }

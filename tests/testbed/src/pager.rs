@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 
 use crate::http;
 
-const ENQUEUE: &str = "/v2/enqueue";
+/// The Events API v2 path, for [`http::Match::path`].
+pub const ENQUEUE: &str = "/v2/enqueue";
 const WEBHOOK: &str = "/webhook";
 const SEVERITIES: &[&str] = &["critical", "error", "warning", "info"];
 const ACTIONS: &[&str] = &["trigger", "acknowledge", "resolve"];
@@ -21,13 +22,10 @@ const ACTIONS: &[&str] = &["trigger", "acknowledge", "resolve"];
 struct Inner {
     events: Vec<Value>,
     webhooks: Vec<Value>,
-    fail_next: usize,
-    fail_status: u16,
 }
 
 struct Shared {
     inner: Mutex<Inner>,
-    log: http::RequestLog,
 }
 
 impl Shared {
@@ -39,6 +37,7 @@ impl Shared {
 /// A running PagerDuty / webhook stand-in; stops when dropped.
 pub struct PagerServer {
     shared: Arc<Shared>,
+    faults: http::Faults,
     server: http::Server,
 }
 
@@ -46,13 +45,17 @@ impl PagerServer {
     pub async fn start() -> PagerServer {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner::default()),
-            log: http::RequestLog::default(),
         });
+        let faults = http::Faults::default();
         let router = Router::new().fallback(handle).with_state(shared.clone());
-        let server = http::Server::start(router)
+        let server = http::Server::start(faults.serve(router, render))
             .await
             .expect("bind a loopback port for the PagerDuty stand-in");
-        PagerServer { shared, server }
+        PagerServer {
+            shared,
+            faults,
+            server,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -79,17 +82,15 @@ impl PagerServer {
         self.shared.lock().webhooks.clone()
     }
 
-    /// The next `n` enqueue requests answer `status` (429 with PagerDuty's throttle body).
-    pub fn fail_next(&self, n: usize, status: u16) {
-        let mut inner = self.shared.lock();
-        inner.fail_next = n;
-        inner.fail_status = status;
-    }
-
-    pub fn requests(&self) -> Vec<http::LoggedRequest> {
-        self.shared.log.entries()
+    /// Injected faults, latency and the request log (see [`http::fault_api!`]): an
+    /// injected fault answers with PagerDuty's body for its status (429: the throttle
+    /// body). `Match::path(ENQUEUE)` leaves the webhook alone.
+    pub fn faults(&self) -> &http::Faults {
+        &self.faults
     }
 }
+
+http::fault_api!(PagerServer);
 
 async fn handle(
     State(shared): State<Arc<Shared>>,
@@ -97,33 +98,27 @@ async fn handle(
     uri: Uri,
     body: Bytes,
 ) -> Response {
-    let path = uri.path();
-    let (status, reply) = match (path, &method) {
+    let (status, reply) = match (uri.path(), &method) {
         (ENQUEUE, &Method::POST) => enqueue(&shared, &body),
         (WEBHOOK, &Method::POST) => webhook(&shared, &body),
         (ENQUEUE | WEBHOOK, _) => (405, json!({"status": "method not allowed"})),
         _ => (404, json!({"status": "not found"})),
     };
-    shared
-        .log
-        .record(method.as_str(), path, uri.query().unwrap_or(""), "", status);
+    reply_json(status, reply)
+}
+
+fn reply_json(status: u16, body: Value) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (code, axum::Json(reply)).into_response()
+    (code, axum::Json(body)).into_response()
+}
+
+/// An injected fault, as PagerDuty answers it.
+fn render(fault: http::Fault, _req: &http::Incoming<'_>) -> Response {
+    let status = fault.status();
+    reply_json(status, failure_body(status))
 }
 
 fn enqueue(shared: &Shared, body: &[u8]) -> (u16, Value) {
-    let injected = {
-        let mut inner = shared.lock();
-        if inner.fail_next > 0 {
-            inner.fail_next -= 1;
-            Some(inner.fail_status)
-        } else {
-            None
-        }
-    };
-    if let Some(status) = injected {
-        return (status, failure_body(status));
-    }
     let event: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(_) => return (400, invalid(vec!["Event object is not valid JSON".into()])),
@@ -247,6 +242,7 @@ fn random_key() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::{Fault, Match};
 
     const KEY: &str = "0123456789abcdef0123456789abcdef";
 
@@ -385,7 +381,11 @@ mod tests {
     #[tokio::test]
     async fn throttling_then_accepted() {
         let pager = PagerServer::start().await;
-        pager.fail_next(2, 429);
+        pager.fail(Match::path(ENQUEUE), Fault::Throttling, 1);
+        pager.fail(Match::path(ENQUEUE), Fault::Status(429), 1);
+        // The webhook is not PagerDuty's API: untouched by a fault on the enqueue path.
+        let (status, _) = post(&pager.webhook_url(), &json!({"text": "hi"})).await;
+        assert_eq!(status, 200);
         for _ in 0..2 {
             let (status, body) = post(&pager.enqueue_url(), &trigger()).await;
             assert_eq!(status, 429);
@@ -397,6 +397,8 @@ mod tests {
         }
         assert_eq!(post(&pager.enqueue_url(), &trigger()).await.0, 202);
         assert_eq!(pager.events().len(), 1);
+        let statuses: Vec<u16> = pager.requests().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [200, 429, 429, 202]);
     }
 
     #[tokio::test]

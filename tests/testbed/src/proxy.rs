@@ -1,7 +1,9 @@
 //! Fault proxies in front of the stand-ins: a TCP proxy that resets connections (what a
 //! load balancer restart or a dropped NAT entry looks like to a client), an HTTP proxy in
-//! front of moto that answers chosen SQS actions with a server error, and a Unix-socket
-//! proxy in front of a Docker engine that can be down for a while (an engine restart).
+//! front of moto with the shared fault layer (SQS errors, latency, the request log), and a
+//! Unix-socket proxy in front of a Docker engine that can be down for a while (an engine
+//! restart). The TCP and Docker proxies work on connections, below HTTP: they keep their
+//! own controls.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -107,19 +109,17 @@ async fn relay(mut inbound: TcpStream, target: SocketAddr, shared: Arc<ResetShar
     }
 }
 
-/// An HTTP proxy in front of moto that answers the next `n` calls of a chosen SQS action
-/// with 500 `InternalError`, the way SQS itself fails now and then.
+/// An HTTP proxy in front of moto (a real SQS) with the shared fault layer, so that SQS
+/// can fail the way it does now and then: `fail(Match::action("ReceiveMessage"),
+/// Fault::Status(500), n)` answers 500 `InternalError`.
 pub struct SqsFaultProxy {
     server: crate::http::Server,
-    shared: Arc<SqsFaultShared>,
+    faults: crate::http::Faults,
 }
 
 struct SqsFaultShared {
     target: String,
     client: reqwest::Client,
-    /// (action, remaining failures)
-    faults: Mutex<Vec<(String, usize)>>,
-    injected: AtomicUsize,
 }
 
 impl SqsFaultProxy {
@@ -130,42 +130,76 @@ impl SqsFaultProxy {
                 .no_proxy()
                 .build()
                 .map_err(std::io::Error::other)?,
-            faults: Mutex::new(Vec::new()),
-            injected: AtomicUsize::new(0),
         });
-        let router = Router::new().fallback(forward).with_state(shared.clone());
-        let server = crate::http::Server::start(router).await?;
-        Ok(SqsFaultProxy { server, shared })
+        let faults = crate::http::Faults::default();
+        let router = Router::new().fallback(forward).with_state(shared);
+        let server = crate::http::Server::start(faults.serve(router, render_sqs)).await?;
+        Ok(SqsFaultProxy { server, faults })
     }
 
     pub fn url(&self) -> String {
         self.server.url()
     }
 
-    /// The next `n` calls of `action` (e.g. `ReceiveMessage`) answer 500.
-    pub fn fail_next(&self, action: &str, n: usize) {
-        if let Ok(mut faults) = self.shared.faults.lock() {
-            faults.push((action.to_string(), n));
-        }
+    /// Injected faults, latency and the log of drover's SQS calls, each with its action
+    /// (see [`crate::http::fault_api!`]): an injected fault answers with SQS's JSON error.
+    pub fn faults(&self) -> &crate::http::Faults {
+        &self.faults
     }
 
-    /// Failures answered so far.
+    /// Failures injected so far.
     pub fn injected(&self) -> usize {
-        self.shared.injected.load(Ordering::SeqCst)
+        self.requests().iter().filter(|r| r.injected).count()
     }
 }
 
-/// The SQS action of a request: the JSON protocol's `X-Amz-Target`, or the query
-/// protocol's `Action=`.
-fn sqs_action(headers: &HeaderMap, body: &[u8]) -> String {
-    if let Some(target) = headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
-        return target.rsplit('.').next().unwrap_or("").to_string();
-    }
-    let text = String::from_utf8_lossy(body);
-    text.split('&')
-        .find_map(|kv| kv.strip_prefix("Action="))
-        .unwrap_or("")
-        .to_string()
+crate::http::fault_api!(SqsFaultProxy);
+
+/// An injected fault, as SQS answers it in the JSON protocol the SDK speaks.
+fn render_sqs(fault: crate::http::Fault, _req: &crate::http::Incoming<'_>) -> Response {
+    let (status, code, message) = match fault {
+        crate::http::Fault::Status(500) => (
+            500,
+            "InternalError".to_string(),
+            "We encountered an internal error. Please try again.".to_string(),
+        ),
+        crate::http::Fault::Status(503) => (
+            503,
+            "ServiceUnavailable".to_string(),
+            "The request has failed due to a temporary failure of the server.".to_string(),
+        ),
+        crate::http::Fault::Status(status) => {
+            let reason = StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("Error");
+            (
+                status,
+                reason.split_whitespace().collect(),
+                reason.to_string(),
+            )
+        }
+        crate::http::Fault::Throttling => (
+            400,
+            "RequestThrottled".to_string(),
+            "Rate exceeded".to_string(),
+        ),
+        crate::http::Fault::ValidationError => (
+            400,
+            "InvalidParameterValue".to_string(),
+            "An invalid or out-of-range value was supplied for the input parameter.".to_string(),
+        ),
+    };
+    let body = serde_json::json!({
+        "__type": format!("com.amazonaws.sqs#{code}"),
+        "message": message,
+    });
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [("content-type", "application/x-amz-json-1.0")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn forward(
@@ -175,26 +209,6 @@ async fn forward(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let action = sqs_action(&headers, &body);
-    let fail = shared.faults.lock().ok().is_some_and(|mut faults| {
-        match faults.iter_mut().find(|(a, n)| *a == action && *n > 0) {
-            Some((_, n)) => {
-                *n -= 1;
-                true
-            }
-            None => false,
-        }
-    });
-    if fail {
-        shared.injected.fetch_add(1, Ordering::SeqCst);
-        let body = r#"{"__type":"com.amazonaws.sqs#InternalError","message":"We encountered an internal error. Please try again."}"#;
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [("content-type", "application/x-amz-json-1.0")],
-            body,
-        )
-            .into_response();
-    }
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let mut request = shared
         .client
@@ -286,5 +300,67 @@ impl DockerSocketProxy {
 impl Drop for DockerSocketProxy {
     fn drop(&mut self) {
         self.down();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{Fault, Match};
+    use aws_sdk_sqs::error::ProvideErrorMetadata;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sqs_faults_come_before_moto_and_the_rest_goes_through() {
+        let moto = crate::moto::MotoServer::start().await.expect("moto_server");
+        let queue = moto.create_queue("proxied", None).await;
+        let proxy = SqsFaultProxy::start(&moto.url()).await.expect("proxy");
+        proxy.fail(Match::action("ReceiveMessage"), Fault::Status(500), 1);
+        proxy.fail(Match::action("SendMessage"), Fault::Throttling, 1);
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .endpoint_url(proxy.url())
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .load()
+            .await;
+        let sqs = aws_sdk_sqs::Client::new(&config);
+        let err = sqs
+            .receive_message()
+            .queue_url(&queue)
+            .send()
+            .await
+            .expect_err("injected 500");
+        assert_eq!(err.code(), Some("InternalError"), "{err:?}");
+        let err = sqs
+            .send_message()
+            .queue_url(&queue)
+            .message_body("m")
+            .send()
+            .await
+            .expect_err("throttled");
+        assert_eq!(err.code(), Some("RequestThrottled"), "{err:?}");
+        sqs.send_message()
+            .queue_url(&queue)
+            .message_body("m")
+            .send()
+            .await
+            .expect("through to moto");
+        assert_eq!(moto.approximate_counts(&queue).await, (1, 0));
+        let actions: Vec<(String, u16, bool)> = proxy
+            .requests()
+            .into_iter()
+            .map(|r| (r.action, r.status, r.injected))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("ReceiveMessage".to_string(), 500, true),
+                ("SendMessage".to_string(), 400, true),
+                ("SendMessage".to_string(), 200, false),
+            ]
+        );
+        assert_eq!(proxy.injected(), 2);
     }
 }

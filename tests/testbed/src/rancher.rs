@@ -134,7 +134,7 @@ pub struct BootstrapSeen {
 /// The Rancher stand-in: serves until dropped; the handle reads and steers its state.
 pub struct RancherServer {
     state: Arc<Mutex<State>>,
-    log: http::RequestLog,
+    faults: http::Faults,
     server: http::Server,
     watchers: Mutex<HashMap<PathBuf, JoinHandle<()>>>,
     /// The options as started (for the keys, which never change).
@@ -174,13 +174,6 @@ struct Token {
     created_ms: u64,
 }
 
-struct Injection {
-    path_contains: String,
-    method: Option<String>,
-    status: u16,
-    remaining: usize,
-}
-
 struct State {
     opts: RancherOptions,
     /// `http://127.0.0.1:<port>`.
@@ -190,8 +183,6 @@ struct State {
     next_host: u64,
     next_token: u64,
     tokens_created: usize,
-    injections: Vec<Injection>,
-    latency: Duration,
     /// Host id → the transitioning state it is held in.
     stuck: HashMap<String, String>,
     bootstraps: Vec<BootstrapSeen>,
@@ -353,25 +344,22 @@ impl RancherServer {
             next_host: 0,
             next_token: 0,
             tokens_created: 0,
-            injections: Vec::new(),
-            latency: Duration::ZERO,
             stuck: HashMap::new(),
             bootstraps: Vec::new(),
         }));
-        let log = http::RequestLog::default();
+        let faults = http::Faults::default();
         let app = App {
             state: state.clone(),
-            log: log.clone(),
         };
         let router = Router::new().fallback(handle).with_state(app);
-        let server = http::Server::start(router)
+        let server = http::Server::start(faults.serve(router, render))
             .await
             .expect("binding a loopback port for the Rancher stand-in");
         // Links are absolute; no request can arrive before `start` returns the URL.
         lock(&state).base = server.url();
         RancherServer {
             state,
-            log,
+            faults,
             server,
             watchers: Mutex::new(HashMap::new()),
             keys,
@@ -456,21 +444,10 @@ impl RancherServer {
         self.state().tokens_created
     }
 
-    /// The next `count` requests whose `path?query` contains `path_contains` (and whose
-    /// method is `method`, when given) answer `status` with Rancher's error body for it,
-    /// before authentication or anything else.
-    pub fn inject(&self, path_contains: &str, method: Option<&str>, status: u16, count: usize) {
-        self.state().injections.push(Injection {
-            path_contains: path_contains.to_string(),
-            method: method.map(str::to_string),
-            status,
-            remaining: count,
-        });
-    }
-
-    /// Every request waits this long before being answered.
-    pub fn set_latency(&self, latency: Duration) {
-        self.state().latency = latency;
+    /// Injected faults, latency and the request log (see [`http::fault_api!`]): an
+    /// injected fault answers with Rancher's error body, before authentication.
+    pub fn faults(&self) -> &http::Faults {
+        &self.faults
     }
 
     /// Holds the host in `transitioning_state` (e.g. `removing`) once it is there, until
@@ -484,11 +461,6 @@ impl RancherServer {
     /// Lets the host go on; a transition already overdue lands at once.
     pub fn unstick(&self, id: &str) {
         self.state().stuck.remove(id);
-    }
-
-    /// Every request answered so far, with its final status.
-    pub fn requests(&self) -> Vec<http::LoggedRequest> {
-        self.log.entries()
     }
 
     /// Starts watching the engine at `engine_socket` for bootstrap containers (see the
@@ -520,6 +492,8 @@ impl RancherServer {
     }
 }
 
+http::fault_api!(RancherServer);
+
 impl Drop for RancherServer {
     fn drop(&mut self) {
         let watchers = self.watchers.get_mut().unwrap_or_else(|e| e.into_inner());
@@ -535,7 +509,6 @@ impl Drop for RancherServer {
 #[derive(Clone)]
 struct App {
     state: Arc<Mutex<State>>,
-    log: http::RequestLog,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -617,6 +590,17 @@ fn error(status: u16) -> Reply {
     error_with(status, code, message, field)
 }
 
+/// An injected fault, as Rancher answers it: its error body for the status.
+fn render(fault: http::Fault, _req: &http::Incoming<'_>) -> Response {
+    let status = match fault {
+        http::Fault::Status(status) => status,
+        http::Fault::Throttling => 429,
+        // Cattle's validation errors (ActionNotAvailable and the like) are 422s.
+        http::Fault::ValidationError => 422,
+    };
+    error(status).into_response()
+}
+
 fn error_with(status: u16, code: &str, message: Value, field: Value) -> Reply {
     Reply::json(
         status,
@@ -661,16 +645,6 @@ async fn handle(
     let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
-    let action = pairs
-        .iter()
-        .find(|(k, _)| k == "action")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-
-    let latency = lock(&app.state).latency;
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
     let reply = {
         let mut state = lock(&app.state);
         state.advance();
@@ -691,8 +665,6 @@ async fn handle(
         state.base = own_base;
         reply
     };
-    app.log
-        .record(method.as_str(), &path, &query, &action, reply.status);
     reply.into_response()
 }
 
@@ -778,25 +750,6 @@ fn valid_actions(api: Api, state: &str) -> Vec<&'static str> {
 
 impl State {
     fn respond(&mut self, req: &Req) -> Reply {
-        // Injected faults come first, before authentication.
-        let target = if req.query.is_empty() {
-            req.path.to_string()
-        } else {
-            format!("{}?{}", req.path, req.query)
-        };
-        if let Some(injection) = self.injections.iter_mut().find(|i| {
-            i.remaining > 0
-                && target.contains(&i.path_contains)
-                && i.method
-                    .as_deref()
-                    .is_none_or(|m| m.eq_ignore_ascii_case(req.method.as_str()))
-        }) {
-            injection.remaining -= 1;
-            let status = injection.status;
-            self.injections.retain(|i| i.remaining > 0);
-            return error(status);
-        }
-
         let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
         let api = match segs.first() {
             Some(&"v1") => Api::V1,
@@ -1745,6 +1698,7 @@ async fn start_agent(
 mod tests {
     use super::*;
     use crate::docker::{DockerEngine, AGENT_IMAGE};
+    use crate::http::{Fault, Match};
     use bollard::query_parameters::StopContainerOptions;
 
     fn fast() -> RancherOptions {
@@ -2168,8 +2122,8 @@ mod tests {
         let r = RancherServer::start(fast()).await;
         let id = r.add_host(host_spec("a", "active", None));
         let hosts = "/v2-beta/projects/1a5/hosts";
-        r.inject("/hosts", Some("GET"), 503, 2);
-        r.inject("action=deactivate", None, 409, 1);
+        r.fail(Match::path("/hosts").method("GET"), Fault::Status(503), 2);
+        r.fail(Match::action("deactivate"), Fault::Status(409), 1);
         for _ in 0..2 {
             let (status, body) = call(&r, "GET", hosts).await;
             assert_eq!(status, 503);
@@ -2189,13 +2143,19 @@ mod tests {
         );
         assert_eq!(call(&r, "POST", &action).await.0, 202);
         // Injected errors come before authentication.
-        r.inject("/v1", None, 500, 1);
+        r.fail(Match::path("/v1"), Fault::Status(500), 1);
         let (status, body) = call_as(&r, None, "GET", "/v1", &[]).await;
         assert_eq!((status, &body["code"]), (500, &json!("ServerError")));
+        // A refused action is Cattle's 422.
+        r.fail(Match::any(), Fault::ValidationError, 1);
+        let (status, body) = call(&r, "POST", &action).await;
+        assert_eq!((status, &body["code"]), (422, &json!("ActionNotAvailable")));
 
         let log = r.requests();
         let statuses: Vec<u16> = log.iter().map(|e| e.status).collect();
-        assert_eq!(statuses, [503, 503, 200, 409, 202, 500]);
+        assert_eq!(statuses, [503, 503, 200, 409, 202, 500, 422]);
+        let injected: Vec<bool> = log.iter().map(|e| e.injected).collect();
+        assert_eq!(injected, [true, true, false, true, false, true, true]);
         assert_eq!(log[3].method, "POST");
         assert_eq!(log[3].path, format!("{hosts}/{id}"));
         assert_eq!(log[3].query, "action=deactivate");

@@ -6,8 +6,9 @@ use std::time::Duration;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
 
-use super::{add_group, drover_command, instance, median_p95, ms, Endpoints, Node, Row, Settings};
+use super::{endpoints, instance, median_p95, ms, Node, Row, Settings};
 use crate::autoscaling::AutoScalingServer;
+use crate::bed::{add_group, GROUP, HOOK_TIMEOUT};
 use crate::docker::{DockerEngine, AGENT_IMAGE};
 use crate::imds::ImdsServer;
 use crate::rancher::{RancherOptions, RancherServer};
@@ -76,28 +77,24 @@ pub async fn run(settings: &Settings, docker: &DockerEngine) -> Result<Vec<Row>,
         rancher.add_registration_token(true);
         rancher.watch(docker);
         let asg = AutoScalingServer::start().await;
-        add_group(&asg);
-        asg.add_instance(super::GROUP, &opts.instance_id, "m5.large", "us-east-1b");
+        add_group(&asg, HOOK_TIMEOUT);
+        asg.add_instance(GROUP, &opts.instance_id, "m5.large", "us-east-1b");
         let node = Node::new(&opts.instance_id).map_err(|e| e.to_string())?;
-        node.write_config(&rancher, None, "0s", "info")
+        node.write_config(&rancher, None, Duration::ZERO, "info")
             .map_err(|e| e.to_string())?;
-        let ends = Endpoints {
-            imds: &imds,
-            asg: &asg,
-            sqs: None,
-            docker_host: docker.docker_host(),
-        };
+        let launcher = node.launcher(
+            &settings.drover,
+            &endpoints(&imds, &asg, None, docker),
+            &["register"],
+        );
         let began = tokio::time::Instant::now();
-        let status = drover_command(&settings.drover, &node, &ends, &["register"])
-            .map_err(|e| e.to_string())?
-            .status()
-            .await
-            .map_err(|e| e.to_string())?;
+        let run = launcher.run(Duration::from_secs(300)).await?;
         let took = began.elapsed();
-        if !status.success() {
+        if run.code != Some(0) {
             return Err(format!(
-                "drover register failed ({status}):\n{}",
-                super::tail(&super::log_of(&node), 20)
+                "drover register failed ({:?}):\n{}",
+                run.code,
+                super::tail(&run.stderr, 20)
             ));
         }
         clean(docker).await?;

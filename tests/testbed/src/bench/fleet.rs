@@ -4,21 +4,21 @@
 
 use std::time::Duration;
 
-use super::{
-    add_active_host, add_group, drover_command, instance, lifecycle_message, log_of, ms,
-    wait_for_log, zero_delay_rancher, Endpoints, Node, Row, Settings,
-};
+use super::{endpoints, instance, lifecycle_message, ms, zero_delay_rancher, Node, Row, Settings};
 use crate::autoscaling::AutoScalingServer;
+use crate::bed::{add_active_host, add_group, GROUP, HOOK_TIMEOUT};
 use crate::docker::DockerEngine;
 use crate::imds::ImdsServer;
+use crate::launch::Running;
 use crate::moto::MotoServer;
 use crate::rancher::RancherServer;
 
-/// How many receives each message took, from the deleting drover's log line.
-fn receive_counts(nodes: &[Node]) -> Vec<u64> {
+/// How many receives each message took, from the deleting drover's log line (a
+/// measurement drover reports only there).
+fn receive_counts(drovers: &[Running]) -> Vec<u64> {
     let mut counts = Vec::new();
-    for node in nodes {
-        for line in log_of(node).lines() {
+    for drover in drovers {
+        for line in drover.stderr().lines() {
             if !line.contains("deleted the lifecycle message") {
                 continue;
             }
@@ -45,7 +45,7 @@ pub async fn run(
     let n = settings.fleet.max(2);
     let rancher = RancherServer::start(zero_delay_rancher()).await;
     let asg = AutoScalingServer::start().await;
-    add_group(&asg);
+    add_group(&asg, HOOK_TIMEOUT);
     let queue = moto
         .create_queue(&format!("fleet-{}", std::process::id()), Some(5))
         .await;
@@ -55,31 +55,21 @@ pub async fn run(
     let mut nodes = Vec::new();
     for i in 0..n {
         let opts = instance(1000 + i);
-        asg.add_instance(super::GROUP, &opts.instance_id, "m5.large", "us-east-1b");
+        asg.add_instance(GROUP, &opts.instance_id, "m5.large", "us-east-1b");
         add_active_host(&rancher, &opts);
         let node = Node::new(&opts.instance_id).map_err(|e| e.to_string())?;
-        node.write_config(&rancher, Some(&queue), "5s", "info")
+        node.write_config(&rancher, Some(&queue), Duration::from_secs(5), "info")
             .map_err(|e| e.to_string())?;
         imds.push(ImdsServer::start(opts).await);
         nodes.push(node);
     }
-    let mut children = Vec::new();
+    let mut drovers = Vec::new();
     for (node, imds) in nodes.iter().zip(&imds) {
-        let ends = Endpoints {
-            imds,
-            asg: &asg,
-            sqs: Some(moto.url()),
-            docker_host: docker.docker_host(),
-        };
-        children.push(
-            drover_command(&settings.drover, node, &ends, &["run"])
-                .map_err(|e| e.to_string())?
-                .spawn()
-                .map_err(|e| e.to_string())?,
-        );
+        let ends = endpoints(imds, &asg, Some(moto.url()), docker);
+        drovers.push(node.launcher(&settings.drover, &ends, &["run"]).spawn()?);
     }
-    for node in &nodes {
-        wait_for_log(node, "watching for termination", Duration::from_secs(120)).await?;
+    for drover in &mut drovers {
+        drover.wait_ready(Duration::from_secs(120)).await?;
     }
     println!("fleet: {n} drovers watching one queue");
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -137,7 +127,7 @@ pub async fn run(
         .count();
     let (dlq_visible, dlq_hidden) = moto.approximate_counts(&dlq).await;
     let dead_lettered = dlq_visible + dlq_hidden;
-    let counts = receive_counts(&nodes);
+    let counts = receive_counts(&drovers);
     let receives_per_message = if counts.is_empty() {
         0.0
     } else {
@@ -155,9 +145,8 @@ pub async fn run(
         })
         .count();
 
-    for mut child in children {
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+    for drover in &mut drovers {
+        drover.kill().await;
     }
 
     let terminated = leaving.len();

@@ -96,7 +96,7 @@ async fn idle_in_mode(
         moto,
     )
     .await?;
-    let pid = w.child.id().ok_or("drover exited at once")?;
+    let pid = w.drover.pid().ok_or("drover exited at once")?;
     // Let start-up settle (the first long poll, the first IMDS read).
     tokio::time::sleep(Duration::from_secs(2)).await;
 

@@ -11,17 +11,18 @@ pub mod footprint;
 pub mod reaction;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use crate::autoscaling::{AutoScalingServer, HookSpec};
+use crate::autoscaling::AutoScalingServer;
+use crate::bed::{add_active_host, add_group, GROUP, HOOK_TIMEOUT};
+use crate::config::{DroverConfig, LogFormat, OnSigterm, Secret};
 use crate::docker::DockerEngine;
 use crate::imds::{ImdsOptions, ImdsServer};
+use crate::launch::{Endpoints, Launcher, Running};
 use crate::moto::MotoServer;
-use crate::rancher::{HostSpec, RancherOptions, RancherServer};
+use crate::rancher::{RancherOptions, RancherServer};
 
-pub const GROUP: &str = "crawlers";
-pub const HOOK: &str = "drain";
+pub use crate::launch::tail;
 
 /// What the harness was asked to do.
 #[derive(Debug, Clone)]
@@ -35,7 +36,7 @@ pub struct Settings {
     pub only: Vec<String>,
 }
 
-/// One drover's files: config, secret, state dir.
+/// One drover's files: config, secret, state dir, its output.
 pub struct Node {
     pub dir: tempfile::TempDir,
     pub instance_id: String,
@@ -54,118 +55,58 @@ impl Node {
         self.dir.path().join("drover.toml")
     }
 
-    /// Writes drover's config: `queue` on or off, `imds_poll` as given.
+    /// Writes drover's config: `queue` on or off, `imds_poll` as given (zero: off), JSON
+    /// logs at `level`.
     pub fn write_config(
         &self,
         rancher: &RancherServer,
         queue: Option<&str>,
-        imds_poll: &str,
+        imds_poll: Duration,
         level: &str,
     ) -> std::io::Result<()> {
-        use std::os::unix::fs::PermissionsExt;
         let secret = self.dir.path().join("rancher.secret");
-        std::fs::write(&secret, rancher.secret_key())?;
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))?;
-        let queue_line = queue
-            .map(|q| format!("queue_url = \"{q}\"\n"))
-            .unwrap_or_default();
-        let text = format!(
-            r#"[rancher]
-url = "{url}"
-project_id = "{project}"
-access_key = "{access}"
-secret_key_file = "{secret}"
+        crate::config::write_private(&secret, rancher.secret_key().as_bytes())?;
+        let mut config = DroverConfig::default();
+        config.rancher.url = Some(rancher.url());
+        config.rancher.project_id = Some(rancher.project_id().to_string());
+        config.rancher.access_key = Some(rancher.access_key().to_string());
+        config.rancher.secret_key = Some(Secret::File(secret));
+        config.agent.labels = Some(crate::bed::labels());
+        config.agent.privileged = Some(false);
+        config.agent.register_timeout = Some(Duration::from_secs(60));
+        config.lifecycle.queue_url = queue.map(str::to_string);
+        config.lifecycle.imds_poll = Some(imds_poll);
+        config.lifecycle.on_sigterm = Some(OnSigterm::Exit);
+        config.state.dir = Some(self.dir.path().join("state"));
+        config.log.format = Some(LogFormat::Json);
+        config.log.level = Some(level.to_string());
+        config.write(&self.config_path())
+    }
 
-[agent]
-labels = {{ role = "crawling", env = "prod" }}
-privileged = false
-register_timeout = "60s"
-
-[lifecycle]
-{queue_line}imds_poll = "{imds_poll}"
-on_sigterm = "exit"
-
-[state]
-dir = "{state}"
-
-[log]
-format = "json"
-level = "{level}"
-"#,
-            url = rancher.url(),
-            project = rancher.project_id(),
-            access = rancher.access_key(),
-            secret = secret.display(),
-            state = self.dir.path().join("state").display(),
-        );
-        std::fs::write(self.config_path(), text)?;
-        std::fs::set_permissions(self.config_path(), std::fs::Permissions::from_mode(0o600))
+    /// drover with `args` for this node: its config, the endpoints given, output to files
+    /// in the node's dir (a long run never fills a pipe).
+    pub fn launcher(&self, drover: &Path, ends: &Endpoints, args: &[&str]) -> Launcher {
+        Launcher::new(drover, self.dir.path(), "drover")
+            .config(&self.config_path())
+            .endpoints(ends)
+            .args(args)
     }
 }
 
-/// The endpoints a drover process talks to.
-pub struct Endpoints<'a> {
-    pub imds: &'a ImdsServer,
-    pub asg: &'a AutoScalingServer,
-    pub sqs: Option<String>,
-    pub docker_host: String,
-}
-
-/// The drover binary with a clean environment pointing at the bed; stderr (the log) goes
-/// to `log`, so that a long run never fills a pipe.
-pub fn drover_command(
-    drover: &Path,
-    node: &Node,
-    ends: &Endpoints<'_>,
-    args: &[&str],
-) -> std::io::Result<tokio::process::Command> {
-    let log = std::fs::File::create(node.dir.path().join("drover.log"))?;
-    let mut cmd = tokio::process::Command::new(drover);
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", node.dir.path())
-        .env("DROVER_CONFIG", node.config_path())
-        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", ends.imds.url())
-        .env("AWS_ENDPOINT_URL_AUTO_SCALING", ends.asg.url())
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("DOCKER_HOST", &ends.docker_host)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true);
-    if let Some(sqs) = &ends.sqs {
-        cmd.env("AWS_ENDPOINT_URL_SQS", sqs);
+/// The endpoints of one instance's stand-ins; SQS at `sqs` when given.
+pub fn endpoints(
+    imds: &ImdsServer,
+    asg: &AutoScalingServer,
+    sqs: Option<String>,
+    docker: &DockerEngine,
+) -> Endpoints {
+    Endpoints {
+        imds: Some(imds.url()),
+        autoscaling: Some(asg.url()),
+        sqs,
+        docker_host: Some(docker.docker_host()),
+        ..Endpoints::default()
     }
-    Ok(cmd)
-}
-
-/// drover's log so far.
-pub fn log_of(node: &Node) -> String {
-    std::fs::read_to_string(node.dir.path().join("drover.log")).unwrap_or_default()
-}
-
-/// Waits until drover's log contains `needle`, or `limit` passes.
-pub async fn wait_for_log(node: &Node, needle: &str, limit: Duration) -> Result<(), String> {
-    let until = tokio::time::Instant::now() + limit;
-    loop {
-        if log_of(node).contains(needle) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > until {
-            return Err(format!(
-                "drover did not log {needle:?} within {limit:?}; log:\n{}",
-                tail(&log_of(node), 20)
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-pub fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Instance `n`'s IMDS options: its own id and address, in the group.
@@ -177,35 +118,6 @@ pub fn instance(n: usize) -> ImdsOptions {
         local_hostname: format!("ip-10-0-{}-{}.ec2.internal", n / 250, n % 250 + 2),
         ..ImdsOptions::default()
     }
-}
-
-/// The group with its termination hook, as Terraform sets it up.
-pub fn add_group(asg: &AutoScalingServer) {
-    asg.add_group(
-        GROUP,
-        vec![HookSpec {
-            name: HOOK.into(),
-            transition: "autoscaling:EC2_INSTANCE_TERMINATING".into(),
-            heartbeat_timeout: Duration::from_secs(300),
-            default_result: "ABANDON".into(),
-        }],
-    );
-}
-
-/// An active host for the instance, as a registered agent leaves it: drover's `run` then
-/// has nothing to start.
-pub fn add_active_host(rancher: &RancherServer, opts: &ImdsOptions) -> String {
-    let mut labels = std::collections::BTreeMap::new();
-    labels.insert("aws.instance_id".to_string(), opts.instance_id.clone());
-    labels.insert("aws.autoscaling_group".to_string(), GROUP.to_string());
-    labels.insert("role".to_string(), "crawling".to_string());
-    rancher.add_host(HostSpec {
-        hostname: opts.local_hostname.clone(),
-        labels,
-        state: "active".into(),
-        agent_state: Some("active".into()),
-        agent_ip: opts.local_ipv4.clone(),
-    })
 }
 
 /// Rancher answering at once: the figures are then drover's own.
@@ -222,11 +134,11 @@ pub struct Watching {
     pub rancher: RancherServer,
     pub asg: AutoScalingServer,
     pub node: Node,
-    pub child: tokio::process::Child,
+    pub drover: Running,
 }
 
-/// Starts instance `n`'s stand-ins and `drover run`, and waits until it watches: on
-/// `queue` alone (IMDS polling off) when given, on IMDS polling every 5 s otherwise.
+/// Starts instance `n`'s stand-ins and `drover run`, and waits until it is ready (watches):
+/// on `queue` alone (IMDS polling off) when given, on IMDS polling every 5 s otherwise.
 pub async fn start_watching(
     settings: &Settings,
     n: usize,
@@ -239,43 +151,38 @@ pub async fn start_watching(
     let imds = ImdsServer::start(opts.clone()).await;
     let rancher = RancherServer::start(rancher).await;
     let asg = AutoScalingServer::start().await;
-    add_group(&asg);
+    add_group(&asg, HOOK_TIMEOUT);
     asg.add_instance(GROUP, &opts.instance_id, "m5.large", "us-east-1b");
     add_active_host(&rancher, &opts);
     let node = Node::new(&opts.instance_id).map_err(|e| e.to_string())?;
-    let imds_poll = if queue.is_some() { "0s" } else { "5s" };
+    let imds_poll = if queue.is_some() {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(5)
+    };
     node.write_config(&rancher, queue, imds_poll, "info")
         .map_err(|e| e.to_string())?;
-    let ends = Endpoints {
-        imds: &imds,
-        asg: &asg,
-        sqs: Some(moto.url()),
-        docker_host: docker.docker_host(),
-    };
-    let child = drover_command(&settings.drover, &node, &ends, &["run"])
-        .map_err(|e| e.to_string())?
-        .spawn()
-        .map_err(|e| format!("{}: {e}", settings.drover.display()))?;
-    wait_for_log(&node, "watching for termination", Duration::from_secs(60)).await?;
+    let ends = endpoints(&imds, &asg, Some(moto.url()), docker);
+    let mut drover = node.launcher(&settings.drover, &ends, &["run"]).spawn()?;
+    drover.wait_ready(Duration::from_secs(60)).await?;
     Ok(Watching {
         imds,
         rancher,
         asg,
         node,
-        child,
+        drover,
     })
 }
 
 impl Watching {
     pub async fn stop(&mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
+        self.drover.kill().await;
     }
 }
 
 /// The message Auto Scaling sends for a termination.
 pub fn lifecycle_message(instance_id: &str, token: &str) -> String {
-    crate::autoscaling::termination_message(GROUP, HOOK, instance_id, token)
+    crate::bed::direct_message(instance_id, token)
 }
 
 /// Polls the Auto Scaling stand-in until the instance's lifecycle action is completed.

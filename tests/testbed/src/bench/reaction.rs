@@ -58,9 +58,9 @@ async fn once(
     let waited = wait_for_completion(&w.asg, &id, Duration::from_secs(60)).await;
     let took = sent.elapsed();
     w.stop().await;
-    waited.map_err(|e| format!("{e}; log:\n{}", super::tail(&super::log_of(&w.node), 20)))?;
+    waited.map_err(|e| format!("{e}; log:\n{}", super::tail(&w.drover.stderr(), 20)))?;
     if std::env::var_os("DROVER_BENCH_VERBOSE").is_some() {
-        eprintln!("--- {source} run {n}: {took:?}\n{}", super::log_of(&w.node));
+        eprintln!("--- {source} run {n}: {took:?}\n{}", w.drover.stderr());
     }
     Ok(took)
 }
