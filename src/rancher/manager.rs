@@ -459,18 +459,24 @@ mod tests {
         })
     }
 
-    fn said(events: &[StepEvent]) -> Vec<String> {
-        events.iter().map(|e| e.what.to_string()).collect()
-    }
-
-    #[tokio::test]
-    async fn each_step_says_what_it_did_and_a_done_step_does_nothing() {
+    /// A stand-in whose transitions take a moment, with one active host.
+    async fn server_with_a_host() -> (testbed::rancher::RancherServer, String) {
         let server = testbed::rancher::RancherServer::start(testbed::rancher::RancherOptions {
             transition_delay: Duration::from_millis(20),
             ..Default::default()
         })
         .await;
         let id = active_host(&server);
+        (server, id)
+    }
+
+    fn said(events: &[StepEvent]) -> Vec<String> {
+        events.iter().map(|e| e.what.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn each_step_says_what_it_did_and_a_done_step_does_nothing() {
+        let (server, id) = server_with_a_host().await;
         let rancher = rancher(&server).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         let done = rancher
@@ -506,12 +512,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_purge_that_keeps_failing_fails_the_purge_step_with_the_host_removed() {
-        let server = testbed::rancher::RancherServer::start(testbed::rancher::RancherOptions {
-            transition_delay: Duration::from_millis(20),
-            ..Default::default()
-        })
-        .await;
-        let id = active_host(&server);
+        let (server, id) = server_with_a_host().await;
         let purge = testbed::http::Match::action("purge").method("POST");
         server.fail(purge, testbed::http::Fault::Status(500), 1000);
         let rancher = rancher(&server).await;
@@ -530,12 +531,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_host_stuck_before_removed_fails_the_remove_step() {
-        let server = testbed::rancher::RancherServer::start(testbed::rancher::RancherOptions {
-            transition_delay: Duration::from_millis(20),
-            ..Default::default()
-        })
-        .await;
-        let id = active_host(&server);
+        let (server, id) = server_with_a_host().await;
         server.stick(&id, "removing");
         let deadline = Instant::now() + Duration::from_secs(1);
         let err = rancher(&server)
