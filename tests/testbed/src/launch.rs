@@ -439,6 +439,17 @@ impl Running {
             .await
     }
 
+    /// Waits until `pred` holds for its output (e.g. a line logged twice); `what` names it
+    /// in the error.
+    pub async fn wait_output(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<(), Error> {
+        self.wait_until(what, limit, |r| pred(&r.output())).await
+    }
+
     /// Sends `signal`; an error when it is gone.
     pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), Error> {
         let pid = self
