@@ -197,13 +197,8 @@ impl Launcher {
         let mut cmd = tokio::process::Command::new(&self.binary);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            // A HOME of its own: no ~/.aws of whoever runs the tests.
             .env("HOME", &self.dir)
-            // Keep the SDK away from any shared config or credentials file.
-            .env("AWS_CONFIG_FILE", self.dir.join("no-aws-config"))
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                self.dir.join("no-aws-credentials"),
-            )
             .env("AWS_ACCESS_KEY_ID", AWS_ACCESS_KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET_ACCESS_KEY)
             .env("NOTIFY_SOCKET", notify);
