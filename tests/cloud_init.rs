@@ -282,6 +282,11 @@ async fn drover_check(config_text: String) -> CheckRun {
     let set = |key: &str, path: &Path| format!("{key}={}", path.display());
     let run = Launcher::new(&drover_bin(), dir.path(), "check")
         .endpoints(&Endpoints::nowhere())
+        .env("AWS_CONFIG_FILE", dir.path().join("no-aws-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            dir.path().join("no-aws-credentials"),
+        )
         .arg("--config")
         .arg(&config)
         .arg("--set")

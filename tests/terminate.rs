@@ -243,14 +243,13 @@ async fn a_peer_without_a_host_here_is_handed_back_and_never_deleted() {
     .await;
     // Handed back at once (visibility 0): this drover, the only consumer, receives it
     // again right away, and hands it back again.
-    eventually("handed back twice", LONG, || {
-        (run.output()
-            .matches("no host of this environment belongs to that instance")
+    run.wait_output("the stranger's message handed back twice", LONG, |out| {
+        out.matches("no host of this environment belongs to that instance")
             .count()
-            >= 2)
-            .then_some(())
+            >= 2
     })
-    .await;
+    .await
+    .expect("handed back twice");
     // A message for a peer whose host is here but which its group shows in service is a
     // forgery (or a mistake): the peer's host stays, and so does the message.
     let (healthy, healthy_host) = peer(&bed, 7);

@@ -281,10 +281,27 @@ impl Bed {
 
     /// Registers the host and returns its id.
     pub async fn register(&self) -> String {
-        self.drover(&["register"]).await.assert_code(0);
+        let run = self.drover(&["register"]).await;
         let mine = self.my_hosts();
-        assert_eq!(mine.len(), 1, "{mine:?}");
+        assert!(
+            run.code == Some(0) && mine.len() == 1,
+            "drover register: exit {:?}, hosts of this instance {mine:?}\n{}",
+            run.code,
+            self.what_the_bed_saw(&run)
+        );
         mine[0].id.clone()
+    }
+
+    /// drover's output and what the Rancher stand-in and the engine saw, for a failure.
+    pub fn what_the_bed_saw(&self, run: &Run) -> String {
+        format!(
+            "--- stdout\n{}\n--- stderr\n{}\n--- bootstrap containers seen\n{:#?}\n--- hosts\n{:#?}\n--- dockerd log\n{}",
+            run.stdout,
+            run.stderr,
+            self.rancher.bootstraps_seen(),
+            self.rancher.hosts(),
+            self.docker.log_tail()
+        )
     }
 
     /// The registration record drover wrote, if any.

@@ -197,13 +197,8 @@ impl Launcher {
         let mut cmd = tokio::process::Command::new(&self.binary);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            // A HOME of its own: no ~/.aws of whoever runs the tests.
             .env("HOME", &self.dir)
-            // Keep the SDK away from any shared config or credentials file.
-            .env("AWS_CONFIG_FILE", self.dir.join("no-aws-config"))
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                self.dir.join("no-aws-credentials"),
-            )
             .env("AWS_ACCESS_KEY_ID", AWS_ACCESS_KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET_ACCESS_KEY)
             .env("NOTIFY_SOCKET", notify);
@@ -437,6 +432,17 @@ impl Running {
         let what = format!("{needle:?} in its output");
         self.wait_until(&what, limit, |r| r.output().contains(needle))
             .await
+    }
+
+    /// Waits until `pred` holds for its output (e.g. a line logged twice); `what` names it
+    /// in the error.
+    pub async fn wait_output(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<(), Error> {
+        self.wait_until(what, limit, |r| pred(&r.output())).await
     }
 
     /// Sends `signal`; an error when it is gone.

@@ -1456,13 +1456,12 @@ impl Watcher {
             }
             let inspected = match docker.inspect_container(&id, None).await {
                 Ok(inspected) => inspected,
-                // Gone already (auto-removed).
+                // Gone already (auto-removed), or listed while the engine is still creating
+                // it, before it can be inspected: look again next time. Marking it seen
+                // here lost a bootstrap now and then; one really gone is not listed again.
                 Err(bollard::errors::Error::DockerResponseServerError {
                     status_code: 404, ..
-                }) => {
-                    self.seen.insert(id);
-                    continue;
-                }
+                }) => continue,
                 // Any other failure (a busy engine, a dropped connection) is not a verdict
                 // on the container: fail this poll and look again next time.
                 Err(e) => return Err(e),
