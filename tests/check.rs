@@ -43,7 +43,10 @@ async fn every_check_passes_against_the_test_bed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_key_and_missing_hook_fail_with_reasons() {
     let mut bed = Bed::start().await;
-    bed.config.rancher.access_key = Some("WRONGKEY".into());
+    // The file has the right key; the environment beats the file, as on a host whose
+    // userdata sets DROVER_* variables over the packaged config.
+    bed.extra_env
+        .push(("DROVER_RANCHER_ACCESS_KEY".into(), "WRONGKEY".into()));
     bed.config.lifecycle.hook_name = Some("no-such-hook".into());
     let run = bed.drover(&["check"]).await;
     run.assert_code(1);
