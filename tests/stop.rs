@@ -3,30 +3,14 @@
 //! not settle back to the queue at once, so that the next host takes it up without waiting
 //! out a visibility timeout; a second SIGTERM stops at once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use testbed::bed::{direct_message, eventually, Bed, BedOptions, GROUP};
+use testbed::bed::{direct_message, eventually, Bed, BedOptions};
 use testbed::config::OnSigterm;
 use testbed::moto::MotoServer;
-use testbed::rancher::HostSpec;
 
 const LONG: Duration = Duration::from_secs(60);
-
-/// A peer instance in the group, with an active host in this environment.
-fn peer(bed: &Bed, n: u32) -> (String, String) {
-    let instance = format!("i-0000000000000{n:04x}");
-    let id = bed.rancher.add_host(HostSpec {
-        hostname: format!("peer-{n}"),
-        labels: BTreeMap::from([("aws.instance_id".to_string(), instance.clone())]),
-        state: "active".into(),
-        agent_state: None,
-        agent_ip: format!("10.0.3.{n}"),
-    });
-    bed.asg
-        .add_instance(GROUP, &instance, "m5.large", "us-east-1b");
-    (instance, id)
-}
 
 /// Sends the termination message of `instance`, its group showing it terminating and
 /// reaching `Terminating:Wait` after `lag`.
@@ -73,7 +57,7 @@ async fn a_stop_hands_back_every_message_it_has_not_settled() {
     run.wait_ready(LONG).await.expect("drover run ready");
 
     // Taking the host out: stuck in removing, for as long as drain_timeout lasts.
-    let (stuck, stuck_host) = peer(&bed, 1);
+    let (stuck, stuck_host) = bed.add_peer(1);
     bed.rancher.stick(&stuck_host, "removing");
     terminate(&bed, moto, queue, &stuck, Duration::ZERO).await;
     eventually("the stuck host removing", LONG, || {
@@ -82,14 +66,14 @@ async fn a_stop_hands_back_every_message_it_has_not_settled() {
     .await;
 
     // Answering: the host is out, the group reaches Terminating:Wait only in ten minutes.
-    let (answering, answering_host) = peer(&bed, 2);
+    let (answering, answering_host) = bed.add_peer(2);
     terminate(&bed, moto, queue, &answering, Duration::from_secs(600)).await;
     run.wait_for_output(&format!("host {answering_host} out of Rancher"), LONG)
         .await
         .expect("the answering peer's host out");
 
     // Done during the stop: the group reaches Terminating:Wait in a few seconds.
-    let (finishing, finishing_host) = peer(&bed, 3);
+    let (finishing, finishing_host) = bed.add_peer(3);
     terminate(&bed, moto, queue, &finishing, Duration::from_secs(6)).await;
     // drover's own last look at the host, not only the stand-in's state: Rancher turns
     // slow next, and the take-out must be over by then.
@@ -99,7 +83,7 @@ async fn a_stop_hands_back_every_message_it_has_not_settled() {
 
     // Deciding: Rancher answers no host listing within the request timeout any more, so
     // the newest peer's host is still being looked up.
-    let (deciding, _) = peer(&bed, 4);
+    let (deciding, _) = bed.add_peer(4);
     bed.rancher.set_latency(Duration::from_secs(30));
     terminate(&bed, moto, queue, &deciding, Duration::ZERO).await;
     // A malformed message is left to the redrive policy, stop or not.

@@ -42,20 +42,6 @@ fn with_routing_key(bed: &mut Bed) {
     bed.config.pager.routing_key = Some(Secret::Inline(ROUTING_KEY.into()));
 }
 
-fn peer(bed: &Bed, n: u32) -> (String, String) {
-    let instance = format!("i-0000000000000{n:04x}");
-    let id = bed.rancher.add_host(HostSpec {
-        hostname: format!("peer-{n}"),
-        labels: BTreeMap::from([("aws.instance_id".to_string(), instance.clone())]),
-        state: "active".into(),
-        agent_state: None,
-        agent_ip: format!("10.0.3.{n}"),
-    });
-    bed.asg
-        .add_instance(GROUP, &instance, "m5.large", "us-east-1b");
-    (instance, id)
-}
-
 fn completions_of(bed: &Bed, instance: &str) -> Vec<testbed::autoscaling::Completion> {
     bed.asg
         .completions()
@@ -156,8 +142,8 @@ async fn every_message_shape_and_the_test_notification() {
     let bed = bed_with_queue(BedOptions::default()).await;
     let (moto, queue) = bed.queue();
     bed.register().await;
-    let (eb_instance, eb_host) = peer(&bed, 1);
-    let (sns_instance, sns_host) = peer(&bed, 2);
+    let (eb_instance, eb_host) = bed.add_peer(1);
+    let (sns_instance, sns_host) = bed.add_peer(2);
     let mut run = run_ready(&bed).await;
 
     moto.send(
@@ -252,7 +238,7 @@ async fn a_peer_without_a_host_here_is_handed_back_and_never_deleted() {
     .expect("handed back twice");
     // A message for a peer whose host is here but which its group shows in service is a
     // forgery (or a mistake): the peer's host stays, and so does the message.
-    let (healthy, healthy_host) = peer(&bed, 7);
+    let (healthy, healthy_host) = bed.add_peer(7);
     moto.send(
         queue,
         &direct_message(&healthy, "66666666-7777-8888-9999-000000000000"),

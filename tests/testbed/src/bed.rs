@@ -312,6 +312,22 @@ impl Bed {
     }
 
     /// Hosts of this instance that are not removed or purged.
+    /// Peer `n`: another instance of the group (in service), with an active host in this
+    /// environment; its (instance id, host id).
+    pub fn add_peer(&self, n: u32) -> (String, String) {
+        let instance = format!("i-0000000000000{n:04x}");
+        let id = self.rancher.add_host(HostSpec {
+            hostname: format!("peer-{n}"),
+            labels: BTreeMap::from([("aws.instance_id".to_string(), instance.clone())]),
+            state: "active".into(),
+            agent_state: None,
+            agent_ip: format!("10.0.3.{n}"),
+        });
+        self.asg
+            .add_instance(GROUP, &instance, "m5.large", "us-east-1b");
+        (instance, id)
+    }
+
     pub fn my_hosts(&self) -> Vec<HostSnapshot> {
         self.rancher
             .hosts()
