@@ -32,12 +32,6 @@ impl From<RetryError<RancherError>> for ClusterError {
     }
 }
 
-impl From<RancherError> for ClusterError {
-    fn from(e: RancherError) -> Self {
-        ClusterError::Backend(Box::new(e))
-    }
-}
-
 /// How far out of the environment a host in `state` is: 0 in it, 1 deactivated, 2 removed
 /// (it has left every list), 3 purged.
 fn how_far_out(state: &str) -> u8 {

@@ -41,15 +41,6 @@ impl<E: CallFailure> HookError<E> {
     }
 }
 
-impl<E: std::error::Error + 'static> From<RetryError<E>> for HookError<E> {
-    fn from(e: RetryError<E>) -> Self {
-        match e {
-            RetryError::Failed(e) => HookError::AutoScaling(e),
-            out => HookError::OutOfTime(out.to_string()),
-        }
-    }
-}
-
 /// The lifecycle action to answer, named by instance id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookTarget {

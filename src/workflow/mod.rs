@@ -125,12 +125,12 @@ enum Waiter {
 }
 
 impl Waiter {
+    /// A source that stopped waiting has nothing left to settle: a failed send is fine.
     fn send(self, outcome: Outcome) {
-        // A source that stopped waiting has nothing left to settle.
-        let _ = match self {
-            Waiter::Terminate(tx) => tx.send(outcome).map_err(|_| ()),
-            Waiter::Stop(tx) => tx.send(Some(outcome)).map_err(|_| ()),
-        };
+        match self {
+            Waiter::Terminate(tx) => drop(tx.send(outcome)),
+            Waiter::Stop(tx) => drop(tx.send(Some(outcome))),
+        }
     }
 }
 

@@ -7,22 +7,17 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::record::Timeline;
+use super::Settings;
 use crate::pager::{Incident, Paging, Severity};
 use crate::state::TakeOutRecord;
 
 /// Budget for paging, so that paging never holds the hook for long.
 pub const PAGE_BUDGET: Duration = Duration::from_secs(30);
 
-/// What a page says beside the record.
-pub struct Facts<'a> {
-    pub cluster_url: &'a str,
-    pub on_failure: &'a str,
-}
-
 /// Pages that `step` failed with `error`; marks the record as paged when a pager took it.
 pub async fn page<P: Paging>(
     pager: &P,
-    facts: &Facts<'_>,
+    settings: &Settings,
     record: &mut TakeOutRecord,
     timeline: &mut Timeline,
     step: &str,
@@ -37,8 +32,11 @@ pub async fn page<P: Paging>(
     }
     let details = BTreeMap::from([
         ("source".to_string(), record.source.clone()),
-        ("rancher_url".to_string(), facts.cluster_url.to_string()),
-        ("on_failure".to_string(), facts.on_failure.to_string()),
+        ("rancher_url".to_string(), settings.cluster_url.clone()),
+        (
+            "on_failure".to_string(),
+            settings.on_failure.as_str().to_string(),
+        ),
     ]);
     let incident = Incident {
         instance_id: record.instance_id.clone(),

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::hook::{self, Completion, HookLookup, HookTarget};
-use super::page::{self, Facts};
+use super::page;
 use super::record::Timeline;
 use super::take_out::{self, Ending, Plan};
 use super::Workflow;
@@ -379,10 +379,6 @@ where
         step: &str,
         error: &str,
     ) {
-        let facts = Facts {
-            cluster_url: &self.settings.cluster_url,
-            on_failure: self.settings.on_failure.as_str(),
-        };
-        page::page(&self.pager, &facts, record, timeline, step, error).await;
+        page::page(&self.pager, &self.settings, record, timeline, step, error).await;
     }
 }
