@@ -22,8 +22,11 @@ const ACTIVE_POLL: Pace = Pace::new(Duration::from_millis(250), Duration::from_s
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
-    #[error(transparent)]
-    Cluster(#[from] ClusterError),
+    #[error("{step}: {source}")]
+    Cluster {
+        step: &'static str,
+        source: ClusterError,
+    },
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error(transparent)]
@@ -39,16 +42,47 @@ pub enum RegisterError {
     NotActive { waited: Duration, last: String },
 }
 
+impl RegisterError {
+    /// The step of the registration that failed, for a page.
+    pub fn step(&self) -> &'static str {
+        match self {
+            RegisterError::Cluster { step, .. } => step,
+            RegisterError::Docker(DockerError::Pull { .. }) => "pull the agent image",
+            RegisterError::Docker(_) => "start the agent (Docker)",
+            RegisterError::State(_) => "record the registration",
+            RegisterError::NoAgentIp { .. } => "find the agent's address",
+            RegisterError::HostTakenOut { .. } => "host taken out in Rancher",
+            RegisterError::NotActive { .. } => "wait for the host to become active",
+        }
+    }
+}
+
+/// The cluster error of a step, with the step named.
+fn at(step: &'static str) -> impl FnOnce(ClusterError) -> RegisterError {
+    move |source| RegisterError::Cluster { step, source }
+}
+
 /// How the boot step ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegisterOutcome {
     /// The cluster already showed this instance's host active: nothing was started.
-    AlreadyActive { host_id: String },
+    AlreadyActive { host_id: String, stale: Vec<String> },
     /// The host became active, with or without starting the bootstrap container.
     Registered {
         host_id: String,
         started_bootstrap: bool,
+        /// Other hosts of this instance, not active: for the caller to take out.
+        stale: Vec<String>,
     },
+}
+
+/// The hosts of `hosts` other than `host_id` that are not active.
+fn stale_of(hosts: &[ClusterHost], host_id: &str) -> Vec<String> {
+    hosts
+        .iter()
+        .filter(|h| h.id != host_id && !h.active)
+        .map(|h| h.id.clone())
+        .collect()
 }
 
 /// The automatic labels' values for this instance.
@@ -95,8 +129,12 @@ pub async fn register<C: Cluster>(
 ) -> Result<RegisterOutcome, RegisterError> {
     let started = Instant::now();
     let span = tracing::Span::current();
-    let existing = cluster.find_host(&identity.instance_id, deadline).await?;
-    if let Some(host) = &existing {
+    let hosts = cluster
+        .find_hosts(&identity.instance_id, deadline)
+        .await
+        .map_err(at("look the host up in Rancher"))?;
+    let existing = hosts.first();
+    if let Some(host) = existing {
         // Recorded once: tracing appends a field recorded twice.
         span.record("host_id", host.id.as_str());
         if host.active {
@@ -107,6 +145,7 @@ pub async fn register<C: Cluster>(
             record(config, identity, &host.id)?;
             return Ok(RegisterOutcome::AlreadyActive {
                 host_id: host.id.clone(),
+                stale: stale_of(&hosts, &host.id),
             });
         }
         if is_taken_out(&host.state) {
@@ -123,6 +162,7 @@ pub async fn register<C: Cluster>(
     let agent = docker.agent_container().await?;
     tracing::debug!(?agent, "looked for the rancher-agent container");
     let agent_running = agent.as_ref().is_some_and(|c| c.is_running());
+    let existing = existing.cloned();
     // A running agent whose host the server knows is registering already; one whose host is
     // gone belongs to a deleted host and a new bootstrap replaces it.
     let started_bootstrap = if agent_running && existing.is_some() {
@@ -133,7 +173,10 @@ pub async fn register<C: Cluster>(
             tracing::info!("rancher-agent container runs but Rancher has no host for this instance; registering again");
         }
         let ip = agent_ip(&config.agent.agent_ip, identity)?;
-        let registration = cluster.registration(deadline).await?;
+        let registration = cluster
+            .registration(deadline)
+            .await
+            .map_err(at("get a registration token"))?;
         tracing::info!(token = %registration.token_id, "got a registration URL");
         docker.ensure_image(&config.agent.image).await?;
         let spec = BootstrapSpec {
@@ -155,7 +198,7 @@ pub async fn register<C: Cluster>(
         true
     };
 
-    let host = wait_active(
+    let (host, stale) = wait_active(
         cluster,
         &identity.instance_id,
         deadline,
@@ -168,6 +211,7 @@ pub async fn register<C: Cluster>(
     Ok(RegisterOutcome::Registered {
         host_id: host.id,
         started_bootstrap,
+        stale,
     })
 }
 
@@ -175,13 +219,15 @@ fn short_id(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
+/// Waits until a host of the instance is active; that host, and the others (not active)
+/// as stale.
 async fn wait_active<C: Cluster>(
     cluster: &C,
     instance_id: &str,
     deadline: Instant,
     started: Instant,
     record_host_id: bool,
-) -> Result<ClusterHost, RegisterError> {
+) -> Result<(ClusterHost, Vec<String>), RegisterError> {
     let recorded = std::sync::atomic::AtomicBool::new(!record_host_id);
     let last_state = std::sync::Mutex::new(String::from("not listed yet"));
     let span = tracing::Span::current();
@@ -190,7 +236,11 @@ async fn wait_active<C: Cluster>(
         deadline,
         ACTIVE_POLL,
         || async {
-            let Some(host) = cluster.find_host(instance_id, deadline).await? else {
+            let hosts = cluster
+                .find_hosts(instance_id, deadline)
+                .await
+                .map_err(at("wait for the host to become active"))?;
+            let Some(host) = hosts.first().cloned() else {
                 return Ok(Check::NotYet("not listed yet".to_string()));
             };
             // Recorded once: tracing appends a field recorded twice.
@@ -198,7 +248,8 @@ async fn wait_active<C: Cluster>(
                 span.record("host_id", host.id.as_str());
             }
             if host.active {
-                return Ok(Check::Done(host));
+                let stale = stale_of(&hosts, &host.id);
+                return Ok(Check::Done((host, stale)));
             }
             if let Ok(mut last) = last_state.lock() {
                 if host.state != *last {
@@ -218,12 +269,13 @@ async fn wait_active<C: Cluster>(
     .await;
     let last = || last_state.lock().map(|l| l.clone()).unwrap_or_default();
     waited.map_err(|e| match e {
-        RetryError::Failed(RegisterError::Cluster(ClusterError::OutOfTime(_))) => {
-            RegisterError::NotActive {
-                waited: started.elapsed(),
-                last: format!("last state: {}; Rancher not answering", last()),
-            }
-        }
+        RetryError::Failed(RegisterError::Cluster {
+            source: ClusterError::OutOfTime(_),
+            ..
+        }) => RegisterError::NotActive {
+            waited: started.elapsed(),
+            last: format!("last state: {}; Rancher not answering", last()),
+        },
         RetryError::Failed(e) => e,
         RetryError::OutOfTime { .. } => RegisterError::NotActive {
             waited: started.elapsed(),

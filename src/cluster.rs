@@ -123,12 +123,29 @@ pub trait Cluster: Send + Sync + 'static {
     /// A short name for logs and pages (`rancher v2-beta project 1a5 at https://...`).
     fn describe(&self) -> String;
 
-    /// The host registered for `instance_id`, found by the label drover set, never by name.
+    /// Every host registered for `instance_id` that is still in the environment, found by
+    /// the label drover set, never by name; active ones first. More than one: an earlier
+    /// boot's host never taken out, or a registration that ran twice. All are the instance's.
+    fn find_hosts(
+        &self,
+        instance_id: &str,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Vec<ClusterHost>, ClusterError>> + Send;
+
+    /// The host registered for `instance_id`: an active one before any other.
     fn find_host(
         &self,
         instance_id: &str,
         deadline: Instant,
-    ) -> impl Future<Output = Result<Option<ClusterHost>, ClusterError>> + Send;
+    ) -> impl Future<Output = Result<Option<ClusterHost>, ClusterError>> + Send {
+        async move {
+            Ok(self
+                .find_hosts(instance_id, deadline)
+                .await?
+                .into_iter()
+                .next())
+        }
+    }
 
     /// A registration for the agent, creating one if the environment has none yet.
     fn registration(

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::labels::HostLabels;
-use crate::lifecycle::LifecycleResult;
+use crate::lifecycle::{LaunchHook, LifecycleResult};
 use crate::logging::LogFormat;
 use crate::rancher::ApiVersion;
 
@@ -56,6 +56,7 @@ const KEYS: &[(&str, &str, KeyKind)] = &[
     ("lifecycle", "evacuate", KeyKind::Bool),
     ("lifecycle", "on_sigterm", KeyKind::Str),
     ("lifecycle", "handle_peers", KeyKind::Bool),
+    ("lifecycle", "launch_hook_name", KeyKind::Str),
     ("pager", "pagerduty_routing_key", KeyKind::Str),
     ("pager", "pagerduty_routing_key_file", KeyKind::Str),
     ("pager", "pagerduty_url", KeyKind::Str),
@@ -204,6 +205,7 @@ pub struct LifecycleConfig {
     pub evacuate: bool,
     pub on_sigterm: OnSigterm,
     pub handle_peers: bool,
+    pub launch_hook: LaunchHook,
 }
 
 #[derive(Debug, Clone)]
@@ -269,6 +271,7 @@ struct RawLifecycle {
     evacuate: Option<bool>,
     on_sigterm: Option<String>,
     handle_peers: Option<bool>,
+    launch_hook_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -414,6 +417,15 @@ impl Config {
     #[cfg(test)]
     fn secret_key_is(&self, expected: &str) -> bool {
         self.rancher.secret_key.expose_secret() == expected
+    }
+}
+
+/// `lifecycle.launch_hook_name`: empty for the group's own, `"none"` for never.
+fn launch_hook(name: Option<String>) -> LaunchHook {
+    match name.as_deref().map(str::trim) {
+        None | Some("") => LaunchHook::FromGroup,
+        Some(n) if n.eq_ignore_ascii_case("none") => LaunchHook::Off,
+        Some(n) => LaunchHook::Named(n.to_string()),
     }
 }
 
@@ -753,6 +765,7 @@ fn validate(
             evacuate: l.evacuate.unwrap_or(false),
             on_sigterm,
             handle_peers: l.handle_peers.unwrap_or(true),
+            launch_hook: launch_hook(l.launch_hook_name),
         },
         pager: crate::pager::Settings {
             pagerduty_routing_key,
@@ -906,6 +919,7 @@ secret_key = "s3cr3t-value"
         assert_eq!(c.lifecycle.on_failure, LifecycleResult::Continue);
         assert_eq!(c.lifecycle.on_sigterm, OnSigterm::Auto);
         assert!(c.lifecycle.handle_peers);
+        assert_eq!(c.lifecycle.launch_hook, LaunchHook::FromGroup);
         assert!(c.agent.privileged);
         assert_eq!(c.state.dir, PathBuf::from("/var/lib/drover"));
         assert_eq!(c.rancher.api_version, ApiVersion::Auto);
@@ -953,6 +967,19 @@ secret_key = "s3cr3t-value"
             c.agent.labels.0.get("env").map(String::as_str),
             Some("prod")
         );
+    }
+
+    #[test]
+    fn the_launch_hook_is_the_groups_a_named_one_or_none() {
+        let hook = |v: &str| {
+            load(MINIMAL, &[("DROVER_LIFECYCLE_LAUNCH_HOOK_NAME", v)], &[])
+                .expect("valid")
+                .lifecycle
+                .launch_hook
+        };
+        assert_eq!(hook(""), LaunchHook::FromGroup);
+        assert_eq!(hook("none"), LaunchHook::Off);
+        assert_eq!(hook("boot"), LaunchHook::Named("boot".into()));
     }
 
     #[test]

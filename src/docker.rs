@@ -290,20 +290,47 @@ impl AgentDocker {
         Ok(created.id)
     }
 
-    /// Stops `rancher-agent` so that a removed host stops reconnecting. `false` when there
-    /// was nothing running.
-    pub async fn stop_agent(&self) -> Result<bool, DockerError> {
-        match self.agent_container().await? {
-            Some(c) if c.is_running() => {
-                let options = StopContainerOptionsBuilder::default().t(10).build();
-                match self.docker.stop_container(&c.id, Some(options)).await {
-                    Ok(()) => Ok(true),
-                    Err(e) if is_not_found(&e) => Ok(false),
-                    Err(e) => Err(call_err("stopping rancher-agent", e)),
-                }
-            }
-            _ => Ok(false),
+    /// The running bootstrap containers drover started (by their label).
+    async fn running_bootstraps(&self) -> Result<Vec<String>, DockerError> {
+        let mut filters = HashMap::new();
+        filters.insert("label".to_string(), vec![BOOTSTRAP_LABEL.to_string()]);
+        let options = ListContainersOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| call_err("listing bootstrap containers", e))?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    /// Stops a container; `false` when it was gone already.
+    async fn stop_container(&self, id: &str, what: &str) -> Result<bool, DockerError> {
+        let options = StopContainerOptionsBuilder::default().t(10).build();
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(call_err(&format!("stopping {what}"), e)),
         }
+    }
+
+    /// Stops the bootstrap containers drover started and `rancher-agent`, so that a removed
+    /// host stops reconnecting and a registration under way starts nothing more. The
+    /// bootstraps go first (one may be about to start an agent), and are looked for once
+    /// more after the agent. `false` when nothing was running.
+    pub async fn stop_agent(&self) -> Result<bool, DockerError> {
+        let mut stopped = false;
+        for id in self.running_bootstraps().await? {
+            stopped |= self.stop_container(&id, "the bootstrap container").await?;
+        }
+        if let Some(c) = self.agent_container().await?.filter(|c| c.is_running()) {
+            stopped |= self.stop_container(&c.id, AGENT_CONTAINER).await?;
+        }
+        for id in self.running_bootstraps().await? {
+            stopped |= self.stop_container(&id, "the bootstrap container").await?;
+        }
+        Ok(stopped)
     }
 }
 

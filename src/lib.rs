@@ -114,9 +114,12 @@ pub mod fuzzing {
         client::next_page(&base, link)
     }
 
-    /// The host that `find_host_by_instance` picks among `hosts`.
+    /// The host that `find_host_by_instance` picks among `hosts`: the first of
+    /// `find_hosts_by_instance`.
     pub fn rancher_pick_host(hosts: Vec<Host>, instance_id: &str) -> Option<Host> {
-        client::pick_host(hosts, instance_id)
+        client::hosts_of_instance(hosts, instance_id)
+            .into_iter()
+            .next()
     }
 
     /// `AWS_EC2_METADATA_SERVICE_ENDPOINT`: the endpoint in use, or the value refused.

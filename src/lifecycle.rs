@@ -31,6 +31,46 @@ pub fn is_warm_pool_state(state: &str) -> bool {
     state.starts_with("Warmed:")
 }
 
+/// Which of a group's two kinds of lifecycle hook an action belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// `EC2_INSTANCE_LAUNCHING`: the instance waits in `Pending:Wait` (or
+    /// `Warmed:Pending:Wait` on its way into a warm pool).
+    Launching,
+    /// `EC2_INSTANCE_TERMINATING`: the instance waits in `Terminating:Wait`.
+    Terminating,
+}
+
+impl Transition {
+    /// The name the API gives the transition.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transition::Launching => LAUNCHING_TRANSITION,
+            Transition::Terminating => TERMINATING_TRANSITION,
+        }
+    }
+
+    /// A word for logs and pages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Transition::Launching => "launching",
+            Transition::Terminating => "termination",
+        }
+    }
+}
+
+/// Which launching hook to complete (`lifecycle.launch_hook_name`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LaunchHook {
+    /// `""`: the group's `EC2_INSTANCE_LAUNCHING` hook, if it has one.
+    #[default]
+    FromGroup,
+    /// A hook by name; it must be a launching hook of the group.
+    Named(String),
+    /// `"none"`: never complete one.
+    Off,
+}
+
 /// Where an instance stands in its group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupMembership {
@@ -44,6 +84,22 @@ impl GroupMembership {
         self.lifecycle_state
             .as_deref()
             .is_some_and(|s| s.starts_with("Terminating"))
+    }
+
+    /// On its way into service: `Pending`, `Pending:Wait` (a launching hook holds it).
+    pub fn is_launching(&self) -> bool {
+        matches!(
+            self.lifecycle_state.as_deref(),
+            Some("Pending" | "Pending:Wait")
+        )
+    }
+
+    /// On its way into a warm pool: `Warmed:Pending`, `Warmed:Pending:Wait`.
+    pub fn is_entering_warm_pool(&self) -> bool {
+        matches!(
+            self.lifecycle_state.as_deref(),
+            Some("Warmed:Pending" | "Warmed:Pending:Wait")
+        )
     }
 }
 

@@ -49,9 +49,10 @@ pub trait Paging: Send + Sync + 'static {
         deadline: Instant,
     ) -> impl Future<Output = Result<(), PagerError>> + Send;
 
-    /// Resolves the incident of `instance_id`: a later attempt succeeded.
+    /// Resolves the incident of that kind about `instance_id`: a later attempt succeeded.
     fn resolve(
         &self,
+        kind: IncidentKind,
         instance_id: &str,
         summary: &str,
         deadline: Instant,
@@ -90,9 +91,21 @@ impl Severity {
     }
 }
 
+/// What an incident is about. Each kind has its own dedup key per instance, so that a boot
+/// that succeeds on retry resolves the boot's incident and never a take-out's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IncidentKind {
+    /// Taking a host out of Rancher (or answering its termination) failed.
+    #[default]
+    TakeOut,
+    /// Registering the instance with Rancher failed.
+    Boot,
+}
+
 /// What happened, for a human woken at night.
 #[derive(Debug, Clone)]
 pub struct Incident {
+    pub kind: IncidentKind,
     pub instance_id: String,
     pub host_id: Option<String>,
     pub group: Option<String>,
@@ -295,7 +308,8 @@ impl Paging for Pager {
         self.pagerduty.is_some() || self.webhook.is_some()
     }
 
-    /// Triggers a PagerDuty incident (dedup_key "drover-<instance id>") and posts the same
+    /// Triggers a PagerDuty incident (dedup_key "drover-<instance id>", "drover-boot-<instance
+    /// id>" for a boot) and posts the same
     /// facts to the webhook; retries 429/5xx/network errors with backoff until `deadline`,
     /// never past it; 400 is not retried. Both targets are tried even if one fails. Ok when
     /// every configured target accepted.
@@ -309,7 +323,7 @@ impl Paging for Pager {
             );
             return Ok(());
         }
-        let key = dedup_key(instance);
+        let key = dedup_key(incident.kind, instance);
         let timestamp = now_rfc3339();
         let pagerduty = async {
             let pd = self.pagerduty.as_ref()?;
@@ -335,6 +349,7 @@ impl Paging for Pager {
     /// tells the webhook.
     async fn resolve(
         &self,
+        kind: IncidentKind,
         instance_id: &str,
         summary: &str,
         deadline: Instant,
@@ -343,7 +358,7 @@ impl Paging for Pager {
             tracing::debug!(instance_id, "no pager configured: nothing to resolve");
             return Ok(());
         }
-        let key = dedup_key(instance_id);
+        let key = dedup_key(kind, instance_id);
         let pagerduty = async {
             let pd = self.pagerduty.as_ref()?;
             // The Events API wants nothing else for a resolve.
@@ -407,9 +422,14 @@ fn finish(
     }
 }
 
-/// "drover-<instance id>", at most 255 bytes (PagerDuty's limit), cut at a char boundary.
-pub fn dedup_key(instance_id: &str) -> String {
-    cut_bytes(&format!("drover-{instance_id}"), MAX_DEDUP_KEY, "")
+/// "drover-<instance id>" ("drover-boot-<instance id>" for a boot), at most 255 bytes
+/// (PagerDuty's limit), cut at a char boundary.
+pub fn dedup_key(kind: IncidentKind, instance_id: &str) -> String {
+    let key = match kind {
+        IncidentKind::TakeOut => format!("drover-{instance_id}"),
+        IncidentKind::Boot => format!("drover-boot-{instance_id}"),
+    };
+    cut_bytes(&key, MAX_DEDUP_KEY, "")
 }
 
 /// The one line a pager shows first, at most 1024 bytes.
@@ -436,10 +456,16 @@ fn summary(incident: &Incident) -> String {
     } else {
         format!(" ({})", aside.join(", "))
     };
-    let text = format!(
-        "drover: taking host {host}{aside} out of Rancher failed at {}: {}",
-        incident.failed_step, incident.error
-    );
+    let text = match incident.kind {
+        IncidentKind::TakeOut => format!(
+            "drover: taking host {host}{aside} out of Rancher failed at {}: {}",
+            incident.failed_step, incident.error
+        ),
+        IncidentKind::Boot => format!(
+            "drover: registering instance {host}{aside} with Rancher failed at {}: {}",
+            incident.failed_step, incident.error
+        ),
+    };
     cut_bytes(&one_line(&text, usize::MAX), MAX_SUMMARY, "…")
 }
 
@@ -597,6 +623,7 @@ mod tests {
 
     fn incident() -> Incident {
         Incident {
+            kind: IncidentKind::TakeOut,
             instance_id: "i-0a1b2c3d4e5f60718".into(),
             host_id: Some("1h42".into()),
             group: Some("web-asg".into()),
@@ -801,7 +828,12 @@ mod tests {
         let server = PagerServer::start().await;
         let pager = pager(&server, Some(KEY), true);
         pager
-            .resolve("i-0a1b2c3d4e5f60718", "taken out on retry", in_secs(10))
+            .resolve(
+                IncidentKind::TakeOut,
+                "i-0a1b2c3d4e5f60718",
+                "taken out on retry",
+                in_secs(10),
+            )
             .await
             .expect("accepted");
         let events = server.events();
@@ -835,7 +867,7 @@ mod tests {
             .await
             .expect("nothing to do");
         pager
-            .resolve("i-1", "fine", in_secs(1))
+            .resolve(IncidentKind::TakeOut, "i-1", "fine", in_secs(1))
             .await
             .expect("nothing to do");
         assert!(server.requests().is_empty());
@@ -857,9 +889,10 @@ mod tests {
         multiline.error = "first\nsecond\r\n  third".into();
         assert!(summary(&multiline).ends_with(": first second third"));
 
-        let key = dedup_key(&"ü".repeat(300));
+        let key = dedup_key(IncidentKind::TakeOut, &"ü".repeat(300));
         assert!(key.len() <= MAX_DEDUP_KEY && key.starts_with("drover-ü"));
-        assert_eq!(dedup_key("i-1"), "drover-i-1");
+        assert_eq!(dedup_key(IncidentKind::TakeOut, "i-1"), "drover-i-1");
+        assert_eq!(dedup_key(IncidentKind::Boot, "i-1"), "drover-boot-i-1");
     }
 
     #[tokio::test]
@@ -937,7 +970,12 @@ mod tests {
         let mut errors = Vec::new();
         // Refused for good.
         errors.extend(short.trigger(&incident(), in_secs(10)).await.err());
-        errors.extend(short.resolve("i-1", "ok", in_secs(10)).await.err());
+        errors.extend(
+            short
+                .resolve(IncidentKind::TakeOut, "i-1", "ok", in_secs(10))
+                .await
+                .err(),
+        );
         // Out of time, with retries logged.
         server.fail(enqueue(), testbed::http::Fault::Status(503), 1000);
         errors.extend(good.trigger(&incident(), in_secs(1)).await.err());

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 /// What `drover register` leaves behind.
 pub const REGISTRATION_FILE: &str = "registration.json";
+/// A failed registration that was paged, until a registration succeeds.
+pub const BOOT_FAILURE_FILE: &str = "boot-failure.json";
 
 #[derive(Debug, thiserror::Error)]
 #[error("state dir {path}: {detail}")]
@@ -87,6 +89,16 @@ impl StateDir {
         })
     }
 
+    /// Removes `name`; a record that is not there is fine.
+    pub fn remove(&self, name: &str) -> Result<(), StateError> {
+        let path = self.dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err(&path, format!("cannot remove: {e}"))),
+        }
+    }
+
     /// Reads `name`; `None` when it does not exist. A corrupt record is an error, not `None`:
     /// silently forgetting state is how hosts get lost.
     pub fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
@@ -107,6 +119,10 @@ impl StateDir {
 pub struct TakeOutRecord {
     pub instance_id: String,
     pub host_id: Option<String>,
+    /// More hosts labelled with the instance (an earlier boot's, a registration run
+    /// twice): taken out with `host_id`. Absent from older drovers' records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_hosts: Vec<String>,
     pub group: Option<String>,
     pub hook: Option<String>,
     pub source: String,
@@ -116,6 +132,19 @@ pub struct TakeOutRecord {
     /// An incident is open for this instance (resolve it on a later success).
     pub paged: bool,
     pub timeline: Vec<(String, String)>,
+}
+
+/// A registration that failed and paged: kept until one succeeds, so that a drover that
+/// systemd restarts over and over raises one incident, and the success resolves it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BootFailure {
+    pub instance_id: String,
+    pub failed_step: String,
+    pub error: String,
+    /// RFC 3339, UTC: the first failure of this run of failures.
+    pub since: String,
+    /// A pager took the incident.
+    pub paged: bool,
 }
 
 impl TakeOutRecord {
@@ -161,6 +190,34 @@ impl Records {
                 tracing::warn!("{e}; starting this take-out afresh");
                 None
             }
+        }
+    }
+
+    /// Forgets the take-out record of `instance_id`: a registration that succeeded made a
+    /// new host, which the old record does not speak for.
+    pub fn clear(&self, instance_id: &str) {
+        if let Err(e) = self.dir.remove(&record_file(instance_id)) {
+            tracing::error!("cannot remove the earlier take-out record: {e}");
+        }
+    }
+
+    /// The paged boot failure, if one is open.
+    pub fn boot_failure(&self) -> Option<BootFailure> {
+        self.dir.read_json(BOOT_FAILURE_FILE).unwrap_or_else(|e| {
+            tracing::warn!("{e}; treating it as none");
+            None
+        })
+    }
+
+    pub fn save_boot_failure(&self, failure: &BootFailure) {
+        if let Err(e) = self.dir.write_json(BOOT_FAILURE_FILE, failure) {
+            tracing::error!("cannot record the boot failure: {e}");
+        }
+    }
+
+    pub fn clear_boot_failure(&self) {
+        if let Err(e) = self.dir.remove(BOOT_FAILURE_FILE) {
+            tracing::error!("cannot remove the boot failure record: {e}");
         }
     }
 
@@ -265,5 +322,24 @@ mod tests {
         };
         records.save(&record);
         assert_eq!(records.read("i-1"), Some(record));
+        records.clear("i-1");
+        assert_eq!(records.read("i-1"), None);
+        records.clear("i-1");
+    }
+
+    #[test]
+    fn a_boot_failure_is_kept_until_cleared() {
+        let dir = tempfile::tempdir().expect("dir");
+        let records = Records::new(StateDir::new(dir.path()));
+        assert_eq!(records.boot_failure(), None);
+        let failure = BootFailure {
+            instance_id: "i-1".into(),
+            paged: true,
+            ..BootFailure::default()
+        };
+        records.save_boot_failure(&failure);
+        assert_eq!(records.boot_failure(), Some(failure));
+        records.clear_boot_failure();
+        assert_eq!(records.boot_failure(), None);
     }
 }

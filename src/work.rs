@@ -6,10 +6,13 @@
 //! only how to do the work. A [`Work`] value and its reply are all they share.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::SystemTime;
 
 use secrecy::SecretString;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 /// Where a termination came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +24,9 @@ pub enum Source {
     Command,
     /// A take-out that a previous drover started and did not finish.
     Resume,
+    /// Scale-in with instance reuse: the instance leaves service for the warm pool, where
+    /// it is stopped; its launching hook holds it in `Warmed:Pending:Wait`.
+    WarmPool,
 }
 
 impl fmt::Display for Source {
@@ -32,6 +38,7 @@ impl fmt::Display for Source {
             Source::Signal => "signal",
             Source::Command => "deregister",
             Source::Resume => "resume",
+            Source::WarmPool => "warm-pool-return",
         })
     }
 }
@@ -94,9 +101,70 @@ impl Termination {
     }
 }
 
+/// A host the registration made active, and the stale hosts of the same instance it saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub host_id: String,
+    /// Hosts labelled with this instance that are not active and not the one registered:
+    /// an earlier boot's host never taken out, a registration that ran twice.
+    pub stale: Vec<String>,
+    /// The host was active already: nothing was started.
+    pub already_active: bool,
+}
+
+/// A registration that failed: at which step, and the last error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinFailed {
+    pub step: String,
+    pub error: String,
+}
+
+/// The registration itself (Rancher, Docker), as the command built it: the workflow runs
+/// it, between looking up the launching action and answering it, and drops it (cutting it
+/// short) when a termination of this instance comes first.
+pub struct Join(pub Pin<Box<dyn Future<Output = Result<Joined, JoinFailed>> + Send>>);
+
+impl fmt::Debug for Join {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Join(..)")
+    }
+}
+
+impl Join {
+    pub fn new(
+        registration: impl Future<Output = Result<Joined, JoinFailed>> + Send + 'static,
+    ) -> Join {
+        Join(Box::pin(registration))
+    }
+}
+
+/// How a launch ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaunchOutcome {
+    /// The host is active in the cluster; the launching action, if one waited, completed
+    /// with `CONTINUE`.
+    Registered { host_id: String },
+    /// Nothing to register: the instance enters (or waits in) a warm pool; a launching
+    /// action holding it there was completed with `CONTINUE`.
+    NotRegistered,
+    /// Registration failed: paged, and a waiting launching action answered `ABANDON`.
+    Failed(String),
+    /// A termination of this instance, or a stop, came first: registration was cut short.
+    Interrupted,
+}
+
 /// One piece of work for the consumer.
 #[derive(Debug)]
 pub enum Work {
+    /// Join this instance to the cluster and answer its launching action: `CONTINUE` once
+    /// the host is active, `ABANDON` when registration fails. Without `join` the instance is
+    /// not to be registered (it enters a warm pool), and only the action is answered.
+    Launch {
+        join: Option<Join>,
+        /// When registration gives up (`agent.register_timeout` from its start).
+        deadline: Instant,
+        reply: oneshot::Sender<LaunchOutcome>,
+    },
     /// Take an instance's host out and answer its lifecycle action. The first termination
     /// of an instance starts the work; later ones join it and get the same outcome.
     Terminate {
@@ -122,6 +190,22 @@ impl Work {
             reply: Some(tx),
         };
         (work, rx)
+    }
+
+    /// A launch whose outcome the sender waits for.
+    pub fn launch(
+        join: Option<Join>,
+        deadline: Instant,
+    ) -> (Work, oneshot::Receiver<LaunchOutcome>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Work::Launch {
+                join,
+                deadline,
+                reply: tx,
+            },
+            rx,
+        )
     }
 
     /// The stop decision, and the wait for what it leads to.

@@ -7,7 +7,9 @@ use crate::autoscaling::AutoScaling;
 use crate::config::Config;
 use crate::docker::{AgentDocker, Settings as DockerSettings};
 use crate::imds::{Imds, InstanceIdentity};
-use crate::lifecycle::{LifecycleActions, TERMINATING_TRANSITION};
+use crate::lifecycle::{
+    LaunchHook, LifecycleActions, LAUNCHING_TRANSITION, TERMINATING_TRANSITION,
+};
 use crate::pager::webhook_origin;
 use crate::rancher::{RancherClient, RancherError};
 use crate::sqs::Sqs;
@@ -201,12 +203,42 @@ async fn check_autoscaling(
         Some(name) => terminating.iter().find(|h| h.name == name),
         None => terminating.first(),
     };
+    // The launching hook drover would complete once the host is active.
+    let launching = hooks
+        .iter()
+        .filter(|h| h.transition == LAUNCHING_TRANSITION);
+    let launch = match &config.lifecycle.launch_hook {
+        LaunchHook::Off => Ok("launching hook: none (lifecycle.launch_hook_name)".to_string()),
+        LaunchHook::FromGroup => Ok(match launching.clone().next() {
+            Some(h) => format!(
+                "launching hook {:?} (heartbeat timeout {}s) completed once the host is active",
+                h.name,
+                h.heartbeat_timeout_secs.unwrap_or(3600)
+            ),
+            None => "no launching hook".to_string(),
+        }),
+        LaunchHook::Named(name) => match launching.clone().find(|h| &h.name == name) {
+            Some(h) => Ok(format!(
+                "launching hook {:?} (heartbeat timeout {}s) completed once the host is active",
+                h.name,
+                h.heartbeat_timeout_secs.unwrap_or(3600)
+            )),
+            None => Err(format!(
+                "group {} has no launching hook named {name:?} (lifecycle.launch_hook_name)",
+                m.group
+            )),
+        },
+    };
+    let launch = match launch {
+        Ok(text) => text,
+        Err(e) => return line(Mark::Fail, "autoscaling", e),
+    };
     match (chosen, wanted) {
         (Some(h), _) => line(
             Mark::Ok,
             "autoscaling",
             format!(
-                "group {} ({}), termination hook {:?} with heartbeat timeout {}s",
+                "group {} ({}), termination hook {:?} with heartbeat timeout {}s; {launch}",
                 m.group,
                 m.lifecycle_state.as_deref().unwrap_or("?"),
                 h.name,

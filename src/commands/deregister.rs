@@ -1,13 +1,14 @@
 //! `drover deregister`: one termination of this instance through the workflow's door, and
 //! the wait for its outcome.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{build_workflow, connect_rancher, CommandError};
+use super::cluster::LazyRancher;
+use super::{build_workflow, CommandError};
 use crate::autoscaling::AutoScaling;
 use crate::config::Config;
 use crate::imds::Imds;
@@ -16,7 +17,7 @@ use crate::work::{Outcome, Source, Termination, Work};
 
 /// `drover deregister`: take this host out now and complete its lifecycle action. With
 /// `if_going_away`, only when the machine is going away.
-pub async fn deregister(config: &Config, if_going_away: bool) -> Result<(), CommandError> {
+pub async fn deregister(config: Arc<Config>, if_going_away: bool) -> Result<(), CommandError> {
     let imds = Imds::from_env();
     if if_going_away {
         match machine_going_away(&imds).await {
@@ -30,9 +31,11 @@ pub async fn deregister(config: &Config, if_going_away: bool) -> Result<(), Comm
         }
     }
     let identity = imds.identity(Duration::from_secs(60)).await?;
-    let client = connect_rancher(config, Instant::now() + Duration::from_secs(120)).await?;
     let sdk = crate::aws::sdk_config(&identity.region).await;
-    let workflow = build_workflow(config, &identity, client, AutoScaling::new(&sdk))?;
+    // Connected by the take-out's first step, within its budget; a Rancher that cannot be
+    // reached is a failed take-out, paged, with the lifecycle action still answered.
+    let cluster = LazyRancher::new(config.clone());
+    let workflow = build_workflow(&config, &identity, cluster, AutoScaling::new(&sdk))?;
 
     let stop = CancellationToken::new();
     let intake = stop.child_token();

@@ -3,6 +3,7 @@
 //! the result to an exit code; this module holds the entry point and the shared wiring.
 
 mod check;
+mod cluster;
 mod deregister;
 mod register;
 mod run;
@@ -14,7 +15,6 @@ use clap::Parser;
 use tokio::time::Instant;
 
 use crate::autoscaling::AutoScaling;
-use crate::boot::RegisterError;
 use crate::cli::{Cli, Command};
 use crate::cluster::ClusterError;
 use crate::config::{Config, Sources, DEFAULT_CONFIG_PATH};
@@ -22,7 +22,7 @@ use crate::docker::{DockerAgent, Settings as DockerSettings};
 use crate::imds::{ImdsError, InstanceIdentity};
 use crate::lifecycle::LifecycleActions;
 use crate::pager::Pager;
-use crate::rancher::{Rancher1, RancherClient, RancherError};
+use crate::rancher::{RancherClient, RancherError};
 use crate::retry;
 use crate::state::{Records, StateDir};
 use crate::workflow::{self, Workflow};
@@ -38,11 +38,9 @@ pub enum CommandError {
     #[error("reading instance metadata: {0}")]
     Imds(#[from] ImdsError),
     #[error("registering: {0}")]
-    Register(#[from] RegisterError),
+    Boot(String),
     #[error("connecting to Rancher: {0}")]
     Cluster(#[from] ClusterError),
-    #[error("registering: gave up after agent.register_timeout ({0:?})")]
-    RegisterTimeout(Duration),
     #[error("{0} check(s) failed")]
     ChecksFailed(usize),
     #[error("deregistering: {0}")]
@@ -92,9 +90,9 @@ pub fn main() -> ExitCode {
     let config = std::sync::Arc::new(config);
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Register => register::register(&config).await,
+            Command::Register => register::register(config.clone()).await,
             Command::Deregister { if_going_away } => {
-                deregister::deregister(&config, if_going_away).await
+                deregister::deregister(config.clone(), if_going_away).await
             }
             Command::Run => run::run(config.clone()).await,
             Command::Check => check::check(&config).await,
@@ -153,13 +151,13 @@ async fn resolve_group(identity: &InstanceIdentity) -> Option<String> {
 }
 
 /// The workflow over the real clients.
-type RealWorkflow = Workflow<Rancher1, AutoScaling, DockerAgent, Pager>;
+type RealWorkflow = Workflow<cluster::LazyRancher, AutoScaling, DockerAgent, Pager>;
 
-/// Builds the workflow shared by `run` and `deregister`.
+/// Builds the workflow shared by `register`, `run` and `deregister`.
 fn build_workflow(
     config: &Config,
     identity: &InstanceIdentity,
-    client: RancherClient,
+    cluster: cluster::LazyRancher,
     asg: AutoScaling,
 ) -> Result<RealWorkflow, CommandError> {
     let pager = Pager::new(&config.pager).map_err(|e| CommandError::Setup(e.to_string()))?;
@@ -172,11 +170,12 @@ fn build_workflow(
         evacuate: l.evacuate,
         handle_peers: l.handle_peers,
         hook_name: l.hook_name.clone(),
+        launch_hook: l.launch_hook.clone(),
         cluster_url: config.rancher.url.to_string(),
     };
     Ok(Workflow::new(
         settings,
-        Rancher1::new(client),
+        cluster,
         asg,
         DockerAgent::new(DockerSettings::from_env()),
         pager,

@@ -1,17 +1,21 @@
-//! `drover run`: the resident daemon. The workflow's consumer starts first; then the
-//! startup source (resume, terminating or Spot at start) or registration; then the IMDS,
-//! queue and signal sources, all sending into the one door. The signal source decides what
-//! the stop means and winds the daemon down.
+//! `drover run`: the resident daemon. The workflow's consumer starts first; then every
+//! termination source (IMDS, queue, signals), all sending into the one door, so that a
+//! termination is noticed from the first second; then the startup source (resume,
+//! terminating or Spot at start) or the launch: the registration, run by the workflow,
+//! which a termination of this instance cuts short. The signal source decides what a stop
+//! means and winds the daemon down.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::register::register_identity;
-use super::{build_workflow, connect_rancher, CommandError};
+use super::cluster::LazyRancher;
+use super::register::{join, warm_pool_state};
+use super::{build_workflow, CommandError};
 use crate::autoscaling::AutoScaling;
 use crate::config::Config;
 use crate::imds::{Imds, InstanceIdentity};
@@ -20,7 +24,7 @@ use crate::sources::signal::{self, StopSignals};
 use crate::sources::{imds_poll, queue, startup};
 use crate::sqs::Sqs;
 use crate::state::{Records, StateDir};
-use crate::work::Work;
+use crate::work::{LaunchOutcome, Work};
 use crate::workflow::{COMPLETE_BUDGET, PAGE_BUDGET};
 
 /// How long `run` waits, on stop, for work under way (a peer's take-out) to finish.
@@ -37,11 +41,11 @@ pub fn stop_budget(config: &Config) -> Duration {
     config.lifecycle.drain_timeout + COMPLETE_BUDGET + PAGE_BUDGET + STOP_WAIT
 }
 
-/// `drover run`: register, tell systemd, watch every termination source, take the host out
-/// on the first one, and stay up until SIGTERM.
+/// `drover run`: watch every termination source, register, tell systemd, take the host out
+/// on the first termination, and stay up until SIGTERM.
 pub async fn run(config: Arc<Config>) -> Result<(), CommandError> {
-    // Signals first: a SIGTERM during registration must not kill drover mid-step.
-    let mut signals = StopSignals::install()
+    // Signals first: a SIGTERM during start-up must not kill drover mid-step.
+    let signals = StopSignals::install()
         .map_err(|e| CommandError::Setup(format!("cannot install signal handlers: {e}")))?;
     let imds = Imds::from_env();
     let identity = imds.identity(config.agent.register_timeout).await?;
@@ -50,52 +54,26 @@ pub async fn run(config: Arc<Config>) -> Result<(), CommandError> {
     // Start-up may take register_timeout plus an image pull; more than the unit's
     // TimeoutStartSec when an operator raised register_timeout.
     crate::systemd::extend_timeout(config.agent.register_timeout + Duration::from_secs(300));
-    // One client serves registration and the workflow.
-    let client = connect_rancher(&config, Instant::now() + config.agent.register_timeout).await?;
     let sdk = crate::aws::sdk_config(&identity.region).await;
+    // One cluster serves the registration and the workflow; it connects on first use.
+    let cluster = LazyRancher::new(config.clone());
 
     // The one stop: `intake` ends new work (the first signal), `stop` ends everything (a
     // second signal, or the stop wait running out).
     let stop = CancellationToken::new();
     let intake = stop.child_token();
     let tracker = TaskTracker::new();
-    let workflow = build_workflow(&config, &identity, client.clone(), AutoScaling::new(&sdk))?;
+    let workflow = build_workflow(&config, &identity, cluster.clone(), AutoScaling::new(&sdk))?;
     let door = workflow.start(intake.clone(), stop.clone(), &tracker);
 
-    let records = Records::new(StateDir::new(&config.state.dir));
-    match startup::at_start(&records, &identity, &imds).await {
-        Some(termination) => {
-            let _ = door
-                .send(Work::Terminate {
-                    termination,
-                    reply: None,
-                })
-                .await;
-        }
-        None => {
-            let mut identity = identity.clone();
-            match wait_out_warm_pool(&imds, &identity, &mut signals).await {
-                WarmPoolWait::NotInPool => {}
-                WarmPoolWait::LeftPool(state) => identity.target_lifecycle_state = state,
-                // Auto Scaling stops a Warmed:Stopped instance: a clean stop, nothing to undo.
-                WarmPoolWait::Stopped(name) => {
-                    tracing::info!(
-                        "{name} while waiting in the warm pool: stopping; nothing was registered"
-                    );
-                    return Ok(());
-                }
-            }
-            // The budget starts now: the warm pool may have held the instance for hours.
-            let deadline = Instant::now() + config.agent.register_timeout;
-            register_identity(&config, &identity, Some(client), deadline).await?;
-        }
-    }
-
+    // Every source from the first second: a termination while registering cuts the
+    // registration short.
     if let Some(interval) = config.lifecycle.imds_poll {
         tracker.spawn(imds_poll::watch(
             imds.clone(),
             own.clone(),
             interval,
+            identity.target_lifecycle_state.clone(),
             door.clone(),
             intake.clone(),
         ));
@@ -113,24 +91,49 @@ pub async fn run(config: Arc<Config>) -> Result<(), CommandError> {
             tracker.clone(),
         ));
     }
-    crate::systemd::ready();
-    crate::systemd::status("watching for termination");
-    tracing::info!("watching for termination");
-
     let policy = signal::Policy {
         on_sigterm: config.lifecycle.on_sigterm,
-        own_instance: own,
+        own_instance: own.clone(),
         budget: stop_budget(&config),
     };
     // Not on the tracker: after the first signal it waits for a second one.
     let signals = tokio::spawn(signal::watch(
         signals,
         policy,
-        imds,
-        door,
+        imds.clone(),
+        door.clone(),
         intake.clone(),
         stop.clone(),
     ));
+
+    let records = Records::new(StateDir::new(&config.state.dir));
+    let started = match startup::at_start(&records, &identity, &imds).await {
+        Some(termination) => {
+            let _ = door
+                .send(Work::Terminate {
+                    termination,
+                    reply: None,
+                })
+                .await;
+            Ok(())
+        }
+        None => launch(&config, &identity, &imds, cluster, &door, &intake).await,
+    };
+    if let Err(e) = started {
+        // Registration failed (paged, answered): nothing to watch for; systemd restarts.
+        intake.cancel();
+        stop.cancel();
+        tracker.close();
+        let _ = tokio::time::timeout(HAND_BACK_WAIT, tracker.wait()).await;
+        signals.abort();
+        return Err(e);
+    }
+    crate::systemd::ready();
+    if !intake.is_cancelled() {
+        crate::systemd::status("watching for termination");
+        tracing::info!("watching for termination");
+    }
+    drop(door);
 
     intake.cancelled().await;
     // No new work; what is under way finishes (bounded), then drover exits. A second
@@ -156,30 +159,59 @@ pub async fn run(config: Arc<Config>) -> Result<(), CommandError> {
     Ok(())
 }
 
-/// How a wait in the warm pool ended.
-enum WarmPoolWait {
-    /// The instance was not in a warm pool.
-    NotInPool,
-    /// Auto Scaling took it out of the pool; its new target lifecycle state.
-    LeftPool(Option<String>),
-    /// A stop signal came first (Auto Scaling stopping a `Warmed:Stopped` instance).
-    Stopped(&'static str),
+/// The way in: a warm pool is waited out (its launching action answered first), then the
+/// registration goes through the door. `Ok` also when a termination or a stop cut it short.
+async fn launch(
+    config: &Arc<Config>,
+    identity: &InstanceIdentity,
+    imds: &Imds,
+    cluster: LazyRancher,
+    door: &mpsc::Sender<Work>,
+    intake: &CancellationToken,
+) -> Result<(), CommandError> {
+    let mut identity = identity.clone();
+    if let Some(state) = warm_pool_state(&identity) {
+        // The launching action that holds the instance on its way into the pool.
+        let (work, reply) = Work::launch(None, Instant::now() + config.agent.register_timeout);
+        if door.send(work).await.is_ok() {
+            let _ = reply.await;
+        }
+        match wait_out_warm_pool(imds, &state, intake).await {
+            Some(state) => identity.target_lifecycle_state = state,
+            // Auto Scaling stops a Warmed:Stopped instance: a clean stop, nothing to undo.
+            None => {
+                tracing::info!("stopping while waiting in the warm pool; nothing was registered");
+                return Ok(());
+            }
+        }
+    }
+    // The budget starts now: the warm pool may have held the instance for hours.
+    let deadline = Instant::now() + config.agent.register_timeout;
+    let (work, reply) = Work::launch(
+        Some(join(config.clone(), identity, cluster, deadline)),
+        deadline,
+    );
+    if door.send(work).await.is_err() {
+        return Ok(());
+    }
+    match reply.await {
+        Ok(LaunchOutcome::Registered { .. } | LaunchOutcome::NotRegistered) => Ok(()),
+        Ok(LaunchOutcome::Failed(why)) => Err(CommandError::Boot(why)),
+        Ok(LaunchOutcome::Interrupted) | Err(_) => {
+            tracing::info!("registration cut short by a termination or a stop");
+            Ok(())
+        }
+    }
 }
 
 /// In a warm pool the instance waits, stopped or running, until Auto Scaling puts it in
-/// service: register only then.
+/// service: register only then. The new target lifecycle state; `None` when drover is
+/// stopped first.
 async fn wait_out_warm_pool(
     imds: &Imds,
-    identity: &InstanceIdentity,
-    signals: &mut StopSignals,
-) -> WarmPoolWait {
-    let Some(state) = identity
-        .target_lifecycle_state
-        .clone()
-        .filter(|s| is_warm_pool_state(s))
-    else {
-        return WarmPoolWait::NotInPool;
-    };
+    state: &str,
+    intake: &CancellationToken,
+) -> Option<Option<String>> {
     tracing::info!(
         "target lifecycle state is {state}: waiting in the warm pool before registering"
     );
@@ -189,7 +221,7 @@ async fn wait_out_warm_pool(
     crate::systemd::status(&format!("waiting in the warm pool ({state})"));
     loop {
         tokio::select! {
-            name = signals.next() => return WarmPoolWait::Stopped(name),
+            () = intake.cancelled() => return None,
             () = tokio::time::sleep(WARM_POOL_POLL) => {}
         }
         match imds
@@ -202,7 +234,7 @@ async fn wait_out_warm_pool(
                     "target lifecycle state is now {}",
                     s.as_deref().unwrap_or("unset")
                 );
-                return WarmPoolWait::LeftPool(s);
+                return Some(s);
             }
             Err(e) => tracing::debug!("reading the target lifecycle state: {e}"),
         }

@@ -443,7 +443,17 @@ impl RancherClient {
         &self,
         instance_id: &str,
     ) -> Result<Option<Host>, RancherError> {
-        Ok(pick_host(self.hosts().await?, instance_id))
+        Ok(hosts_of_instance(self.hosts().await?, instance_id)
+            .into_iter()
+            .next())
+    }
+
+    /// Every host labelled with `instance_id` still in the environment, active ones first.
+    pub async fn find_hosts_by_instance(
+        &self,
+        instance_id: &str,
+    ) -> Result<Vec<Host>, RancherError> {
+        Ok(hosts_of_instance(self.hosts().await?, instance_id))
     }
 
     /// `POST .../hosts/{id}?action={action}`: the host in its transitioning state.
@@ -455,16 +465,16 @@ impl RancherClient {
     }
 }
 
-/// The host registered for `instance_id` among `hosts`: labelled with it and not on its way
-/// out; an active one before any other.
-pub(crate) fn pick_host(hosts: Vec<Host>, instance_id: &str) -> Option<Host> {
+/// The hosts registered for `instance_id` among `hosts`: labelled with it and not out of
+/// the environment already; active ones before any other, in the server's order otherwise.
+pub(crate) fn hosts_of_instance(hosts: Vec<Host>, instance_id: &str) -> Vec<Host> {
     let mut matches: Vec<Host> = hosts
         .into_iter()
         .filter(|h| h.instance_id() == Some(instance_id))
         .filter(|h| !matches!(h.state.as_str(), "removed" | "purged" | "purging"))
         .collect();
     matches.sort_by_key(|h| !h.is_active());
-    matches.into_iter().next()
+    matches
 }
 
 /// The page after this one: the collection's `pagination.next`, resolved against `base`, and
@@ -761,14 +771,25 @@ mod tests {
         ]))
         .expect("hosts");
         assert_eq!(
-            pick_host(hosts.clone(), "i-1").map(|h| h.id),
+            hosts_of_instance(hosts.clone(), "i-1")
+                .first()
+                .map(|h| h.id.clone()),
             Some("1h3".into())
         );
         assert_eq!(
-            pick_host(hosts[..2].to_vec(), "i-1").map(|h| h.id),
+            hosts_of_instance(hosts[..2].to_vec(), "i-1")
+                .first()
+                .map(|h| h.id.clone()),
             Some("1h2".into())
         );
-        assert!(pick_host(hosts, "i-3").is_none());
+        assert_eq!(
+            hosts_of_instance(hosts.clone(), "i-1")
+                .iter()
+                .map(|h| h.id.as_str())
+                .collect::<Vec<_>>(),
+            ["1h3", "1h2"]
+        );
+        assert!(hosts_of_instance(hosts, "i-3").is_empty());
     }
 
     fn config_with_ca(ca: Option<std::path::PathBuf>) -> Settings {

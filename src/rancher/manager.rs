@@ -264,20 +264,20 @@ impl Cluster for Rancher1 {
         )
     }
 
-    async fn find_host(
+    async fn find_hosts(
         &self,
         instance_id: &str,
         deadline: Instant,
-    ) -> Result<Option<ClusterHost>, ClusterError> {
-        let host = retry::until(
+    ) -> Result<Vec<ClusterHost>, ClusterError> {
+        let hosts = retry::until(
             "listing hosts",
             deadline,
             Duration::from_secs(5),
             RancherError::is_transient,
-            || self.client.find_host_by_instance(instance_id),
+            || self.client.find_hosts_by_instance(instance_id),
         )
         .await?;
-        Ok(host.map(to_cluster_host))
+        Ok(hosts.into_iter().map(to_cluster_host).collect())
     }
 
     async fn registration(&self, deadline: Instant) -> Result<AgentRegistration, ClusterError> {

@@ -1,6 +1,7 @@
-//! The IMDS sources: the instance's target lifecycle state turning `Terminated`, and a
-//! pending Spot interruption, both polled every `lifecycle.imds_poll`. Costs no AWS API
-//! call while idle.
+//! The IMDS sources: the instance's target lifecycle state turning `Terminated` (or
+//! `Warmed:*` after being in service: a scale-in that sends the instance back to its warm
+//! pool, where it is stopped), and a pending Spot interruption, all polled every
+//! `lifecycle.imds_poll`. Costs no AWS API call while idle.
 
 use std::time::{Duration, SystemTime};
 
@@ -8,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::imds::{Imds, SpotAction};
+use crate::lifecycle::is_warm_pool_state;
 use crate::work::{Source, Termination, Work};
 
 /// One IMDS read in a poll may take this long before the poll moves on.
@@ -28,14 +30,35 @@ pub fn spot_termination(own_instance: &str, action: &SpotAction) -> Option<Termi
     Some(t)
 }
 
-/// Polls until `stop` is cancelled; sends each kind of termination once.
+/// The termination a change of the target lifecycle state from `before` to `now` means.
+pub fn state_termination(
+    own_instance: &str,
+    before: Option<&str>,
+    now: &str,
+) -> Option<Termination> {
+    if now == "Terminated" {
+        tracing::info!("target lifecycle state is Terminated");
+        return Some(Termination::new(own_instance, Source::ImdsTargetState));
+    }
+    // Into the pool from service; an instance that starts in the pool is not registered.
+    if is_warm_pool_state(now) && !before.is_some_and(is_warm_pool_state) {
+        tracing::info!("target lifecycle state is {now}: the instance goes back to its warm pool");
+        return Some(Termination::new(own_instance, Source::WarmPool));
+    }
+    None
+}
+
+/// Polls until `stop` is cancelled; sends each kind of termination once. `initial` is the
+/// target lifecycle state at start.
 pub async fn watch(
     imds: Imds,
     own_instance: String,
     interval: Duration,
+    initial: Option<String>,
     tx: mpsc::Sender<Work>,
     stop: CancellationToken,
 ) {
+    let mut last_state = initial;
     let mut sent_state = false;
     let mut sent_spot = false;
     let mut failures = 0u32;
@@ -47,12 +70,14 @@ pub async fn watch(
         let mut failed = None;
         if !sent_state {
             match imds.target_lifecycle_state_within(READ_BUDGET).await {
-                Ok(Some(state)) if state == "Terminated" => {
-                    tracing::info!("target lifecycle state is Terminated");
-                    let t = Termination::new(own_instance.clone(), Source::ImdsTargetState);
-                    sent_state = send(&tx, t).await;
+                Ok(Some(state)) => {
+                    if let Some(t) = state_termination(&own_instance, last_state.as_deref(), &state)
+                    {
+                        sent_state = send(&tx, t).await;
+                    }
+                    last_state = Some(state);
                 }
-                Ok(_) => {}
+                Ok(None) => {}
                 Err(e) => failed = Some(e),
             }
         }
@@ -76,6 +101,30 @@ pub async fn watch(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminated_and_a_return_to_the_pool_are_terminations() {
+        let t = |before, now| state_termination("i-1", before, now).map(|t| t.source);
+        assert_eq!(
+            t(Some("InService"), "Terminated"),
+            Some(Source::ImdsTargetState)
+        );
+        assert_eq!(t(None, "Terminated"), Some(Source::ImdsTargetState));
+        assert_eq!(
+            t(Some("InService"), "Warmed:Stopped"),
+            Some(Source::WarmPool)
+        );
+        assert_eq!(t(None, "Warmed:Hibernated"), Some(Source::WarmPool));
+        // Started in the pool: nothing was registered, nothing to take out.
+        assert_eq!(t(Some("Warmed:Running"), "Warmed:Stopped"), None);
+        assert_eq!(t(Some("Warmed:Stopped"), "InService"), None);
+        assert_eq!(t(Some("InService"), "InService"), None);
     }
 }
 

@@ -1,6 +1,6 @@
-//! The lifecycle action of a terminating instance: finding its group and hook, confirming
-//! the termination, keeping the action alive with heartbeats while drover works, and
-//! completing it exactly when Auto Scaling is ready to take the answer.
+//! The lifecycle actions of an instance, launching or terminating: finding its group and
+//! hook, confirming a termination, keeping the action alive with heartbeats while drover
+//! works, and completing it exactly when Auto Scaling is ready to take the answer.
 //!
 //! Always by instance id, never by a message's token: tokens travel in the queue, and a
 //! forged message could pair one instance with another's token. By instance id, drover
@@ -11,8 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::lifecycle::{
-    ActionRef, CallFailure, GroupMembership, LifecycleActions, LifecycleResult,
-    TERMINATING_TRANSITION,
+    ActionRef, CallFailure, GroupMembership, LifecycleActions, LifecycleResult, Transition,
 };
 use crate::retry::{self, poll_until, Check, Pace, RetryError};
 
@@ -27,8 +26,12 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 pub enum HookError<E: std::error::Error + 'static> {
     #[error(transparent)]
     AutoScaling(E),
-    #[error("group {group} has no termination hook named {hook:?}")]
-    NoSuchHook { group: String, hook: String },
+    #[error("group {group} has no {} hook named {hook:?}", .transition.noun())]
+    NoSuchHook {
+        group: String,
+        hook: String,
+        transition: Transition,
+    },
     #[error("{0}")]
     OutOfTime(String),
     #[error("{instance_id} is {state} in its group, not waiting on a lifecycle action")]
@@ -48,6 +51,7 @@ pub struct HookTarget {
     pub hook: String,
     pub instance_id: String,
     pub heartbeat_timeout: Duration,
+    pub transition: Transition,
 }
 
 impl HookTarget {
@@ -131,11 +135,13 @@ pub async fn unconfirmed_termination<L: LifecycleActions>(
     }
 }
 
-/// The lifecycle action to answer for `instance_id`: its group (the message's, else from
-/// Auto Scaling) and the termination hook there. A hook the message names is used only when
-/// the group lists it as a termination hook: a message is a claim, the group is the fact.
+/// The lifecycle action of `transition` to answer for `instance_id`: its group (the
+/// message's, else from Auto Scaling) and the hook of that transition there. A hook the
+/// message names is used only when the group lists it with that transition: a message is a
+/// claim, the group is the fact.
 pub async fn resolve_target<L: LifecycleActions>(
     asg: &L,
+    transition: Transition,
     instance_id: &str,
     group: Option<&str>,
     hook: Option<&str>,
@@ -153,25 +159,24 @@ pub async fn resolve_target<L: LifecycleActions>(
         },
     };
     let hooks = asg.hooks(&group).await.map_err(HookError::AutoScaling)?;
-    let terminating = |name: &str| {
+    let of_transition = |name: &str| {
         hooks
             .iter()
-            .find(|h| h.name == name && h.transition == TERMINATING_TRANSITION)
+            .find(|h| h.name == name && h.transition == transition.as_str())
     };
-    let chosen = match (hook.and_then(terminating), configured_hook) {
+    let chosen = match (hook.and_then(of_transition), configured_hook) {
         (Some(named), _) => Some(named),
-        (None, Some(name)) => match terminating(name) {
+        (None, Some(name)) => match of_transition(name) {
             Some(h) => Some(h),
             None => {
                 return Err(HookError::NoSuchHook {
                     group,
                     hook: name.to_string(),
+                    transition,
                 })
             }
         },
-        (None, None) => hooks
-            .iter()
-            .find(|h| h.transition == TERMINATING_TRANSITION),
+        (None, None) => hooks.iter().find(|h| h.transition == transition.as_str()),
     };
     let Some(chosen) = chosen else {
         return Ok(None);
@@ -185,6 +190,7 @@ pub async fn resolve_target<L: LifecycleActions>(
             .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT),
         group,
         instance_id: instance_id.to_string(),
+        transition,
     }))
 }
 
@@ -192,6 +198,7 @@ pub async fn resolve_target<L: LifecycleActions>(
 /// knowing is not "nothing to do", because an action may be waiting.
 pub async fn look_up<L: LifecycleActions>(
     asg: &L,
+    transition: Transition,
     instance_id: &str,
     group: Option<&str>,
     hook: Option<&str>,
@@ -203,7 +210,7 @@ pub async fn look_up<L: LifecycleActions>(
         deadline,
         RETRY_MAX,
         HookError::is_transient,
-        || resolve_target(asg, instance_id, group, hook, configured_hook),
+        || resolve_target(asg, transition, instance_id, group, hook, configured_hook),
     )
     .await;
     match found {
@@ -214,8 +221,8 @@ pub async fn look_up<L: LifecycleActions>(
 }
 
 /// Sends heartbeats every [`HookTarget::heartbeat_interval`], for as long as it is polled
-/// (it never ends on its own). Before the instance reaches `Terminating:Wait` a heartbeat
-/// is refused; that is expected and ignored.
+/// (it never ends on its own). Before the instance reaches its wait state a heartbeat is
+/// refused; that is expected and ignored.
 pub async fn keep_alive<L: LifecycleActions>(asg: &L, target: &HookTarget) {
     let interval = target.heartbeat_interval();
     loop {
@@ -232,8 +239,54 @@ pub async fn keep_alive<L: LifecycleActions>(asg: &L, target: &HookTarget) {
     }
 }
 
+/// Where an instance's lifecycle state leaves an action of one transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Not at the wait state yet: look again.
+    Before,
+    /// Waiting for the answer.
+    Waiting,
+    /// Past it: answered by someone, or timed out.
+    Past,
+    /// A state from which no action of this transition comes.
+    Elsewhere,
+}
+
+/// The stage of a `transition` action for an instance in `state` (`None`: in no group).
+fn stage(transition: Transition, state: Option<&str>) -> Stage {
+    let Some(state) = state else {
+        return Stage::Past;
+    };
+    match transition {
+        Transition::Terminating => match state {
+            "Terminating:Wait" | "Warmed:Terminating:Wait" => Stage::Waiting,
+            "Terminating:Proceed"
+            | "Terminated"
+            | "Warmed:Terminating:Proceed"
+            | "Warmed:Terminated" => Stage::Past,
+            "Pending" | "Pending:Wait" | "Pending:Proceed" | "InService" | "Terminating"
+            | "Warmed:Terminating" => Stage::Before,
+            _ => Stage::Elsewhere,
+        },
+        Transition::Launching => match state {
+            "Pending:Wait" | "Warmed:Pending:Wait" => Stage::Waiting,
+            "Pending" | "Warmed:Pending" => Stage::Before,
+            // Answered (CONTINUE goes on into service or into the pool; ABANDON terminates),
+            // or timed out with the hook's default result.
+            "Pending:Proceed"
+            | "InService"
+            | "Warmed:Pending:Proceed"
+            | "Warmed:Stopped"
+            | "Warmed:Running"
+            | "Warmed:Hibernated" => Stage::Past,
+            s if s.starts_with("Terminating") || s.starts_with("Warmed:Terminat") => Stage::Past,
+            _ => Stage::Elsewhere,
+        },
+    }
+}
+
 /// Completes the action with `result` before `deadline`, and never before the group shows
-/// the instance in `Terminating:Wait`.
+/// the instance waiting on it (`Terminating:Wait`, `Pending:Wait`, `Warmed:Pending:Wait`).
 ///
 /// IMDS says `Terminated` seconds before the group catches up, and a message can arrive
 /// before the group reaches the wait state. Asking first keeps drover from answering an
@@ -259,15 +312,11 @@ pub async fn complete<L: LifecycleActions>(
                 }
                 Err(e) => return Err(HookError::AutoScaling(e)),
             };
-            // Gone from the group, or past the wait: someone answered, or it timed out.
-            let Some(m) = m else {
-                return Ok(Check::Done(Completion::AlreadyDone));
-            };
-            match m.lifecycle_state.as_deref() {
-                Some("Terminating:Proceed" | "Terminated") => {
-                    Ok(Check::Done(Completion::AlreadyDone))
-                }
-                Some("Terminating:Wait") => match asg.complete(target.action_ref(), result).await {
+            let state = m.as_ref().and_then(|m| m.lifecycle_state.as_deref());
+            match stage(target.transition, state) {
+                // Gone from the group, or past the wait: someone answered, or it timed out.
+                Stage::Past => Ok(Check::Done(Completion::AlreadyDone)),
+                Stage::Waiting => match asg.complete(target.action_ref(), result).await {
                     Ok(()) => Ok(Check::Done(Completion::Completed)),
                     // Answered by someone else between the two calls: the next look at the
                     // group says so.
@@ -277,19 +326,17 @@ pub async fn complete<L: LifecycleActions>(
                     }
                     Err(e) => Err(HookError::AutoScaling(e)),
                 },
-                Some(
-                    state @ ("Pending" | "Pending:Wait" | "Pending:Proceed" | "InService"
-                    | "Terminating"),
-                ) => {
+                Stage::Before => {
+                    let state = state.unwrap_or("?");
                     tracing::info!(
                         state,
-                        "the group is not at Terminating:Wait yet; waiting to answer"
+                        "the group does not hold the instance at the hook yet; waiting to answer"
                     );
                     Ok(Check::NotYet(format!("instance {instance_id} is {state}")))
                 }
-                other => Err(HookError::NotWaiting {
+                Stage::Elsewhere => Err(HookError::NotWaiting {
                     instance_id: instance_id.to_string(),
-                    state: other.unwrap_or("of unknown state").to_string(),
+                    state: state.unwrap_or("of unknown state").to_string(),
                 }),
             }
         },
@@ -314,6 +361,7 @@ mod tests {
             hook: "h".into(),
             instance_id: "i-1".into(),
             heartbeat_timeout: Duration::from_secs(timeout),
+            transition: Transition::Terminating,
         }
     }
 
@@ -322,5 +370,25 @@ mod tests {
         assert_eq!(target(300).heartbeat_interval(), Duration::from_secs(100));
         assert_eq!(target(30).heartbeat_interval(), Duration::from_secs(10));
         assert_eq!(target(1).heartbeat_interval(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn each_transition_waits_in_its_own_state() {
+        use Stage::*;
+        let t = Transition::Terminating;
+        assert_eq!(stage(t, Some("Terminating:Wait")), Waiting);
+        assert_eq!(stage(t, Some("InService")), Before);
+        assert_eq!(stage(t, Some("Terminated")), Past);
+        assert_eq!(stage(t, None), Past);
+        assert_eq!(stage(t, Some("Standby")), Elsewhere);
+        assert_eq!(stage(t, Some("Warmed:Terminating:Wait")), Waiting);
+        let l = Transition::Launching;
+        assert_eq!(stage(l, Some("Pending")), Before);
+        assert_eq!(stage(l, Some("Pending:Wait")), Waiting);
+        assert_eq!(stage(l, Some("Warmed:Pending:Wait")), Waiting);
+        assert_eq!(stage(l, Some("InService")), Past);
+        assert_eq!(stage(l, Some("Warmed:Stopped")), Past);
+        assert_eq!(stage(l, Some("Terminating:Wait")), Past);
+        assert_eq!(stage(l, Some("Standby")), Elsewhere);
     }
 }

@@ -13,6 +13,7 @@
 //! [`Paging`]), so that its decisions are tested with fakes, in paused time.
 
 mod hook;
+mod launch;
 mod page;
 mod record;
 mod take_out;
@@ -30,10 +31,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::{Cluster, LocalAgent};
-use crate::lifecycle::{LifecycleActions, LifecycleResult};
+use crate::lifecycle::{LaunchHook, LifecycleActions, LifecycleResult};
 use crate::pager::Paging;
 use crate::state::Records;
-use crate::work::{Outcome, Termination, Work};
+use crate::work::{LaunchOutcome, Outcome, Termination, Work};
 
 pub use page::PAGE_BUDGET;
 pub use terminate::COMPLETE_BUDGET;
@@ -55,6 +56,8 @@ pub struct Settings {
     pub handle_peers: bool,
     /// `lifecycle.hook_name`.
     pub hook_name: Option<String>,
+    /// `lifecycle.launch_hook_name`.
+    pub launch_hook: LaunchHook,
     /// Where the cluster is (`rancher.url`), for pages.
     pub cluster_url: String,
 }
@@ -109,6 +112,7 @@ where
             workflow: Arc::new(self),
             in_flight: HashMap::new(),
             settled: HashMap::new(),
+            launching: None,
             done_tx,
             stop: stop.clone(),
             tracker: tracker.clone(),
@@ -134,6 +138,23 @@ impl Waiter {
     }
 }
 
+/// What ended, as the consumer hears of it.
+enum Ended {
+    Terminate(String, Outcome),
+    Launch,
+}
+
+/// The launch under way: the registration is cut short through `cancel` when this
+/// instance's termination (or a stop) comes, and what came waits until it has ended, so that
+/// nothing starts a container after the take-out stopped them.
+struct Launching {
+    cancel: CancellationToken,
+    /// Terminations of this instance that arrived meanwhile, started once the launch ended.
+    after: Vec<(Termination, Option<Waiter>)>,
+    /// Stops that leave the host as it is, answered once the launch ended.
+    stops: Vec<oneshot::Sender<Option<Outcome>>>,
+}
+
 /// The consumer's own state: only it reads and writes the tables, so they need no lock.
 struct Consumer<C, L, A, P> {
     own_instance: String,
@@ -142,7 +163,8 @@ struct Consumer<C, L, A, P> {
     in_flight: HashMap<String, Vec<Waiter>>,
     /// How each instance's handling ended, once it has.
     settled: HashMap<String, Outcome>,
-    done_tx: mpsc::UnboundedSender<(String, Outcome)>,
+    launching: Option<Launching>,
+    done_tx: mpsc::UnboundedSender<Ended>,
     stop: CancellationToken,
     tracker: TaskTracker,
 }
@@ -157,7 +179,7 @@ where
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Work>,
-        mut done_rx: mpsc::UnboundedReceiver<(String, Outcome)>,
+        mut done_rx: mpsc::UnboundedReceiver<Ended>,
         intake: CancellationToken,
         stop: CancellationToken,
     ) {
@@ -166,7 +188,10 @@ where
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return,
-                Some((instance, outcome)) = done_rx.recv() => self.finished(instance, outcome),
+                Some(ended) = done_rx.recv() => match ended {
+                    Ended::Terminate(instance, outcome) => self.finished(instance, outcome),
+                    Ended::Launch => self.launched(),
+                },
                 () = intake.cancelled(), if open => {
                     // Work that waited for the consumer is not started: dropping it tells
                     // its source to hand its input back.
@@ -185,7 +210,7 @@ where
                     None => open = false,
                 },
             }
-            if !open && self.in_flight.is_empty() {
+            if !open && self.in_flight.is_empty() && self.launching.is_none() {
                 return;
             }
         }
@@ -193,6 +218,11 @@ where
 
     fn take(&mut self, work: Work) {
         match work {
+            Work::Launch {
+                join,
+                deadline,
+                reply,
+            } => self.launch(join, deadline, reply),
             Work::Terminate { termination, reply } => {
                 self.start_or_join(termination, reply.map(Waiter::Terminate))
             }
@@ -204,7 +234,13 @@ where
                 take_out: None,
                 reply,
             } => {
-                if let Some(waiters) = self.in_flight.get_mut(&self.own_instance) {
+                if let Some(launching) = &mut self.launching {
+                    tracing::info!(
+                        "stopping: cutting the registration short; Rancher is left as it is"
+                    );
+                    launching.cancel.cancel();
+                    launching.stops.push(reply);
+                } else if let Some(waiters) = self.in_flight.get_mut(&self.own_instance) {
                     tracing::info!("stopping: waiting for the take-out under way");
                     waiters.push(Waiter::Stop(reply));
                 } else {
@@ -214,7 +250,53 @@ where
         }
     }
 
+    fn launch(
+        &mut self,
+        join: Option<crate::work::Join>,
+        deadline: tokio::time::Instant,
+        reply: oneshot::Sender<LaunchOutcome>,
+    ) {
+        if self.launching.is_some() || self.in_flight.contains_key(&self.own_instance) {
+            // A launch under way already, or this instance is being taken out.
+            let _ = reply.send(LaunchOutcome::Interrupted);
+            return;
+        }
+        let cancel = self.stop.child_token();
+        self.launching = Some(Launching {
+            cancel: cancel.clone(),
+            after: Vec::new(),
+            stops: Vec::new(),
+        });
+        let workflow = Arc::clone(&self.workflow);
+        let done = self.done_tx.clone();
+        self.tracker.spawn(async move {
+            let outcome = workflow.launch(join, deadline, cancel).await;
+            let _ = reply.send(outcome);
+            let _ = done.send(Ended::Launch);
+        });
+    }
+
+    fn launched(&mut self) {
+        let Some(launching) = self.launching.take() else {
+            return;
+        };
+        for reply in launching.stops {
+            let _ = reply.send(self.settled.get(&self.own_instance).copied());
+        }
+        for (t, waiter) in launching.after {
+            self.start_or_join(t, waiter);
+        }
+    }
+
     fn start_or_join(&mut self, t: Termination, waiter: Option<Waiter>) {
+        if t.instance_id == self.own_instance {
+            if let Some(launching) = &mut self.launching {
+                tracing::info!(source = %t.source, "termination while registering: cutting the registration short");
+                launching.cancel.cancel();
+                launching.after.push((t, waiter));
+                return;
+            }
+        }
         let settled = self.settled.get(&t.instance_id).copied();
         if let Some(outcome) = settled.filter(|o| o.settles_message()) {
             tracing::info!(instance_id = %t.instance_id, source = %t.source, "already handled; {outcome:?}");
@@ -237,7 +319,7 @@ where
         self.tracker.spawn(async move {
             tokio::select! {
                 outcome = workflow.terminate(t) => {
-                    let _ = done.send((instance, outcome));
+                    let _ = done.send(Ended::Terminate(instance, outcome));
                 }
                 // Cut short: the record says where a restart resumes.
                 () = stop.cancelled() => {}

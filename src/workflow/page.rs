@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::record::Timeline;
 use super::Settings;
-use crate::pager::{Incident, Paging, Severity};
+use crate::pager::{Incident, IncidentKind, Paging, Severity};
 use crate::state::TakeOutRecord;
 
 /// Budget for paging, so that paging never holds the hook for long.
@@ -39,6 +39,7 @@ pub async fn page<P: Paging>(
         ),
     ]);
     let incident = Incident {
+        kind: IncidentKind::TakeOut,
         instance_id: record.instance_id.clone(),
         host_id: record.host_id.clone(),
         group: record.group.clone(),
@@ -72,7 +73,12 @@ pub async fn resolve<P: Paging>(pager: &P, record: &mut TakeOutRecord, timeline:
         record.instance_id
     );
     if pager
-        .resolve(&record.instance_id, &summary, Instant::now() + PAGE_BUDGET)
+        .resolve(
+            IncidentKind::TakeOut,
+            &record.instance_id,
+            &summary,
+            Instant::now() + PAGE_BUDGET,
+        )
         .await
         .is_ok()
     {

@@ -13,7 +13,7 @@ use super::record::Timeline;
 use super::take_out::{self, Ending, Plan};
 use super::Workflow;
 use crate::cluster::{Cluster, LocalAgent};
-use crate::lifecycle::{LifecycleActions, LifecycleResult};
+use crate::lifecycle::{LaunchHook, LifecycleActions, LifecycleResult, Transition};
 use crate::pager::Paging;
 use crate::state::{now_rfc3339, TakeOutRecord};
 use crate::work::{Outcome, Source, Termination};
@@ -48,13 +48,18 @@ where
 
     async fn terminate_in(&self, t: Termination, span: tracing::Span) -> Outcome {
         let own = t.instance_id == self.settings.own_instance;
-        let previous = self.records.read(&t.instance_id);
+        let mut previous = self.records.read(&t.instance_id);
         if let Some(prev) = previous.as_ref().filter(|r| r.finished()) {
-            tracing::info!(source = %t.source, "this instance was already taken out and its hook completed");
-            if let Some(id) = &prev.host_id {
-                span.record("host_id", id.as_str());
+            if self.has_new_host(prev).await {
+                tracing::info!(source = %t.source, "the instance was taken out before, but has a new host since: taking it out");
+                previous = None;
+            } else {
+                tracing::info!(source = %t.source, "this instance was already taken out and its hook completed");
+                if let Some(id) = &prev.host_id {
+                    span.record("host_id", id.as_str());
+                }
+                return Outcome::Done;
             }
-            return Outcome::Done;
         }
         if !own && !self.settings.handle_peers {
             tracing::info!(source = %t.source, "termination of another instance; lifecycle.handle_peers is off");
@@ -78,10 +83,11 @@ where
             record.hook = t.hook.clone();
         }
 
-        let host_id = match self.which_host(&t, own, &mut record, &mut timeline).await {
-            Ok(host_id) => host_id,
+        let hosts = match self.which_hosts(&t, own, &mut record, &mut timeline).await {
+            Ok(hosts) => hosts,
             Err(Refusal(outcome)) => return outcome,
         };
+        let host_id = hosts.first().cloned();
         if let Some(id) = &host_id {
             span.record("host_id", id.as_str());
         }
@@ -99,6 +105,7 @@ where
             }
         }
         record.host_id = host_id.clone();
+        record.other_hosts = hosts.iter().skip(1).cloned().collect();
         timeline.push(format!(
             "termination of {} from {}{}",
             t.instance_id,
@@ -113,7 +120,7 @@ where
         }
         self.records.save(&record);
         let answered = record.hook_completed;
-        let work = self.take_out_and_answer(&t, own, host_id, &mut record, &mut timeline, &lookup);
+        let work = self.take_out_and_answer(&t, own, hosts, &mut record, &mut timeline, &lookup);
         match (&lookup, answered) {
             // Heartbeats for as long as the work goes on; dropped with it.
             (HookLookup::Found(target), false) => {
@@ -126,23 +133,43 @@ where
         }
     }
 
-    /// The host to take out: the recorded one first (a removed host drops out of lists),
-    /// else the one labelled with the instance id. `None`: this instance has no host here.
-    async fn which_host(
+    /// Whether the cluster shows a host of this finished record's instance that the record
+    /// did not take out: the instance came back (EC2 stop and start, a warm pool's reuse)
+    /// and registered again. Not knowing is "no": the record stands.
+    async fn has_new_host(&self, record: &TakeOutRecord) -> bool {
+        let deadline = Instant::now() + FIND_BUDGET.min(self.settings.drain_timeout);
+        match self.cluster.find_hosts(&record.instance_id, deadline).await {
+            Ok(hosts) => hosts.iter().any(|h| {
+                record.host_id.as_deref() != Some(h.id.as_str())
+                    && !record.other_hosts.contains(&h.id)
+            }),
+            Err(e) => {
+                tracing::warn!("cannot look for a newer host of a taken-out instance ({e}); trusting the record");
+                false
+            }
+        }
+    }
+
+    /// The hosts to take out: the recorded ones first (a removed host drops out of lists),
+    /// else every host labelled with the instance id, active ones first. Empty: this
+    /// instance has no host here.
+    async fn which_hosts(
         &self,
         t: &Termination,
         own: bool,
         record: &mut TakeOutRecord,
         timeline: &mut Timeline,
-    ) -> Result<Option<String>, Refusal> {
+    ) -> Result<Vec<String>, Refusal> {
         if let Some(id) = record.host_id.clone() {
-            return Ok(Some(id));
+            let mut hosts = vec![id];
+            hosts.extend(record.other_hosts.iter().cloned());
+            return Ok(hosts);
         }
         let deadline = Instant::now() + FIND_BUDGET.min(self.settings.drain_timeout);
-        match self.cluster.find_host(&t.instance_id, deadline).await {
-            Ok(Some(host)) => Ok(Some(host.id)),
-            Ok(None) if own => Ok(None),
-            Ok(None) => {
+        match self.cluster.find_hosts(&t.instance_id, deadline).await {
+            Ok(hosts) if !hosts.is_empty() => Ok(hosts.into_iter().map(|h| h.id).collect()),
+            Ok(_) if own => Ok(Vec::new()),
+            Ok(_) => {
                 tracing::info!(source = %t.source, "no host of this environment belongs to that instance; handing it back");
                 Err(Refusal(Outcome::NotHere))
             }
@@ -172,9 +199,16 @@ where
         record: &TakeOutRecord,
         timeline: &mut Timeline,
     ) -> HookLookup {
+        if t.source == Source::WarmPool {
+            return self.warm_pool_action(t, timeline).await;
+        }
         if matches!(t.source, Source::Command | Source::Signal | Source::Spot) {
             let deadline = Instant::now() + FIND_BUDGET;
             match hook::membership(&self.lifecycle, &t.instance_id, deadline).await {
+                // A scale-in that returns the instance to its warm pool, noticed as a stop.
+                Ok(Some(m)) if m.is_entering_warm_pool() => {
+                    return self.warm_pool_action(t, timeline).await;
+                }
                 Ok(Some(m)) if !m.is_terminating() => {
                     timeline.push(format!(
                         "the instance is {} in group {}; no lifecycle action to complete",
@@ -194,6 +228,7 @@ where
         }
         let lookup = hook::look_up(
             &self.lifecycle,
+            Transition::Terminating,
             &t.instance_id,
             record.group.as_deref(),
             record.hook.as_deref(),
@@ -207,58 +242,78 @@ where
         lookup
     }
 
-    /// Takes the host out (what is not done yet), then answers the lifecycle action.
+    /// For a return to the warm pool: the launching action that holds the instance in
+    /// `Warmed:Pending:Wait` is the one to answer once its host is out.
+    async fn warm_pool_action(&self, t: &Termination, timeline: &mut Timeline) -> HookLookup {
+        let configured = match &self.settings.launch_hook {
+            LaunchHook::Off => {
+                timeline.push(
+                    "lifecycle.launch_hook_name is \"none\"; no launching action to complete",
+                );
+                return HookLookup::NoAction;
+            }
+            LaunchHook::FromGroup => None,
+            LaunchHook::Named(name) => Some(name.as_str()),
+        };
+        let deadline = Instant::now() + FIND_BUDGET;
+        match hook::membership(&self.lifecycle, &t.instance_id, deadline).await {
+            Ok(Some(m)) if m.is_entering_warm_pool() => {
+                hook::look_up(
+                    &self.lifecycle,
+                    Transition::Launching,
+                    &t.instance_id,
+                    Some(&m.group),
+                    None,
+                    configured,
+                    deadline,
+                )
+                .await
+            }
+            Ok(m) => {
+                timeline.push(format!(
+                    "the instance is {}; no launching action to complete",
+                    m.and_then(|m| m.lifecycle_state)
+                        .unwrap_or_else(|| "in no group".into())
+                ));
+                HookLookup::NoAction
+            }
+            Err(e) => HookLookup::Unknown(format!("cannot tell the launching action: {e}")),
+        }
+    }
+
+    /// Takes the hosts out (what is not done yet), then answers the lifecycle action.
     async fn take_out_and_answer(
         &self,
         t: &Termination,
         own: bool,
-        host_id: Option<String>,
+        hosts: Vec<String>,
         record: &mut TakeOutRecord,
         timeline: &mut Timeline,
         lookup: &HookLookup,
     ) -> Outcome {
         let mut failure: Option<(String, String)> = None;
-        match (&host_id, record.taken_out) {
-            (None, _) => {
-                if !record.taken_out {
-                    timeline.push("no host in Rancher for this instance; nothing to take out");
+        if hosts.is_empty() {
+            if !record.taken_out {
+                timeline.push("no host in Rancher for this instance; nothing to take out");
+                if own {
+                    self.stop_agent_and_look_again(t, record, timeline, &mut failure)
+                        .await;
                 }
+            }
+            if failure.is_none() {
                 record.taken_out = true;
             }
-            (Some(id), false) => {
-                let plan = Plan {
-                    evacuate: self.settings.evacuate && !t.urgent,
-                    stop_agent: own,
-                };
-                let report =
-                    take_out::take_out(&self.cluster, &self.agent, id, plan, self.deadline(t))
-                        .await;
-                for said in &report.events {
-                    timeline.push_at(said.at, said.text.clone());
-                }
-                match &report.ending {
-                    Ending::Out { state } => {
-                        timeline.push(format!("host {id} out of Rancher ({state})"));
-                        record.taken_out = true;
-                    }
-                    Ending::Failed { step, state, error } => {
-                        timeline.push(format!(
-                            "taking host {id} out failed at {step} (host {state}): {error}"
-                        ));
-                        failure = Some((step.to_string(), error.clone()));
-                    }
-                }
-                if let Some(agent) = report.agent {
-                    timeline.push(agent);
-                }
-            }
+        } else if !record.taken_out {
+            let plan = Plan {
+                evacuate: self.settings.evacuate && !t.urgent,
+                stop_agent: own,
+            };
+            failure = self.take_out_all(t, &hosts, plan, timeline).await;
+            record.taken_out = failure.is_none();
+        } else if own {
             // Out already (a resumed take-out): only the agent may still be running.
-            (Some(_), true) => {
-                if own {
-                    if let Some(agent) = take_out::stop_agent(&self.agent).await {
-                        timeline.push(agent);
-                    }
-                }
+            if let Some(agent) = take_out::stop_agent(&self.agent).await {
+                timeline.push(agent);
             }
         }
         record.timeline = timeline.entries().to_vec();
@@ -278,6 +333,83 @@ where
         record.timeline = timeline.entries().to_vec();
         self.records.save(record);
         outcome
+    }
+
+    /// Takes every host out, in order, each within the take-out's deadline; the first
+    /// failure as (step, error). The local agent is stopped once the last one is out.
+    async fn take_out_all(
+        &self,
+        t: &Termination,
+        hosts: &[String],
+        plan: Plan,
+        timeline: &mut Timeline,
+    ) -> Option<(String, String)> {
+        let deadline = self.deadline(t);
+        let mut failure = None;
+        for (n, id) in hosts.iter().enumerate() {
+            let last = n + 1 == hosts.len();
+            let plan = Plan {
+                stop_agent: plan.stop_agent && last && failure.is_none(),
+                ..plan
+            };
+            let report = take_out::take_out(&self.cluster, &self.agent, id, plan, deadline).await;
+            for said in &report.events {
+                timeline.push_at(said.at, said.text.clone());
+            }
+            match &report.ending {
+                Ending::Out { state } => {
+                    timeline.push(format!("host {id} out of Rancher ({state})"));
+                }
+                Ending::Failed { step, state, error } => {
+                    timeline.push(format!(
+                        "taking host {id} out failed at {step} (host {state}): {error}"
+                    ));
+                    failure.get_or_insert((step.to_string(), error.clone()));
+                }
+            }
+            if let Some(agent) = report.agent {
+                timeline.push(agent);
+            }
+        }
+        failure
+    }
+
+    /// This instance had no host yet (a termination while registering): its agent
+    /// containers are stopped, and then the cluster is asked once more, because a bootstrap
+    /// that was under way may have registered a host meanwhile.
+    async fn stop_agent_and_look_again(
+        &self,
+        t: &Termination,
+        record: &mut TakeOutRecord,
+        timeline: &mut Timeline,
+        failure: &mut Option<(String, String)>,
+    ) {
+        if let Some(agent) = take_out::stop_agent(&self.agent).await {
+            timeline.push(agent);
+        }
+        let deadline = Instant::now() + FIND_BUDGET.min(self.settings.drain_timeout);
+        let late = match self.cluster.find_hosts(&t.instance_id, deadline).await {
+            Ok(hosts) => hosts,
+            Err(e) => {
+                timeline.push(format!(
+                    "looking for a host registered meanwhile failed: {e}"
+                ));
+                return;
+            }
+        };
+        if late.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = late.into_iter().map(|h| h.id).collect();
+        timeline.push(format!("a host registered meanwhile: {}", ids.join(", ")));
+        record.host_id = ids.first().cloned();
+        record.other_hosts = ids.iter().skip(1).cloned().collect();
+        self.records.save(record);
+        let plan = Plan {
+            evacuate: false,
+            stop_agent: true,
+        };
+        *failure = self.take_out_all(t, &ids, plan, timeline).await;
     }
 
     /// The take-out's deadline: `drain_timeout`, or sooner when the source has a hard end

@@ -17,10 +17,10 @@ use crate::cluster::{
     StepEvent, StepFailed, GONE,
 };
 use crate::lifecycle::{
-    ActionRef, CallFailure, GroupMembership, LifecycleActions, LifecycleHook, LifecycleResult,
-    LAUNCHING_TRANSITION, TERMINATING_TRANSITION,
+    ActionRef, CallFailure, GroupMembership, LaunchHook, LifecycleActions, LifecycleHook,
+    LifecycleResult, LAUNCHING_TRANSITION, TERMINATING_TRANSITION,
 };
-use crate::pager::{Incident, PagerError, Paging};
+use crate::pager::{Incident, IncidentKind, PagerError, Paging};
 use crate::state::{record_file, Records, StateDir, TakeOutRecord};
 use crate::work::{Outcome, Source, Termination, Work};
 
@@ -93,24 +93,28 @@ impl Cluster for FakeCluster {
         "fake cluster".into()
     }
 
-    async fn find_host(
+    async fn find_hosts(
         &self,
         instance_id: &str,
         _deadline: Instant,
-    ) -> Result<Option<ClusterHost>, ClusterError> {
+    ) -> Result<Vec<ClusterHost>, ClusterError> {
         let s = lock(&self.0);
         if s.find_fails {
             return Err(ClusterError::OutOfTime("listing hosts: no answer".into()));
         }
-        Ok(s.hosts
+        let mut hosts: Vec<ClusterHost> = s
+            .hosts
             .iter()
-            .find(|(_, (i, state))| i == instance_id && how_far_out(state) < 2)
+            .filter(|(_, (i, state))| i == instance_id && how_far_out(state) < 2)
             .map(|(id, (_, state))| ClusterHost {
                 id: id.clone(),
                 state: state.clone(),
                 active: state == "active",
                 hostname: None,
-            }))
+            })
+            .collect();
+        hosts.sort_by_key(|h| !h.active);
+        Ok(hosts)
     }
 
     async fn registration(&self, _deadline: Instant) -> Result<AgentRegistration, ClusterError> {
@@ -327,7 +331,14 @@ impl LifecycleActions for FakeAsg {
         let state = self.state(action.instance_id);
         let mut s = lock(&self.0);
         s.calls += 1;
-        if state.as_deref() != Some("Terminating:Wait") {
+        let next = match (state.as_deref(), result) {
+            (Some("Terminating:Wait"), _) => "Terminating:Proceed",
+            (Some("Pending:Wait"), LifecycleResult::Continue) => "InService",
+            (Some("Pending:Wait"), LifecycleResult::Abandon) => "Terminating",
+            (Some("Warmed:Pending:Wait"), _) => "Warmed:Stopped",
+            _ => "",
+        };
+        if next.is_empty() {
             s.refused += 1;
             return Err(FakeError {
                 text: format!(
@@ -345,7 +356,7 @@ impl LifecycleActions for FakeAsg {
             result,
         });
         if let Some(i) = s.instances.get_mut(action.instance_id) {
-            i.1 = "Terminating:Proceed".into();
+            i.1 = next.into();
         }
         Ok(())
     }
@@ -405,11 +416,16 @@ impl Paging for FakePager {
 
     async fn resolve(
         &self,
+        kind: IncidentKind,
         instance_id: &str,
         _summary: &str,
         _deadline: Instant,
     ) -> Result<(), PagerError> {
-        lock(&self.0).resolves.push(instance_id.into());
+        let key = match kind {
+            IncidentKind::TakeOut => instance_id.to_string(),
+            IncidentKind::Boot => format!("boot:{instance_id}"),
+        };
+        lock(&self.0).resolves.push(key);
         Ok(())
     }
 }
@@ -451,6 +467,7 @@ impl Bed {
                 evacuate: false,
                 handle_peers: true,
                 hook_name: None,
+                launch_hook: LaunchHook::FromGroup,
                 cluster_url: "https://rancher.example.com/".into(),
             },
         };
