@@ -22,7 +22,7 @@ use crate::lifecycle::{
 };
 use crate::pager::{Incident, IncidentKind, PagerError, Paging};
 use crate::state::{record_file, Records, StateDir, TakeOutRecord};
-use crate::work::{Outcome, Source, Termination, Work};
+use crate::work::{Join, JoinFailed, Joined, LaunchOutcome, Outcome, Source, Termination, Work};
 
 const OWN: &str = "i-0000000000000000a";
 const PEER: &str = "i-0000000000000000b";
@@ -1195,4 +1195,389 @@ fn the_record_file_of_each_instance_is_its_own() {
         .map(|i| record_file(i))
         .collect();
     assert_eq!(names.len(), 3);
+}
+
+// ---- The way in: launching actions ----
+
+const NEW_HOST: &str = "1h9";
+
+impl Bed {
+    /// This instance launching: `Pending:Wait` on the `boot` hook, no host yet.
+    fn launching() -> Bed {
+        let bed = Bed::new();
+        bed.asg.place(OWN, GROUP, "Pending:Wait");
+        lock(&bed.cluster.0).hosts.remove(OWN_HOST);
+        bed
+    }
+
+    fn heartbeats(&self) -> usize {
+        lock(&self.asg.0).heartbeats
+    }
+
+    fn boot_pages(&self) -> Vec<Incident> {
+        lock(&self.pager.0)
+            .triggers
+            .iter()
+            .filter(|i| i.kind == IncidentKind::Boot)
+            .cloned()
+            .collect()
+    }
+}
+
+/// A registration that takes `time`, then makes `host` active (with `stale` hosts seen).
+fn join_ok(cluster: &FakeCluster, host: &str, stale: &[&str], time: Duration) -> Join {
+    let cluster = cluster.clone();
+    let host = host.to_string();
+    let stale: Vec<String> = stale.iter().map(|s| s.to_string()).collect();
+    Join::new(async move {
+        tokio::time::sleep(time).await;
+        cluster.add(&host, OWN);
+        Ok(Joined {
+            host_id: host,
+            stale,
+            already_active: false,
+        })
+    })
+}
+
+fn join_err(step: &str, time: Duration) -> Join {
+    let step = step.to_string();
+    Join::new(async move {
+        tokio::time::sleep(time).await;
+        Err(JoinFailed {
+            step,
+            error: "Rancher answered 401 the access key or secret key is wrong".into(),
+        })
+    })
+}
+
+impl Running {
+    async fn launch(&self, join: Option<Join>) -> oneshot::Receiver<LaunchOutcome> {
+        let (work, reply) = Work::launch(join, Instant::now() + Duration::from_secs(300));
+        self.door.send(work).await.expect("the consumer takes work");
+        reply
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_launch_continues_once_the_host_is_active() {
+    let bed = Bed::launching();
+    let running = bed.start();
+    let join = join_ok(&bed.cluster, NEW_HOST, &[], Duration::from_secs(20));
+    let outcome = running.launch(Some(join)).await.await.expect("an outcome");
+    assert_eq!(
+        outcome,
+        LaunchOutcome::Registered {
+            host_id: NEW_HOST.into()
+        }
+    );
+    assert_eq!(
+        bed.completions(),
+        [completed(OWN, "boot", LifecycleResult::Continue)]
+    );
+    assert_eq!(bed.asg.state(OWN).as_deref(), Some("InService"));
+    assert!(bed.pager.failed_steps().is_empty());
+    assert_eq!(
+        bed.heartbeats(),
+        0,
+        "300 s of heartbeat timeout outlast the registration"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_registration_pages_once_abandons_and_a_later_success_resolves() {
+    let bed = Bed::launching();
+    let outcome = bed
+        .start()
+        .launch(Some(join_err("connect to Rancher", Duration::from_secs(5))))
+        .await
+        .await
+        .expect("an outcome");
+    assert!(
+        matches!(outcome, LaunchOutcome::Failed(ref why) if why.contains("connect to Rancher")),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        bed.completions(),
+        [completed(OWN, "boot", LifecycleResult::Abandon)]
+    );
+    let pages = bed.boot_pages();
+    assert_eq!(pages.len(), 1, "{pages:?}");
+    assert_eq!(pages[0].failed_step, "connect to Rancher");
+    assert_eq!(pages[0].instance_id, OWN);
+    assert_eq!(pages[0].group.as_deref(), Some(GROUP));
+    assert!(pages[0].error.contains("401"), "{:?}", pages[0].error);
+
+    // systemd restarts drover, which fails again: the incident is open already.
+    bed.asg.place(OWN, GROUP, "Pending:Wait");
+    let again = bed
+        .start()
+        .launch(Some(join_err("connect to Rancher", Duration::from_secs(5))))
+        .await
+        .await
+        .expect("an outcome");
+    assert!(matches!(again, LaunchOutcome::Failed(_)));
+    assert_eq!(
+        bed.boot_pages().len(),
+        1,
+        "one incident, not one per restart"
+    );
+
+    // The next restart registers: the incident is resolved and forgotten.
+    bed.asg.place(OWN, GROUP, "Pending:Wait");
+    let join = join_ok(&bed.cluster, NEW_HOST, &[], Duration::from_secs(5));
+    let ok = bed
+        .start()
+        .launch(Some(join))
+        .await
+        .await
+        .expect("an outcome");
+    assert!(matches!(ok, LaunchOutcome::Registered { .. }));
+    assert_eq!(bed.pager.resolves(), [format!("boot:{OWN}")]);
+    assert_eq!(bed.records().boot_failure(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_keep_a_short_launching_hook_alive_while_registering() {
+    let bed = Bed::launching();
+    bed.asg.set_hooks(
+        GROUP,
+        vec![
+            hook("boot", LAUNCHING_TRANSITION, 30),
+            hook(HOOK, TERMINATING_TRANSITION, 300),
+        ],
+    );
+    let join = join_ok(&bed.cluster, NEW_HOST, &[], Duration::from_secs(100));
+    let outcome = bed
+        .start()
+        .launch(Some(join))
+        .await
+        .await
+        .expect("an outcome");
+    assert!(matches!(outcome, LaunchOutcome::Registered { .. }));
+    // Every 10 s for 100 s.
+    assert!(bed.heartbeats() >= 9, "{} heartbeats", bed.heartbeats());
+    assert_eq!(
+        bed.completions(),
+        [completed(OWN, "boot", LifecycleResult::Continue)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_entering_the_warm_pool_is_let_in_without_registering() {
+    let bed = Bed::launching();
+    bed.asg.place(OWN, GROUP, "Warmed:Pending:Wait");
+    let outcome = bed.start().launch(None).await.await.expect("an outcome");
+    assert_eq!(outcome, LaunchOutcome::NotRegistered);
+    assert_eq!(
+        bed.completions(),
+        [completed(OWN, "boot", LifecycleResult::Continue)]
+    );
+    assert!(bed.cluster.steps().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_launching_action_is_answered_when_turned_off_or_when_none_waits() {
+    let mut bed = Bed::launching();
+    bed.settings.launch_hook = LaunchHook::Off;
+    let join = join_ok(&bed.cluster, NEW_HOST, &[], Duration::from_secs(5));
+    let outcome = bed
+        .start()
+        .launch(Some(join))
+        .await
+        .await
+        .expect("an outcome");
+    assert!(matches!(outcome, LaunchOutcome::Registered { .. }));
+    assert!(bed.completions().is_empty());
+
+    // In service already (a restarted drover): nothing waits.
+    let bed = Bed::launching();
+    bed.asg.place(OWN, GROUP, "InService");
+    let join = join_ok(&bed.cluster, NEW_HOST, &[], Duration::from_secs(5));
+    let outcome = bed
+        .start()
+        .launch(Some(join))
+        .await
+        .await
+        .expect("an outcome");
+    assert!(matches!(outcome, LaunchOutcome::Registered { .. }));
+    assert!(bed.completions().is_empty());
+    assert_eq!(lock(&bed.asg.0).refused, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_termination_while_registering_cuts_it_short_and_takes_out_what_rancher_has() {
+    let bed = Bed::launching();
+    let running = bed.start();
+    // The bootstrap registered a host, which never turns active before the termination.
+    lock(&bed.cluster.0)
+        .hosts
+        .insert(NEW_HOST.into(), (OWN.into(), "registering".into()));
+    let launched = running
+        .launch(Some(Join::new(std::future::pending())))
+        .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    bed.asg.place(OWN, GROUP, "Terminating:Wait");
+    let outcome = running
+        .send(Termination::new(OWN, Source::ImdsTargetState))
+        .await
+        .await
+        .expect("an outcome");
+    assert_eq!(
+        launched.await.expect("an outcome"),
+        LaunchOutcome::Interrupted
+    );
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(bed.cluster.state(NEW_HOST).as_deref(), Some("purged"));
+    assert_eq!(bed.agent_stops(), 1);
+    assert_eq!(
+        bed.completions(),
+        [completed(OWN, HOOK, LifecycleResult::Continue)],
+        "the termination's hook, and no launching answer"
+    );
+    assert!(bed.pager.failed_steps().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_termination_with_no_host_yet_stops_the_agent_and_looks_again() {
+    let bed = Bed::launching();
+    bed.asg.place(OWN, GROUP, "Terminating:Wait");
+    let outcome = bed
+        .terminate(Termination::new(OWN, Source::ImdsTargetState))
+        .await;
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(bed.agent_stops(), 1, "a bootstrap may be under way");
+    assert_eq!(
+        bed.completions(),
+        [completed(OWN, HOOK, LifecycleResult::Continue)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plain_stop_while_registering_leaves_everything_as_it_is() {
+    let bed = Bed::launching();
+    let running = bed.start();
+    let launched = running
+        .launch(Some(Join::new(std::future::pending())))
+        .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let stopped = running.stop_work(None).await;
+    assert_eq!(stopped.await.expect("an answer"), None);
+    assert_eq!(
+        launched.await.expect("an outcome"),
+        LaunchOutcome::Interrupted
+    );
+    assert!(bed.completions().is_empty());
+    assert!(bed.cluster.steps().is_empty());
+    assert_eq!(bed.agent_stops(), 0);
+    running.intake.cancel();
+    running.tracker.close();
+    running.tracker.wait().await;
+}
+
+// ---- A host that comes back ----
+
+#[tokio::test(start_paused = true)]
+async fn a_registration_supersedes_the_old_take_out_record() {
+    let bed = Bed::new();
+    bed.asg.place(OWN, GROUP, "InService");
+    let first = bed.terminate(Termination::new(OWN, Source::Command)).await;
+    assert_eq!(first, Outcome::Done);
+    assert!(bed.record(OWN).expect("record").finished());
+
+    // The instance is stopped and started (same id): it registers a new host.
+    let join = join_ok(&bed.cluster, NEW_HOST, &[], Duration::from_secs(5));
+    let outcome = bed
+        .start()
+        .launch(Some(join))
+        .await
+        .await
+        .expect("an outcome");
+    assert!(matches!(outcome, LaunchOutcome::Registered { .. }));
+    assert_eq!(
+        bed.record(OWN),
+        None,
+        "the old record spoke for the old host"
+    );
+
+    let second = bed.terminate(Termination::new(OWN, Source::Command)).await;
+    assert_eq!(second, Outcome::Done);
+    assert_eq!(bed.cluster.state(NEW_HOST).as_deref(), Some("purged"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_finished_record_does_not_speak_for_a_newer_host() {
+    let bed = Bed::new();
+    bed.asg.place(OWN, GROUP, "InService");
+    assert_eq!(
+        bed.terminate(Termination::new(OWN, Source::Command)).await,
+        Outcome::Done
+    );
+    // A host registered again without this drover seeing it (another boot's).
+    bed.cluster.add(NEW_HOST, OWN);
+    assert_eq!(
+        bed.terminate(Termination::new(OWN, Source::Command)).await,
+        Outcome::Done
+    );
+    assert_eq!(bed.cluster.state(NEW_HOST).as_deref(), Some("purged"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_host_of_the_instance_is_taken_out() {
+    let bed = Bed::new();
+    lock(&bed.cluster.0)
+        .hosts
+        .insert(NEW_HOST.into(), (OWN.into(), "reconnecting".into()));
+    let outcome = bed
+        .terminate(Termination::new(OWN, Source::ImdsTargetState))
+        .await;
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(bed.cluster.state(OWN_HOST).as_deref(), Some("purged"));
+    assert_eq!(bed.cluster.state(NEW_HOST).as_deref(), Some("purged"));
+    assert_eq!(bed.agent_stops(), 1, "once, after the last host");
+    let record = bed.record(OWN).expect("record");
+    assert_eq!(record.host_id.as_deref(), Some(OWN_HOST));
+    assert_eq!(record.other_hosts, [NEW_HOST]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_registration_takes_out_the_stale_hosts_it_saw() {
+    let bed = Bed::launching();
+    lock(&bed.cluster.0)
+        .hosts
+        .insert(OWN_HOST.into(), (OWN.into(), "disconnected".into()));
+    let join = join_ok(&bed.cluster, NEW_HOST, &[OWN_HOST], Duration::from_secs(5));
+    let outcome = bed
+        .start()
+        .launch(Some(join))
+        .await
+        .await
+        .expect("an outcome");
+    assert!(matches!(outcome, LaunchOutcome::Registered { .. }));
+    assert_eq!(bed.cluster.state(OWN_HOST).as_deref(), Some("purged"));
+    assert_eq!(bed.cluster.state(NEW_HOST).as_deref(), Some("active"));
+    assert_eq!(bed.agent_stops(), 0, "the agent runs the new host");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_return_to_the_warm_pool_takes_the_host_out_and_lets_the_instance_in() {
+    let bed = Bed::new();
+    bed.asg.place(OWN, GROUP, "Warmed:Pending:Wait");
+    let outcome = bed.terminate(Termination::new(OWN, Source::WarmPool)).await;
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(bed.cluster.state(OWN_HOST).as_deref(), Some("purged"));
+    assert_eq!(
+        bed.completions(),
+        [completed(OWN, "boot", LifecycleResult::Continue)]
+    );
+
+    // The same return noticed as a stop at power-off (no IMDS polling).
+    let bed = Bed::new();
+    bed.asg.place(OWN, GROUP, "Warmed:Pending:Wait");
+    let outcome = bed.terminate(Termination::new(OWN, Source::Signal)).await;
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(
+        bed.completions(),
+        [completed(OWN, "boot", LifecycleResult::Continue)]
+    );
 }
