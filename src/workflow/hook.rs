@@ -258,14 +258,22 @@ fn stage(transition: Transition, state: Option<&str>) -> Stage {
         return Stage::Past;
     };
     match transition {
+        // A scale-in with instance reuse sends the instance back to the warm pool instead of
+        // terminating it, and the termination hook holds it in Warmed:Pending:Wait.
         Transition::Terminating => match state {
-            "Terminating:Wait" | "Warmed:Terminating:Wait" => Stage::Waiting,
+            "Terminating:Wait" | "Warmed:Terminating:Wait" | "Warmed:Pending:Wait" => {
+                Stage::Waiting
+            }
             "Terminating:Proceed"
             | "Terminated"
             | "Warmed:Terminating:Proceed"
-            | "Warmed:Terminated" => Stage::Past,
+            | "Warmed:Terminated"
+            | "Warmed:Pending:Proceed"
+            | "Warmed:Stopped"
+            | "Warmed:Running"
+            | "Warmed:Hibernated" => Stage::Past,
             "Pending" | "Pending:Wait" | "Pending:Proceed" | "InService" | "Terminating"
-            | "Warmed:Terminating" => Stage::Before,
+            | "Warmed:Terminating" | "Warmed:Pending" => Stage::Before,
             _ => Stage::Elsewhere,
         },
         Transition::Launching => match state {
@@ -382,6 +390,9 @@ mod tests {
         assert_eq!(stage(t, None), Past);
         assert_eq!(stage(t, Some("Standby")), Elsewhere);
         assert_eq!(stage(t, Some("Warmed:Terminating:Wait")), Waiting);
+        // Back to the pool on scale-in: the termination hook holds it there.
+        assert_eq!(stage(t, Some("Warmed:Pending:Wait")), Waiting);
+        assert_eq!(stage(t, Some("Warmed:Stopped")), Past);
         let l = Transition::Launching;
         assert_eq!(stage(l, Some("Pending")), Before);
         assert_eq!(stage(l, Some("Pending:Wait")), Waiting);

@@ -13,7 +13,7 @@ use super::record::Timeline;
 use super::take_out::{self, Ending, Plan};
 use super::Workflow;
 use crate::cluster::{Cluster, LocalAgent};
-use crate::lifecycle::{LaunchHook, LifecycleActions, LifecycleResult, Transition};
+use crate::lifecycle::{LifecycleActions, LifecycleResult, Transition};
 use crate::pager::Paging;
 use crate::state::{now_rfc3339, TakeOutRecord};
 use crate::work::{Outcome, Source, Termination};
@@ -199,17 +199,12 @@ where
         record: &TakeOutRecord,
         timeline: &mut Timeline,
     ) -> HookLookup {
-        if t.source == Source::WarmPool {
-            return self.warm_pool_action(t, timeline).await;
-        }
         if matches!(t.source, Source::Command | Source::Signal | Source::Spot) {
             let deadline = Instant::now() + FIND_BUDGET;
             match hook::membership(&self.lifecycle, &t.instance_id, deadline).await {
-                // A scale-in that returns the instance to its warm pool, noticed as a stop.
-                Ok(Some(m)) if m.is_entering_warm_pool() => {
-                    return self.warm_pool_action(t, timeline).await;
-                }
-                Ok(Some(m)) if !m.is_terminating() => {
+                // A scale-in that returns the instance to its warm pool, noticed as a stop:
+                // the termination hook holds it in Warmed:Pending:Wait.
+                Ok(Some(m)) if !m.is_terminating() && !m.is_entering_warm_pool() => {
                     timeline.push(format!(
                         "the instance is {} in group {}; no lifecycle action to complete",
                         m.lifecycle_state.as_deref().unwrap_or("?"),
@@ -240,45 +235,6 @@ where
             timeline.push("the instance is in no group with a termination hook; no lifecycle action to complete");
         }
         lookup
-    }
-
-    /// For a return to the warm pool: the launching action that holds the instance in
-    /// `Warmed:Pending:Wait` is the one to answer once its host is out.
-    async fn warm_pool_action(&self, t: &Termination, timeline: &mut Timeline) -> HookLookup {
-        let configured = match &self.settings.launch_hook {
-            LaunchHook::Off => {
-                timeline.push(
-                    "lifecycle.launch_hook_name is \"none\"; no launching action to complete",
-                );
-                return HookLookup::NoAction;
-            }
-            LaunchHook::FromGroup => None,
-            LaunchHook::Named(name) => Some(name.as_str()),
-        };
-        let deadline = Instant::now() + FIND_BUDGET;
-        match hook::membership(&self.lifecycle, &t.instance_id, deadline).await {
-            Ok(Some(m)) if m.is_entering_warm_pool() => {
-                hook::look_up(
-                    &self.lifecycle,
-                    Transition::Launching,
-                    &t.instance_id,
-                    Some(&m.group),
-                    None,
-                    configured,
-                    deadline,
-                )
-                .await
-            }
-            Ok(m) => {
-                timeline.push(format!(
-                    "the instance is {}; no launching action to complete",
-                    m.and_then(|m| m.lifecycle_state)
-                        .unwrap_or_else(|| "in no group".into())
-                ));
-                HookLookup::NoAction
-            }
-            Err(e) => HookLookup::Unknown(format!("cannot tell the launching action: {e}")),
-        }
     }
 
     /// Takes the hosts out (what is not done yet), then answers the lifecycle action.

@@ -1568,7 +1568,7 @@ async fn a_return_to_the_warm_pool_takes_the_host_out_and_lets_the_instance_in()
     assert_eq!(bed.cluster.state(OWN_HOST).as_deref(), Some("purged"));
     assert_eq!(
         bed.completions(),
-        [completed(OWN, "boot", LifecycleResult::Continue)]
+        [completed(OWN, HOOK, LifecycleResult::Continue)]
     );
 
     // The same return noticed as a stop at power-off (no IMDS polling).
@@ -1578,6 +1578,6 @@ async fn a_return_to_the_warm_pool_takes_the_host_out_and_lets_the_instance_in()
     assert_eq!(outcome, Outcome::Done);
     assert_eq!(
         bed.completions(),
-        [completed(OWN, "boot", LifecycleResult::Continue)]
+        [completed(OWN, HOOK, LifecycleResult::Continue)]
     );
 }
