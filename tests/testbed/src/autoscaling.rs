@@ -1513,4 +1513,586 @@ mod tests {
         assert!(body.contains("<Code>ValidationError</Code>"), "{body}");
         assert_eq!(asg.requests()[0].action, "LaunchRockets");
     }
+
+    const LAUNCH_HOOK: &str = "launching";
+    const PROCEED: Duration = Duration::from_millis(1100);
+
+    fn drain_hook(heartbeat_timeout: Duration) -> HookSpec {
+        HookSpec {
+            name: HOOK.into(),
+            transition: TERMINATING.into(),
+            heartbeat_timeout,
+            default_result: "ABANDON".into(),
+        }
+    }
+
+    fn launch_hook(heartbeat_timeout: Duration, default_result: &str) -> HookSpec {
+        HookSpec {
+            name: LAUNCH_HOOK.into(),
+            transition: LAUNCHING.into(),
+            heartbeat_timeout,
+            default_result: default_result.into(),
+        }
+    }
+
+    /// A stand-in whose group has both hooks (five-minute timeouts), and its client.
+    async fn hooked() -> (AutoScalingServer, aws_sdk_autoscaling::Client) {
+        let asg = AutoScalingServer::start().await;
+        let long = Duration::from_secs(300);
+        asg.add_group(GROUP, vec![drain_hook(long), launch_hook(long, "ABANDON")]);
+        let client = client(&asg.url());
+        (asg, client)
+    }
+
+    /// `CompleteLifecycleAction` for `hook` by instance id; the error's code and message.
+    async fn complete_as(
+        client: &aws_sdk_autoscaling::Client,
+        hook: &str,
+        result: &str,
+        instance_id: &str,
+    ) -> Result<(), (String, String)> {
+        client
+            .complete_lifecycle_action()
+            .auto_scaling_group_name(GROUP)
+            .lifecycle_hook_name(hook)
+            .lifecycle_action_result(result)
+            .instance_id(instance_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                (
+                    e.code().unwrap_or("").to_string(),
+                    e.message().unwrap_or("").to_string(),
+                )
+            })
+    }
+
+    /// What `DescribeAutoScalingInstances` says of one instance; `None` when absent.
+    async fn described_state(
+        client: &aws_sdk_autoscaling::Client,
+        instance_id: &str,
+    ) -> Option<String> {
+        let out = client
+            .describe_auto_scaling_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .expect("describe instances");
+        out.auto_scaling_instances()
+            .first()
+            .and_then(|i| i.lifecycle_state())
+            .map(str::to_string)
+    }
+
+    /// The pool's instances as `DescribeWarmPool` lists them: (id, state).
+    async fn pool(client: &aws_sdk_autoscaling::Client) -> Vec<(String, String)> {
+        let out = client
+            .describe_warm_pool()
+            .auto_scaling_group_name(GROUP)
+            .send()
+            .await
+            .expect("describe warm pool");
+        out.instances()
+            .iter()
+            .map(|i| {
+                (
+                    i.instance_id().unwrap_or("").to_string(),
+                    i.lifecycle_state()
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn launch_waits_for_its_hook_then_continue_goes_in_service() {
+        let (asg, client) = hooked().await;
+        let token = asg
+            .launch_instance(
+                GROUP,
+                ID,
+                "m5.large",
+                "us-east-1b",
+                Duration::from_millis(500),
+            )
+            .expect("a launching hook");
+        assert_eq!(asg.lifecycle_state(ID).as_deref(), Some("Pending"));
+        let (code, message) = complete_as(&client, LAUNCH_HOOK, "CONTINUE", ID)
+            .await
+            .expect_err("not waiting yet");
+        assert_eq!(code, "ValidationError");
+        assert_eq!(
+            message,
+            format!("No active Lifecycle Action found with instance ID {ID}")
+        );
+        let refused = asg.refused_completions();
+        assert_eq!(refused.len(), 1);
+        assert_eq!(
+            (refused[0].instance_id.as_str(), refused[0].state.as_str()),
+            (ID, "Pending")
+        );
+
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            described_state(&client, ID).await.as_deref(),
+            Some("Pending:Wait")
+        );
+        let err = complete_as(&client, HOOK, "CONTINUE", ID)
+            .await
+            .expect_err("the termination hook is not the one waiting");
+        assert_eq!(err.0, "ValidationError");
+        client
+            .record_lifecycle_action_heartbeat()
+            .auto_scaling_group_name(GROUP)
+            .lifecycle_hook_name(LAUNCH_HOOK)
+            .instance_id(ID)
+            .send()
+            .await
+            .expect("heartbeat on the launching action");
+        let beats = asg.heartbeats();
+        assert_eq!(beats.len(), 1);
+        assert_eq!(
+            (beats[0].hook.as_str(), beats[0].transition.as_str()),
+            (LAUNCH_HOOK, LAUNCHING)
+        );
+        client
+            .complete_lifecycle_action()
+            .auto_scaling_group_name(GROUP)
+            .lifecycle_hook_name(LAUNCH_HOOK)
+            .lifecycle_action_result("CONTINUE")
+            .lifecycle_action_token(&token)
+            .send()
+            .await
+            .expect("completes by token");
+        assert_eq!(asg.lifecycle_state(ID).as_deref(), Some("Pending:Proceed"));
+        let err = complete_as(&client, LAUNCH_HOOK, "CONTINUE", ID)
+            .await
+            .expect_err("already done");
+        assert_eq!(err.0, "ValidationError");
+        let done = asg.completions();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].transition, LAUNCHING);
+        assert!(done[0].by_token && !done[0].by_timeout);
+        assert_eq!(done[0].result, "CONTINUE");
+
+        tokio::time::sleep(PROCEED).await;
+        assert_eq!(
+            described_state(&client, ID).await.as_deref(),
+            Some("InService")
+        );
+        // In service now, so it terminates as any other instance, through its own hook.
+        let drain = asg
+            .begin_termination(ID, Duration::ZERO)
+            .expect("a termination hook");
+        assert_ne!(drain, token);
+        complete_as(&client, HOOK, "CONTINUE", ID)
+            .await
+            .expect("termination completes");
+        let done = asg.completions();
+        assert_eq!(done.len(), 2);
+        assert_eq!(
+            (done[1].hook.as_str(), done[1].transition.as_str()),
+            (HOOK, TERMINATING)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_launch_is_terminated_through_the_termination_hook() {
+        let (asg, client) = hooked().await;
+        asg.launch_instance(GROUP, ID, "m5.large", "us-east-1b", Duration::ZERO);
+        assert_eq!(asg.lifecycle_state(ID).as_deref(), Some("Pending:Wait"));
+        complete_as(&client, LAUNCH_HOOK, "ABANDON", ID)
+            .await
+            .expect("abandons");
+        assert_eq!(asg.lifecycle_state(ID).as_deref(), Some("Terminating"));
+        let err = complete_as(&client, HOOK, "CONTINUE", ID)
+            .await
+            .expect_err("before Terminating:Wait");
+        assert_eq!(err.0, "ValidationError");
+        assert_eq!(asg.refused_completions()[0].state, "Terminating");
+
+        tokio::time::sleep(PROCEED).await;
+        assert_eq!(
+            described_state(&client, ID).await.as_deref(),
+            Some("Terminating:Wait")
+        );
+        let token = asg.action_token(ID).expect("the termination's token");
+        assert_eq!(
+            asg.begin_termination(ID, Duration::ZERO),
+            Some(token),
+            "already terminating"
+        );
+        complete_as(&client, HOOK, "CONTINUE", ID)
+            .await
+            .expect("termination completes");
+        assert_eq!(
+            asg.lifecycle_state(ID).as_deref(),
+            Some("Terminating:Proceed")
+        );
+        let done: Vec<(String, String)> = asg
+            .completions()
+            .into_iter()
+            .map(|c| (c.transition, c.result))
+            .collect();
+        assert_eq!(
+            done,
+            vec![
+                (LAUNCHING.to_string(), "ABANDON".to_string()),
+                (TERMINATING.to_string(), "CONTINUE".to_string())
+            ]
+        );
+        tokio::time::sleep(PROCEED).await;
+        assert_eq!(asg.lifecycle_state(ID).as_deref(), Some("Terminated"));
+        assert_eq!(
+            described_state(&client, ID).await,
+            None,
+            "gone from the group"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_launch_timeout_abandons_and_the_termination_then_times_out_too() {
+        let asg = AutoScalingServer::start().await;
+        let (launch, drain) = (Duration::from_millis(100), Duration::from_millis(200));
+        asg.add_group(
+            GROUP,
+            vec![launch_hook(launch, "ABANDON"), drain_hook(drain)],
+        );
+        asg.launch_instance(GROUP, ID, "m5.large", "us-east-1b", Duration::ZERO);
+        // Nobody looks until both timeouts are long past: the one pass over the deadlines
+        // must apply the second, which only the first one's ABANDON started.
+        tokio::time::sleep(Duration::from_millis(2600)).await;
+        let done = asg.completions();
+        assert_eq!(done.len(), 2, "{done:?}");
+        assert!(done.iter().all(|c| c.by_timeout && c.result == "ABANDON"));
+        assert_eq!(done[0].transition, LAUNCHING);
+        assert_eq!(done[1].transition, TERMINATING);
+        assert_eq!(done[1].at - done[0].at, ABANDON_LAG + drain);
+        assert_eq!(asg.lifecycle_state(ID).as_deref(), Some("Terminated"));
+    }
+
+    #[tokio::test]
+    async fn a_launch_timeout_with_continue_goes_in_service() {
+        let asg = AutoScalingServer::start().await;
+        let timeout = Duration::from_millis(300);
+        asg.add_group(GROUP, vec![launch_hook(timeout, "CONTINUE")]);
+        asg.launch_instance(GROUP, ID, "m5.large", "us-east-1b", Duration::ZERO);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(asg.lifecycle_state(ID).as_deref(), Some("Pending:Proceed"));
+        let done = asg.completions();
+        assert_eq!(done.len(), 1);
+        assert!(done[0].by_timeout && done[0].result == "CONTINUE");
+        // At the deadline (the launch came just after the start), not when someone looked.
+        assert!(
+            done[0].at >= timeout && done[0].at < timeout + Duration::from_millis(50),
+            "{:?}",
+            done[0].at
+        );
+        tokio::time::sleep(PROCEED).await;
+        assert_eq!(asg.lifecycle_state(ID).as_deref(), Some("InService"));
+    }
+
+    #[tokio::test]
+    async fn without_a_launching_hook_a_launch_goes_straight_on() {
+        let asg = AutoScalingServer::start().await;
+        asg.add_group(GROUP, vec![drain_hook(Duration::from_secs(300))]);
+        let lag = Duration::from_millis(300);
+        assert_eq!(
+            asg.launch_instance(GROUP, ID, "m5.large", "us-east-1b", lag),
+            None
+        );
+        assert_eq!(asg.lifecycle_state(ID).as_deref(), Some("Pending"));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(asg.lifecycle_state(ID).as_deref(), Some("Pending:Proceed"));
+        tokio::time::sleep(PROCEED).await;
+        assert_eq!(asg.lifecycle_state(ID).as_deref(), Some("InService"));
+        assert!(asg.completions().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_warmed_instance_enters_leaves_returns_and_is_terminated() {
+        let (asg, client) = hooked().await;
+        asg.warm_instance(
+            GROUP,
+            ID,
+            "m5.large",
+            "us-east-1b",
+            Duration::ZERO,
+            "Warmed:Stopped",
+        )
+        .expect("a launching hook");
+        assert_eq!(
+            pool(&client).await,
+            vec![(ID.to_string(), "Warmed:Pending:Wait".to_string())]
+        );
+        let out = client
+            .describe_auto_scaling_instances()
+            .instance_ids(ID)
+            .send()
+            .await
+            .expect("describe instances");
+        let listed = &out.auto_scaling_instances()[0];
+        assert_eq!(listed.lifecycle_state(), Some("Warmed:Pending:Wait"));
+        assert_eq!(listed.auto_scaling_group_name(), Some(GROUP));
+        let err = complete_as(&client, HOOK, "CONTINUE", ID)
+            .await
+            .expect_err("not this hook");
+        assert_eq!(err.0, "ValidationError");
+        complete_as(&client, LAUNCH_HOOK, "CONTINUE", ID)
+            .await
+            .expect("warming completes");
+        assert_eq!(
+            asg.lifecycle_state(ID).as_deref(),
+            Some("Warmed:Pending:Proceed")
+        );
+        assert!(
+            !asg.leave_warm_pool(ID, Duration::ZERO),
+            "not in the pool yet"
+        );
+        tokio::time::sleep(PROCEED).await;
+        assert_eq!(
+            described_state(&client, ID).await.as_deref(),
+            Some("Warmed:Stopped")
+        );
+
+        // Scale-out from the pool: the launching hook pauses it again, at Pending:Wait.
+        assert!(asg.leave_warm_pool(ID, Duration::ZERO));
+        assert_eq!(asg.lifecycle_state(ID).as_deref(), Some("Pending:Wait"));
+        assert!(pool(&client).await.is_empty(), "out of the pool");
+        complete_as(&client, LAUNCH_HOOK, "CONTINUE", ID)
+            .await
+            .expect("leaving completes");
+        tokio::time::sleep(PROCEED).await;
+        assert_eq!(asg.lifecycle_state(ID).as_deref(), Some("InService"));
+
+        // Scale-in with reuse: back to the pool, paused for the termination hook.
+        assert!(asg.return_to_warm_pool(ID, Duration::ZERO));
+        assert_eq!(
+            asg.lifecycle_state(ID).as_deref(),
+            Some("Warmed:Pending:Wait")
+        );
+        let err = complete_as(&client, LAUNCH_HOOK, "CONTINUE", ID)
+            .await
+            .expect_err("a returning instance waits on the termination hook");
+        assert_eq!(err.0, "ValidationError");
+        complete_as(&client, HOOK, "ABANDON", ID)
+            .await
+            .expect("returning completes");
+        assert_eq!(
+            asg.lifecycle_state(ID).as_deref(),
+            Some("Warmed:Pending:Proceed")
+        );
+        tokio::time::sleep(PROCEED).await;
+        assert_eq!(
+            asg.lifecycle_state(ID).as_deref(),
+            Some("Warmed:Stopped"),
+            "ABANDON goes on too"
+        );
+        let out = client
+            .describe_warm_pool()
+            .auto_scaling_group_name(GROUP)
+            .send()
+            .await
+            .expect("describe warm pool");
+        let conf = out
+            .warm_pool_configuration()
+            .expect("the pool's configuration");
+        assert_eq!(conf.pool_state().map(|s| s.as_str()), Some("Stopped"));
+        assert_eq!(conf.min_size(), Some(0));
+        assert_eq!(
+            conf.instance_reuse_policy()
+                .and_then(|p| p.reuse_on_scale_in()),
+            Some(true)
+        );
+        let member = &out.instances()[0];
+        assert_eq!(member.instance_id(), Some(ID));
+        assert_eq!(member.instance_type(), Some("m5.large"));
+        assert_eq!(member.availability_zone(), Some("us-east-1b"));
+        assert_eq!(member.health_status(), Some("Healthy"));
+        assert_eq!(member.protected_from_scale_in(), Some(false));
+
+        // Terminated from the pool, through the termination hook.
+        assert!(
+            !asg.return_to_warm_pool(ID, Duration::ZERO),
+            "already there"
+        );
+        assert_eq!(
+            asg.begin_termination(ID, Duration::ZERO),
+            None,
+            "not in service"
+        );
+        assert!(asg.terminate_warmed(ID, Duration::ZERO));
+        assert_eq!(
+            pool(&client).await,
+            vec![(ID.to_string(), "Warmed:Terminating:Wait".to_string())]
+        );
+        client
+            .record_lifecycle_action_heartbeat()
+            .auto_scaling_group_name(GROUP)
+            .lifecycle_hook_name(HOOK)
+            .instance_id(ID)
+            .send()
+            .await
+            .expect("heartbeat while terminating from the pool");
+        complete_as(&client, HOOK, "CONTINUE", ID)
+            .await
+            .expect("termination completes");
+        assert_eq!(
+            asg.lifecycle_state(ID).as_deref(),
+            Some("Warmed:Terminating:Proceed")
+        );
+        tokio::time::sleep(PROCEED).await;
+        assert_eq!(
+            asg.lifecycle_state(ID).as_deref(),
+            Some("Warmed:Terminated")
+        );
+        assert!(pool(&client).await.is_empty());
+        assert_eq!(
+            described_state(&client, ID).await,
+            None,
+            "absent everywhere"
+        );
+
+        let done: Vec<(String, String)> = asg
+            .completions()
+            .into_iter()
+            .map(|c| (c.hook, c.result))
+            .collect();
+        let want = [
+            (LAUNCH_HOOK, "CONTINUE"),
+            (LAUNCH_HOOK, "CONTINUE"),
+            (HOOK, "ABANDON"),
+            (HOOK, "CONTINUE"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(h, r)| (h.to_string(), r.to_string()))
+            .collect();
+        assert_eq!(done, want);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_warm_launch_leaves_the_pool() {
+        let asg = AutoScalingServer::start().await;
+        asg.add_group(
+            GROUP,
+            vec![launch_hook(Duration::from_secs(300), "CONTINUE")],
+        );
+        let client = client(&asg.url());
+        asg.warm_instance(
+            GROUP,
+            ID,
+            "m5.large",
+            "us-east-1b",
+            Duration::ZERO,
+            "Warmed:Running",
+        );
+        complete_as(&client, LAUNCH_HOOK, "ABANDON", ID)
+            .await
+            .expect("abandons");
+        assert_eq!(
+            pool(&client).await,
+            vec![(ID.to_string(), "Warmed:Terminating".to_string())]
+        );
+        tokio::time::sleep(PROCEED).await;
+        // No termination hook: straight on.
+        assert_eq!(
+            asg.lifecycle_state(ID).as_deref(),
+            Some("Warmed:Terminating:Proceed")
+        );
+        tokio::time::sleep(PROCEED).await;
+        assert_eq!(
+            asg.lifecycle_state(ID).as_deref(),
+            Some("Warmed:Terminated")
+        );
+        assert!(pool(&client).await.is_empty());
+        assert_eq!(described_state(&client, ID).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_warmed_instance_without_hooks_rests_in_its_pool_state() {
+        let asg = AutoScalingServer::start().await;
+        asg.add_group(GROUP, vec![]);
+        let lag = Duration::from_millis(300);
+        assert_eq!(
+            asg.warm_instance(
+                GROUP,
+                ID,
+                "m5.large",
+                "us-east-1b",
+                lag,
+                "Warmed:Hibernated"
+            ),
+            None
+        );
+        assert_eq!(asg.lifecycle_state(ID).as_deref(), Some("Warmed:Pending"));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            asg.lifecycle_state(ID).as_deref(),
+            Some("Warmed:Pending:Proceed")
+        );
+        tokio::time::sleep(PROCEED).await;
+        assert_eq!(
+            asg.lifecycle_state(ID).as_deref(),
+            Some("Warmed:Hibernated")
+        );
+        assert!(asg.leave_warm_pool(ID, Duration::ZERO));
+        tokio::time::sleep(PROCEED).await;
+        assert_eq!(asg.lifecycle_state(ID).as_deref(), Some("InService"));
+        assert!(asg.return_to_warm_pool(ID, Duration::ZERO));
+        tokio::time::sleep(PROCEED).await;
+        assert_eq!(
+            asg.lifecycle_state(ID).as_deref(),
+            Some("Warmed:Hibernated"),
+            "back to the state it had"
+        );
+        assert!(asg.completions().is_empty());
+    }
+
+    #[tokio::test]
+    async fn moves_from_the_wrong_state_change_nothing() {
+        let (asg, _client) = hooked().await;
+        asg.add_instance(GROUP, "i-in", "m5.large", "us-east-1b");
+        asg.launch_instance(GROUP, "i-new", "m5.large", "us-east-1b", Duration::ZERO);
+        assert!(!asg.leave_warm_pool("i-in", Duration::ZERO));
+        assert!(!asg.terminate_warmed("i-in", Duration::ZERO));
+        assert!(!asg.return_to_warm_pool("i-new", Duration::ZERO));
+        assert_eq!(asg.begin_termination("i-new", Duration::ZERO), None);
+        assert_eq!(
+            asg.lifecycle_state("i-new").as_deref(),
+            Some("Pending:Wait")
+        );
+        assert_eq!(asg.lifecycle_state("i-in").as_deref(), Some("InService"));
+        assert!(!asg.leave_warm_pool("i-nobody", Duration::ZERO));
+        assert!(!asg.return_to_warm_pool("i-nobody", Duration::ZERO));
+        assert!(!asg.terminate_warmed("i-nobody", Duration::ZERO));
+        assert_eq!(asg.action_token("i-in"), None);
+    }
+
+    #[tokio::test]
+    async fn describe_warm_pool_of_groups_without_one() {
+        let (asg, client) = hooked().await;
+        asg.add_instance(GROUP, ID, "m5.large", "us-east-1b");
+        let out = client
+            .describe_warm_pool()
+            .auto_scaling_group_name(GROUP)
+            .send()
+            .await
+            .expect("a group without a pool");
+        assert!(out.warm_pool_configuration().is_none());
+        assert!(
+            out.instances().is_empty(),
+            "in-service instances are not in the pool"
+        );
+        let err = client
+            .describe_warm_pool()
+            .auto_scaling_group_name("nope")
+            .send()
+            .await
+            .expect_err("unknown group");
+        assert_eq!(err.code(), Some("ValidationError"));
+        assert_eq!(asg.requests()[1].status, 400);
+    }
 }
