@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::autoscaling::{AutoScalingServer, HookSpec};
+use crate::autoscaling::{AutoScalingServer, HookSpec, LAUNCHING, TERMINATING};
 use crate::config::{DroverConfig, Secret};
 use crate::docker::DockerEngine;
 use crate::imds::{ImdsOptions, ImdsServer};
@@ -24,6 +24,8 @@ pub const ROUTING_KEY: &str = "R0UT1NGKEYdroverTEST0123456789ab";
 /// The instance's group and its termination hook.
 pub const GROUP: &str = "crawlers";
 pub const HOOK: &str = "drain";
+/// The group's launching hook, when a test asks for one ([`add_launch_hook`]).
+pub const LAUNCH_HOOK: &str = "launching";
 /// Every line `drover check` prints, by name.
 pub const CHECKS: [&str; 7] = [
     "config",
@@ -55,6 +57,10 @@ pub struct BedOptions {
     pub docker: DockerMode,
     /// The termination hook's heartbeat timeout.
     pub hook_timeout: Duration,
+    /// `Some(heartbeat timeout)`: the group also has the launching hook, and the bed's
+    /// instance is being launched, waiting in `Pending:Wait` for someone to complete the
+    /// launching action; `None`: no launching hook, the instance is `InService`.
+    pub launch: Option<Duration>,
     /// A moto SQS with the lifecycle queue (`maxReceiveCount` 5 to its dead-letter queue),
     /// set as `lifecycle.queue_url`.
     pub queue: bool,
@@ -75,6 +81,7 @@ impl Default for BedOptions {
             },
             docker: DockerMode::Running,
             hook_timeout: HOOK_TIMEOUT,
+            launch: None,
             queue: false,
             drover: crate::launch::drover_bin(),
         }
@@ -113,10 +120,39 @@ pub fn add_group(asg: &AutoScalingServer, heartbeat_timeout: Duration) {
         GROUP,
         vec![HookSpec {
             name: HOOK.into(),
-            transition: "autoscaling:EC2_INSTANCE_TERMINATING".into(),
+            transition: TERMINATING.into(),
             heartbeat_timeout,
             default_result: "ABANDON".into(),
         }],
+    );
+}
+
+/// The group's launching hook ([`LAUNCH_HOOK`], `DefaultResult` `ABANDON`: an instance
+/// nobody vouches for is not put in service) next to its termination hook, which keeps its
+/// timeout ([`HOOK_TIMEOUT`] when the group had none).
+pub fn add_launch_hook(asg: &AutoScalingServer, heartbeat_timeout: Duration) {
+    let termination = asg
+        .hooks(GROUP)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|h| h.transition == TERMINATING)
+        .unwrap_or_else(|| HookSpec {
+            name: HOOK.into(),
+            transition: TERMINATING.into(),
+            heartbeat_timeout: HOOK_TIMEOUT,
+            default_result: "ABANDON".into(),
+        });
+    asg.add_group(
+        GROUP,
+        vec![
+            termination,
+            HookSpec {
+                name: LAUNCH_HOOK.into(),
+                transition: LAUNCHING.into(),
+                heartbeat_timeout,
+                default_result: "ABANDON".into(),
+            },
+        ],
     );
 }
 
@@ -164,7 +200,19 @@ impl Bed {
         let rancher = RancherServer::start(opts.rancher).await;
         let asg = AutoScalingServer::start().await;
         add_group(&asg, opts.hook_timeout);
-        asg.add_instance(GROUP, &instance_id, "m5.large", "us-east-1b");
+        match opts.launch {
+            Some(timeout) => {
+                add_launch_hook(&asg, timeout);
+                asg.launch_instance(
+                    GROUP,
+                    &instance_id,
+                    "m5.large",
+                    "us-east-1b",
+                    Duration::ZERO,
+                );
+            }
+            None => asg.add_instance(GROUP, &instance_id, "m5.large", "us-east-1b"),
+        }
         let pager = PagerServer::start().await;
         let docker = match opts.docker {
             DockerMode::Running => DockerEngine::launch().await,
@@ -371,5 +419,44 @@ pub async fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> O
             panic!("{what}: not within {limit:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_launch_hook_joins_the_termination_hook() {
+        let asg = AutoScalingServer::start().await;
+        add_group(&asg, Duration::from_secs(42));
+        add_launch_hook(&asg, Duration::from_secs(7));
+        add_launch_hook(&asg, Duration::from_secs(9));
+        let hooks: Vec<(String, String, Duration, String)> = asg
+            .hooks(GROUP)
+            .expect("the group")
+            .into_iter()
+            .map(|h| (h.name, h.transition, h.heartbeat_timeout, h.default_result))
+            .collect();
+        let want = vec![
+            (
+                HOOK.to_string(),
+                TERMINATING.to_string(),
+                Duration::from_secs(42),
+                "ABANDON".to_string(),
+            ),
+            (
+                LAUNCH_HOOK.to_string(),
+                LAUNCHING.to_string(),
+                Duration::from_secs(9),
+                "ABANDON".to_string(),
+            ),
+        ];
+        assert_eq!(
+            hooks, want,
+            "the termination hook kept, the launching one replaced"
+        );
+        asg.launch_instance(GROUP, "i-1", "m5.large", "us-east-1b", Duration::ZERO);
+        assert_eq!(asg.lifecycle_state("i-1").as_deref(), Some("Pending:Wait"));
     }
 }
