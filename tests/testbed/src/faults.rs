@@ -424,7 +424,9 @@ impl Case {
         let own = instance(base, 1);
         let bystander = instance(base + 1, 2);
         let stranger = instance(base + 2, 3);
-        let plain = instance(base, 4);
+        // Its own instance id: a host labelled with the own instance's id is the own
+        // instance's, and taken out with it.
+        let plain = instance(0x900000 + plan.seed, 4);
         let imds = ImdsServer::start(own.clone()).await;
         let rancher = RancherServer::start(RancherOptions {
             secret_key: SECRET.into(),
