@@ -104,6 +104,17 @@ pub async fn watch(
     }
 }
 
+/// Sends a termination whose outcome this source does not wait for: the workflow records
+/// it, and a later source (or a restart) resumes it.
+async fn send(tx: &mpsc::Sender<Work>, termination: Termination) -> bool {
+    tx.send(Work::Terminate {
+        termination,
+        reply: None,
+    })
+    .await
+    .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,15 +137,4 @@ mod tests {
         assert_eq!(t(Some("Warmed:Stopped"), "InService"), None);
         assert_eq!(t(Some("InService"), "InService"), None);
     }
-}
-
-/// Sends a termination whose outcome this source does not wait for: the workflow records
-/// it, and a later source (or a restart) resumes it.
-async fn send(tx: &mpsc::Sender<Work>, termination: Termination) -> bool {
-    tx.send(Work::Terminate {
-        termination,
-        reply: None,
-    })
-    .await
-    .is_ok()
 }
