@@ -10,8 +10,10 @@
 //! - [`sources`]: the producers. Startup (resume, terminating or Spot at start), IMDS
 //!   polling, the SQS queue, signals (which also decide what a stop means). Each sends
 //!   [`work::Work`] through the one door, an mpsc channel.
-//! - [`workflow`]: the one consumer. It de-duplicates work by instance, takes the host out
-//!   as named steps, answers the lifecycle action, pages; it talks only to traits:
+//! - [`workflow`]: the one consumer. It runs the launch (the registration between looking
+//!   up the launching action and answering it; a termination of this instance cuts it
+//!   short), de-duplicates work by instance, takes the host out as named steps, answers
+//!   the lifecycle action, pages; it talks only to traits:
 //!   [`cluster::Cluster`], [`cluster::LocalAgent`], [`lifecycle::LifecycleActions`],
 //!   [`pager::Paging`]. [`boot`] is the boot workflow, over the same cluster trait.
 //! - The clients, one module per outside system, each owning its settings and its error
