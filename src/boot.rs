@@ -17,8 +17,15 @@ use crate::labels::{cattle_host_labels, Automatic};
 use crate::retry::{poll_until, Check, Pace, RetryError};
 use crate::state::{now_rfc3339, Registration, StateDir, StateError, REGISTRATION_FILE};
 
-/// Looks for the host turning active start short and grow: registration takes seconds.
-const ACTIVE_POLL: Pace = Pace::new(Duration::from_millis(250), Duration::from_secs(2));
+/// Listings of the hosts, until this instance's is listed, start short and grow:
+/// registration takes seconds, and a listing carries every host of the environment.
+const LIST_POLL: Pace = Pace::new(Duration::from_millis(250), Duration::from_secs(2));
+/// Once the host is listed, it alone is read this often: the launching action is answered
+/// the moment the host is active (BENCHMARKS.md), at the cost of one small GET a tick for
+/// the few seconds a registration takes.
+const HOST_POLL: Duration = Duration::from_millis(40);
+/// Even then, the hosts are listed again this often, for another host of the instance.
+const RELIST: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
@@ -220,7 +227,8 @@ fn short_id(id: &str) -> &str {
 }
 
 /// Waits until a host of the instance is active; that host, and the others (not active)
-/// as stale.
+/// as stale. Listings at [`LIST_POLL`] until a host of the instance is listed, then that
+/// host alone every [`HOST_POLL`] (and a listing every [`RELIST`]).
 async fn wait_active<C: Cluster>(
     cluster: &C,
     instance_id: &str,
@@ -228,46 +236,108 @@ async fn wait_active<C: Cluster>(
     started: Instant,
     record_host_id: bool,
 ) -> Result<(ClusterHost, Vec<String>), RegisterError> {
-    let recorded = std::sync::atomic::AtomicBool::new(!record_host_id);
-    let last_state = std::sync::Mutex::new(String::from("not listed yet"));
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    struct Watch {
+        /// The host being registered, once listed, and the others seen with it.
+        candidate: Option<String>,
+        others: Vec<ClusterHost>,
+        next_list: Instant,
+        list_every: Duration,
+        last_state: String,
+    }
+    let recorded = AtomicBool::new(!record_host_id);
+    let watch = Mutex::new(Watch {
+        candidate: None,
+        others: Vec::new(),
+        next_list: Instant::now(),
+        list_every: LIST_POLL.first,
+        last_state: String::from("not listed yet"),
+    });
+    let lock = || watch.lock().unwrap_or_else(|e| e.into_inner());
     let span = tracing::Span::current();
+    let seen = |host: &ClusterHost| -> Result<(), RegisterError> {
+        // Recorded once: tracing appends a field recorded twice.
+        if !recorded.swap(true, Ordering::Relaxed) {
+            span.record("host_id", host.id.as_str());
+        }
+        let mut w = lock();
+        if host.state != w.last_state {
+            tracing::info!(state = %host.state, "waiting for the host to become active");
+            w.last_state.clone_from(&host.state);
+        }
+        if is_taken_out(&host.state) {
+            return Err(RegisterError::HostTakenOut {
+                host_id: host.id.clone(),
+                state: host.state.clone(),
+            });
+        }
+        Ok(())
+    };
     let waited = poll_until(
         "the host to become active",
         deadline,
-        ACTIVE_POLL,
+        Pace::new(HOST_POLL, HOST_POLL),
         || async {
-            let hosts = cluster
-                .find_hosts(instance_id, deadline)
-                .await
-                .map_err(at("wait for the host to become active"))?;
-            let Some(host) = hosts.first().cloned() else {
+            let (candidate, list) = {
+                let w = lock();
+                (w.candidate.clone(), Instant::now() >= w.next_list)
+            };
+            if list {
+                let hosts = cluster
+                    .find_hosts(instance_id, deadline)
+                    .await
+                    .map_err(at("wait for the host to become active"))?;
+                let mut w = lock();
+                w.next_list = Instant::now()
+                    + if w.candidate.is_some() {
+                        RELIST
+                    } else {
+                        w.list_every
+                    };
+                w.list_every = (w.list_every * 2).min(LIST_POLL.max);
+                let Some(host) = hosts.first().cloned() else {
+                    return Ok(Check::NotYet("not listed yet".to_string()));
+                };
+                drop(w);
+                if host.active {
+                    seen(&host)?;
+                    let stale = stale_of(&hosts, &host.id);
+                    return Ok(Check::Done((host, stale)));
+                }
+                seen(&host)?;
+                let mut w = lock();
+                w.candidate = Some(host.id.clone());
+                w.others = hosts.into_iter().skip(1).collect();
+                return Ok(Check::NotYet(host.state));
+            }
+            let Some(id) = candidate else {
                 return Ok(Check::NotYet("not listed yet".to_string()));
             };
-            // Recorded once: tracing appends a field recorded twice.
-            if !recorded.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                span.record("host_id", host.id.as_str());
-            }
+            let host = cluster
+                .host(&id, deadline)
+                .await
+                .map_err(at("wait for the host to become active"))?;
+            let Some(host) = host else {
+                // Gone meanwhile: back to listings.
+                let mut w = lock();
+                w.candidate = None;
+                w.next_list = Instant::now();
+                return Ok(Check::NotYet("not listed yet".to_string()));
+            };
+            seen(&host)?;
             if host.active {
+                let mut hosts = vec![host.clone()];
+                hosts.extend(lock().others.iter().cloned());
                 let stale = stale_of(&hosts, &host.id);
                 return Ok(Check::Done((host, stale)));
-            }
-            if let Ok(mut last) = last_state.lock() {
-                if host.state != *last {
-                    tracing::info!(state = %host.state, "waiting for the host to become active");
-                    last.clone_from(&host.state);
-                }
-            }
-            if is_taken_out(&host.state) {
-                return Err(RegisterError::HostTakenOut {
-                    host_id: host.id,
-                    state: host.state,
-                });
             }
             Ok(Check::NotYet(host.state))
         },
     )
     .await;
-    let last = || last_state.lock().map(|l| l.clone()).unwrap_or_default();
+    let last = || lock().last_state.clone();
     waited.map_err(|e| match e {
         RetryError::Failed(RegisterError::Cluster {
             source: ClusterError::OutOfTime(_),

@@ -132,6 +132,14 @@ pub trait Cluster: Send + Sync + 'static {
         deadline: Instant,
     ) -> impl Future<Output = Result<Vec<ClusterHost>, ClusterError>> + Send;
 
+    /// One host by id; `None` when the backend no longer knows it. Cheaper than a listing:
+    /// what a registration polls once it knows its host.
+    fn host(
+        &self,
+        host_id: &str,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Option<ClusterHost>, ClusterError>> + Send;
+
     /// The host registered for `instance_id`: an active one before any other.
     fn find_host(
         &self,

@@ -72,6 +72,14 @@ impl Cluster for LazyRancher {
             .await
     }
 
+    async fn host(
+        &self,
+        host_id: &str,
+        deadline: Instant,
+    ) -> Result<Option<ClusterHost>, ClusterError> {
+        self.connect(deadline).await?.host(host_id, deadline).await
+    }
+
     async fn registration(&self, deadline: Instant) -> Result<AgentRegistration, ClusterError> {
         self.connect(deadline).await?.registration(deadline).await
     }

@@ -280,6 +280,18 @@ impl Cluster for Rancher1 {
         Ok(hosts.into_iter().map(to_cluster_host).collect())
     }
 
+    async fn host(
+        &self,
+        host_id: &str,
+        deadline: Instant,
+    ) -> Result<Option<ClusterHost>, ClusterError> {
+        Ok(self
+            .read_host(host_id, deadline)
+            .await?
+            .filter(|h| h.state != "purged")
+            .map(to_cluster_host))
+    }
+
     async fn registration(&self, deadline: Instant) -> Result<AgentRegistration, ClusterError> {
         let tokens = self.tokens(deadline).await?;
         let token = if let Some(t) = tokens.iter().find(|t| t.is_usable()) {

@@ -117,6 +117,20 @@ impl Cluster for FakeCluster {
         Ok(hosts)
     }
 
+    async fn host(
+        &self,
+        host_id: &str,
+        _deadline: Instant,
+    ) -> Result<Option<ClusterHost>, ClusterError> {
+        let s = lock(&self.0);
+        Ok(s.hosts.get(host_id).map(|(_, state)| ClusterHost {
+            id: host_id.to_string(),
+            state: state.clone(),
+            active: state == "active",
+            hostname: None,
+        }))
+    }
+
     async fn registration(&self, _deadline: Instant) -> Result<AgentRegistration, ClusterError> {
         Err(ClusterError::OutOfTime("not in these tests".into()))
     }

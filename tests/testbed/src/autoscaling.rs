@@ -453,6 +453,11 @@ impl AutoScalingServer {
         }
     }
 
+    /// The instant the stand-in started: what every recorded `at` counts from.
+    pub fn started_at(&self) -> Instant {
+        self.shared.lock().started
+    }
+
     /// What `AWS_ENDPOINT_URL_AUTO_SCALING` is set to.
     pub fn url(&self) -> String {
         self.server.url()

@@ -14,7 +14,7 @@ use testbed::rancher::RancherOptions;
 
 const USAGE: &str = "usage: drover-testbed demo [--drover PATH]
        drover-testbed bench [--drover PATH] [--idle SECS] [--runs N] [--fleet N]
-                            [--only footprint,reaction,boot,fleet] [--out FILE.md]
+                            [--only footprint,reaction,boot,launch,fleet] [--out FILE.md]
        drover-testbed faults [--drover PATH] [--seeds FIRST..END] [--jobs N] [--out FILE.md]";
 
 #[tokio::main]
@@ -381,6 +381,9 @@ async fn bench(settings: Settings) -> Result<(), String> {
     }
     if wanted("boot") {
         rows.extend(bench::boot::run(&settings, &docker).await?);
+    }
+    if wanted("launch") {
+        rows.extend(bench::launch::run(&settings, &docker).await?);
     }
     if wanted("fleet") {
         rows.extend(bench::fleet::run(&settings, &docker, &moto).await?);

@@ -162,6 +162,8 @@ struct Host {
     engine: Option<String>,
     /// Whether the watcher last saw the `rancher-agent` container running.
     agent_seen_running: Option<bool>,
+    /// When it last turned `active` (a scheduled landing counts from its due time).
+    active_at: Option<Instant>,
 }
 
 struct Token {
@@ -269,6 +271,9 @@ impl State {
                 continue;
             }
             host.enter(&to, opts);
+            if to == "active" {
+                host.active_at = Some(at);
+            }
         }
         for token in tokens.iter_mut() {
             if token.state == "registering" && now >= token.active_at {
@@ -295,6 +300,7 @@ impl State {
             pending: None,
             engine,
             agent_seen_running: None,
+            active_at: None,
         };
         host.enter(&spec.state, &self.opts);
         let id = host.id.clone();
@@ -440,6 +446,18 @@ impl RancherServer {
     }
 
     /// Registration tokens created by `POST` on the collection.
+    /// When host `id` last turned `active`: the moment its registration landed, however
+    /// late a request noticed it.
+    pub fn active_at(&self, id: &str) -> Option<Instant> {
+        let mut state = lock(&self.state);
+        state.advance();
+        state
+            .hosts
+            .iter()
+            .find(|h| h.id == id)
+            .and_then(|h| h.active_at)
+    }
+
     pub fn tokens_created(&self) -> usize {
         self.state().tokens_created
     }

@@ -1,6 +1,6 @@
 //! `drover-testbed bench`: measures the built drover against the test bed and prints a
-//! table (footprint, reaction time, boot overhead, AWS calls while idle, a fleet
-//! simulation), writing the same as Markdown with the machine and the date.
+//! table (footprint, reaction time, boot overhead, the launching hook's answer, AWS calls
+//! while idle, a fleet simulation), writing the same as Markdown with the machine and the date.
 //!
 //! Nothing here asserts on time: these are measurements, compared with the targets in the
 //! report. The shared machine is noisy; ratios within one run are what to read.
@@ -8,6 +8,7 @@
 pub mod boot;
 pub mod fleet;
 pub mod footprint;
+pub mod launch;
 pub mod reaction;
 
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ pub struct Settings {
     pub runs: usize,
     pub fleet: usize,
     pub out: Option<PathBuf>,
-    /// Only these sections (footprint, reaction, boot, fleet); empty: all.
+    /// Only these sections (footprint, reaction, boot, launch, fleet); empty: all.
     pub only: Vec<String>,
 }
 
