@@ -921,6 +921,55 @@ mod tests {
         assert!(!format!("{client:?}").contains("s3cr3t-value"));
     }
 
+    /// A key rotated while drover runs: after a 401 the client reads its source again and
+    /// retries once with the new key; an unchanged source means the 401 stands.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_401_reads_the_key_again_and_retries_once_with_a_rotated_one() {
+        let server = testbed::rancher::RancherServer::start(Default::default()).await;
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("rancher.secret");
+        std::fs::write(&file, server.secret_key()).expect("write");
+        let secret = Secret::new(
+            "rancher.secret_key",
+            crate::secret::Source::File(file.clone()),
+        );
+        let settings = Settings {
+            url: Url::parse(&server.url()).expect("url"),
+            project_id: server.project_id().to_string(),
+            access_key: server.access_key().to_string(),
+            secret_key: secret.clone(),
+            api_version: ApiVersion::Auto,
+            ca_file: None,
+            request_timeout: Duration::from_secs(5),
+        };
+        let key = SecretString::from(server.secret_key());
+        let client = RancherClient::connect(&settings, key)
+            .await
+            .expect("connect")
+            .with_rereader(SecretReader::new(secret, None), Duration::from_secs(5));
+        let clone = client.clone();
+        client.project().await.expect("the first key works");
+
+        // Rotated in Rancher, not yet at the source: the 401 stands, after one re-read.
+        server.set_secret_key("rotated-0123456789");
+        let err = client.project().await.expect_err("refused");
+        assert_eq!(err.status(), Some(401), "{err}");
+
+        // Now at the source too: the request goes through, for every clone.
+        std::fs::write(&file, "rotated-0123456789\n").expect("rotate");
+        let before = server.requests().len();
+        client.project().await.expect("the rotated key works");
+        let statuses: Vec<u16> = server.requests()[before..]
+            .iter()
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(statuses, vec![401, 200], "one retry with the new key");
+        let before = server.requests().len();
+        clone.hosts().await.expect("the clone has the new key");
+        assert_eq!(server.requests().len(), before + 1, "no 401 first");
+        assert!(!format!("{client:?}").contains("rotated-0123456789"));
+    }
+
     #[test]
     fn token_debug_hides_the_url() {
         let t: RegistrationToken = serde_json::from_value(serde_json::json!({
