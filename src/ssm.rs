@@ -14,6 +14,7 @@ use tokio::sync::OnceCell;
 
 use crate::aws::describe;
 use crate::secret::{ParameterStore, StoreError, StoreFailure};
+use crate::text::one_line;
 
 /// The SSM client.
 #[derive(Debug, Clone)]
@@ -59,17 +60,28 @@ fn classify<E>(err: SdkError<E>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let detail = describe(&err);
-    let kind = match &err {
+    match &err {
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
-            kind_of(service.err().code(), status)
+            let code = service.err().code();
+            // The service's own words; the SDK's full context would add the raw answer.
+            let detail = match (code, service.err().message()) {
+                (Some(code), Some(message)) => format!("{code}: {message}"),
+                (Some(code), None) => code.to_string(),
+                (None, _) => format!("HTTP {status}: {}", describe(&err)),
+            };
+            StoreError {
+                kind: kind_of(code, status),
+                detail: one_line(&detail, 300),
+            }
         }
         // No answer, a cut answer, or no credentials yet (an instance profile lags the first
         // seconds of boot): all worth another try.
-        _ => StoreFailure::Transient,
-    };
-    StoreError { kind, detail }
+        _ => StoreError {
+            kind: StoreFailure::Transient,
+            detail: one_line(&describe(&err), 300),
+        },
+    }
 }
 
 /// The kind of a service error, by its code, else its HTTP status.
