@@ -120,7 +120,7 @@ fn kind_of(code: Option<&str>, status: u16) -> StoreFailure {
 /// nothing.
 #[derive(Debug, Default)]
 pub struct SsmOnDemand {
-    client: OnceCell<Ssm>,
+    ssm: OnceCell<Ssm>,
 }
 
 /// How long finding the region in IMDS may take on one attempt; the next read tries again.
@@ -131,8 +131,8 @@ impl SsmOnDemand {
         SsmOnDemand::default()
     }
 
-    async fn client(&self) -> Result<&Ssm, StoreError> {
-        self.client
+    async fn ssm(&self) -> Result<&Ssm, StoreError> {
+        self.ssm
             .get_or_try_init(|| async {
                 let region = match crate::aws::env_region() {
                     Some(region) => region,
@@ -152,7 +152,7 @@ impl SsmOnDemand {
 
 impl ParameterStore for SsmOnDemand {
     fn get<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<SecretString, StoreError>> {
-        Box::pin(async move { self.client().await?.parameter(name).await })
+        Box::pin(async move { self.ssm().await?.parameter(name).await })
     }
 }
 
