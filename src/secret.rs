@@ -126,12 +126,12 @@ impl Secret {
         let first = look_at(path).map_err(|e| self.error(Why::Unreadable(e.to_string())))?;
         let seen = match first {
             FileLook::Value(value) => return Ok(value),
-            FileLook::Missing => "not there",
-            FileLook::Empty => "empty",
+            FileLook::Missing => "is not there yet",
+            FileLook::Empty => "is empty so far",
         };
         let budget = deadline.saturating_duration_since(Instant::now());
         tracing::info!(
-            "{} is {seen} yet; waiting up to {} for it",
+            "{} {seen}; waiting up to {} for it",
             self.setting(),
             rounded(budget)
         );
