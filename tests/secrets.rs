@@ -205,3 +205,24 @@ async fn a_key_rotated_while_drover_runs_still_takes_the_host_out() {
     );
     assert_no_secret(&bed, &[SECRET, ROTATED], &[("run", output)]);
 }
+
+/// The routing key in SSM is read when the first page goes out: a failed take-out pages
+/// PagerDuty with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_reads_the_routing_key_from_ssm() {
+    let mut bed = bed_with_ssm(DockerMode::Running).await;
+    bed.moto()
+        .put_secure_parameter(ROUTING_PARAMETER, &format!("{ROUTING_KEY}\n"))
+        .await;
+    bed.config.pager.routing_key = Some(Secret::Ssm(ROUTING_PARAMETER.into()));
+    bed.config.lifecycle.drain_timeout = Some(Duration::from_secs(3));
+    let host_id = bed.register().await;
+    bed.rancher.stick(&host_id, "deactivating");
+    let run = bed.drover(&["deregister"]).await;
+    run.assert_code(1);
+    let events = bed.pager.events();
+    assert_eq!(events.len(), 1, "{}", run.stderr);
+    assert_eq!(events[0]["routing_key"], ROUTING_KEY, "trimmed, as put");
+    assert_eq!(events[0]["event_action"], "trigger");
+    assert_no_secret(&bed, &[SECRET, ROUTING_KEY], &[("deregister", run.all())]);
+}
