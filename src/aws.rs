@@ -11,11 +11,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 /// Loads the SDK config. `fallback_region` (from IMDS) is used only when the environment
 /// names none.
 pub async fn sdk_config(fallback_region: &str) -> SdkConfig {
-    let env_region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
-        .iter()
-        .filter_map(|v| std::env::var(v).ok())
-        .find(|v| !v.trim().is_empty());
-    let region = Region::new(env_region.unwrap_or_else(|| fallback_region.to_string()));
+    let region = Region::new(env_region().unwrap_or_else(|| fallback_region.to_string()));
     aws_config::defaults(BehaviorVersion::latest())
         .region(region)
         // Every call is bounded; drover's own loops add backoff on top of the SDK's retries.
@@ -34,6 +30,14 @@ pub async fn sdk_config(fallback_region: &str) -> SdkConfig {
         .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
         .load()
         .await
+}
+
+/// The region `AWS_REGION` (or `AWS_DEFAULT_REGION`) names, if any.
+pub fn env_region() -> Option<String> {
+    ["AWS_REGION", "AWS_DEFAULT_REGION"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find(|v| !v.trim().is_empty())
 }
 
 /// The error with every source, as one line (`DisplayErrorContext` shows the service's code

@@ -20,6 +20,7 @@ use crate::labels::HostLabels;
 use crate::lifecycle::{LaunchHook, LifecycleResult};
 use crate::logging::LogFormat;
 use crate::rancher::ApiVersion;
+use crate::secret::{loose_mode_warning, Secret, Source};
 
 /// Where the config file is when neither `--config` nor `DROVER_CONFIG` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/drover/drover.toml";
@@ -40,6 +41,7 @@ const KEYS: &[(&str, &str, KeyKind)] = &[
     ("rancher", "access_key", KeyKind::Str),
     ("rancher", "secret_key", KeyKind::Str),
     ("rancher", "secret_key_file", KeyKind::Str),
+    ("rancher", "secret_key_ssm", KeyKind::Str),
     ("rancher", "api_version", KeyKind::Str),
     ("rancher", "ca_file", KeyKind::Str),
     ("rancher", "request_timeout", KeyKind::Str),
@@ -59,6 +61,7 @@ const KEYS: &[(&str, &str, KeyKind)] = &[
     ("lifecycle", "launch_hook_name", KeyKind::Str),
     ("pager", "pagerduty_routing_key", KeyKind::Str),
     ("pager", "pagerduty_routing_key_file", KeyKind::Str),
+    ("pager", "pagerduty_routing_key_ssm", KeyKind::Str),
     ("pager", "pagerduty_url", KeyKind::Str),
     ("pager", "webhook_url", KeyKind::Str),
     ("state", "dir", KeyKind::Str),
@@ -241,6 +244,7 @@ struct RawRancher {
     access_key: Option<String>,
     secret_key: Option<SecretString>,
     secret_key_file: Option<PathBuf>,
+    secret_key_ssm: Option<String>,
     api_version: Option<String>,
     ca_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
@@ -279,6 +283,7 @@ struct RawLifecycle {
 struct RawPager {
     pagerduty_routing_key: Option<SecretString>,
     pagerduty_routing_key_file: Option<PathBuf>,
+    pagerduty_routing_key_ssm: Option<String>,
     pagerduty_url: Option<String>,
     webhook_url: Option<String>,
 }
@@ -412,11 +417,17 @@ impl Config {
         validate(raw, sources.path, warnings)
     }
 
-    /// Whether the secret key (or routing key) came from a file with the given content.
-    /// Used only by tests to prove the file was read.
+    /// Whether the secret key, inline or in its file, is `expected`. Used only by tests to
+    /// prove the right value is found.
     #[cfg(test)]
     fn secret_key_is(&self, expected: &str) -> bool {
-        self.rancher.secret_key.expose_secret() == expected
+        match self.rancher.secret_key.source() {
+            Source::Inline(value) => value.expose_secret() == expected,
+            Source::File(path) => {
+                std::fs::read_to_string(path).is_ok_and(|text| text.trim() == expected)
+            }
+            Source::Ssm(_) => false,
+        }
     }
 }
 
@@ -571,16 +582,17 @@ fn validate(
     let url = parse_http_url(&url_text, "rancher.url")?;
     let project_id = required(r.project_id, "rancher.project_id")?;
     let access_key = required(r.access_key, "rancher.access_key")?;
-    let secret_key = secret_from(
+    let (secret_key, _) = secret_from(
         r.secret_key,
         r.secret_key_file,
+        r.secret_key_ssm,
         "rancher.secret_key",
         &mut warnings,
     )?
     .ok_or_else(|| {
         key_error(
             "rancher.secret_key",
-            "missing (set rancher.secret_key or rancher.secret_key_file)",
+            "missing (set one of rancher.secret_key, rancher.secret_key_file, rancher.secret_key_ssm)",
         )
     })?;
     let api_version = match r.api_version.as_deref().unwrap_or("auto") {
@@ -688,22 +700,23 @@ fn validate(
     };
 
     let p = raw.pager;
-    let pagerduty_routing_key = secret_from(
+    let pagerduty_routing_key = match secret_from(
         p.pagerduty_routing_key,
         p.pagerduty_routing_key_file,
+        p.pagerduty_routing_key_ssm,
         "pager.pagerduty_routing_key",
         &mut warnings,
-    )?
-    .filter(|k| !k.expose_secret().is_empty());
-    if let Some(key) = &pagerduty_routing_key {
-        // PagerDuty refuses anything else with a 400 that would surface only at paging time.
-        if key.expose_secret().len() != 32 {
-            return Err(key_error(
-                "pager.pagerduty_routing_key",
-                "must be the 32-character integration key of an Events API v2 service",
-            ));
+    )? {
+        Some((secret, known)) => {
+            // PagerDuty refuses anything else with a 400 that would surface only at paging
+            // time. A value not known yet (a file to come, SSM) is checked when read.
+            if known.is_some_and(|key| !crate::pager::routing_key_is_valid(&key)) {
+                return Err(key_error(secret.key(), crate::pager::ROUTING_KEY_SHAPE));
+            }
+            Some(secret)
         }
-    }
+        None => None,
+    };
     let pagerduty_url = parse_http_url(
         p.pagerduty_url
             .as_deref()
@@ -771,6 +784,7 @@ fn validate(
             pagerduty_routing_key,
             pagerduty_url,
             webhook_url,
+            parameter_store: None,
         },
         state: StateConfig { dir },
         log: crate::logging::Settings { format, level },
@@ -828,54 +842,89 @@ fn parse_http_url(text: &str, key: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
-/// A secret given inline or as `<key>_file`; both at once is ambiguous and refused.
+/// A secret given inline, as `<name>_file` or as `<name>_ssm`: more than one is ambiguous
+/// and refused. With the value when it is known now (inline, or a file already there).
+///
+/// A file that is not there yet is accepted: cloud-init may write it a moment after drover
+/// starts, and it is waited for when the secret is read. One that is there must be readable
+/// and not empty.
 fn secret_from(
     inline: Option<SecretString>,
     file: Option<PathBuf>,
-    key: &str,
+    ssm: Option<String>,
+    name: &'static str,
     warnings: &mut Vec<String>,
-) -> Result<Option<SecretString>, ConfigError> {
-    let file = file.filter(|f| !f.as_os_str().is_empty());
+) -> Result<Option<(Secret, Option<SecretString>)>, ConfigError> {
     let inline = inline.filter(|s| !s.expose_secret().is_empty());
-    match (inline, file) {
-        (Some(_), Some(_)) => Err(key_error(
-            format!("{key}_file"),
-            format!("set either {key} or {key}_file, not both"),
-        )),
-        (Some(s), None) => Ok(Some(s)),
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                key_error(
-                    format!("{key}_file"),
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
+    let file = file.filter(|f| !f.as_os_str().is_empty());
+    let ssm = non_empty(ssm);
+    let set: Vec<String> = [
+        inline.is_some().then(|| name.to_string()),
+        file.is_some().then(|| format!("{name}_file")),
+        ssm.is_some().then(|| format!("{name}_ssm")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if set.len() > 1 {
+        let how = if set.len() == 2 { "both" } else { "all" };
+        return Err(key_error(
+            name,
+            format!(
+                "{} are {how} set; set only one of {name}, {name}_file, {name}_ssm",
+                set.join(" and ")
+            ),
+        ));
+    }
+    if let Some(value) = inline {
+        return Ok(Some((
+            Secret::new(name, Source::Inline(value.clone())),
+            Some(value),
+        )));
+    }
+    if let Some(parameter) = ssm {
+        let key = format!("{name}_ssm");
+        if parameter
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(key_error(
+                key,
+                "an SSM parameter name holds no spaces or control characters",
+            ));
+        }
+        if parameter.len() > 2048 {
+            return Err(key_error(
+                key,
+                "an SSM parameter name is at most 2048 characters",
+            ));
+        }
+        return Ok(Some((Secret::new(name, Source::Ssm(parameter)), None)));
+    }
+    let Some(path) = file else {
+        return Ok(None);
+    };
+    let key = format!("{name}_file");
+    let known = match std::fs::read_to_string(&path) {
+        Ok(text) => {
             let secret = text.trim();
             if secret.is_empty() {
-                return Err(key_error(
-                    format!("{key}_file"),
-                    format!("{} is empty", path.display()),
-                ));
+                return Err(key_error(key, format!("{} is empty", path.display())));
             }
-            if let Some(w) = loose_mode_warning(&path, &format!("{key}_file")) {
+            if let Some(w) = loose_mode_warning(&path, &key) {
                 warnings.push(w);
             }
-            Ok(Some(SecretString::from(secret.to_string())))
+            Some(SecretString::from(secret.to_string()))
         }
-        (None, None) => Ok(None),
-    }
-}
-
-fn loose_mode_warning(path: &Path, what: &str) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (mode & 0o077 != 0).then(|| {
-        format!(
-            "{what} {} holds a secret and is readable by group or others (mode {:o}); chmod 600 it",
-            path.display(),
-            mode & 0o777
-        )
-    })
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(key_error(
+                key,
+                format!("cannot read {}: {e}", path.display()),
+            ))
+        }
+    };
+    Ok(Some((Secret::new(name, Source::File(path)), known)))
 }
 
 #[cfg(test)]
@@ -1111,15 +1160,134 @@ secret_key = "s3cr3t-value"
             c.warnings
         );
 
-        let missing = MINIMAL.replace(
+        // A directory is there and cannot be read as a file.
+        let unreadable = MINIMAL.replace(
             "secret_key = \"s3cr3t-value\"",
-            "secret_key_file = \"/nonexistent/drover-secret\"",
+            &format!("secret_key_file = {:?}", dir.path().display().to_string()),
         );
-        let e = err(&missing, &[]);
+        let e = err(&unreadable, &[]);
         assert!(
             e.contains("rancher.secret_key_file") && e.contains("cannot read"),
             "{e}"
         );
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, " \n").expect("write");
+        let e = err(
+            &MINIMAL.replace(
+                "secret_key = \"s3cr3t-value\"",
+                &format!("secret_key_file = {:?}", empty.display().to_string()),
+            ),
+            &[],
+        );
+        assert!(
+            e.contains("rancher.secret_key_file") && e.contains("is empty"),
+            "{e}"
+        );
+    }
+
+    /// cloud-init may write the file a moment after drover starts: it is waited for when
+    /// the secret is read, not refused at load.
+    #[test]
+    fn a_secret_file_not_there_yet_is_accepted() {
+        let c = load(
+            &MINIMAL.replace(
+                "secret_key = \"s3cr3t-value\"",
+                "secret_key_file = \"/nonexistent/drover-secret\"",
+            ),
+            &[(
+                "DROVER_PAGER_PAGERDUTY_ROUTING_KEY_FILE",
+                "/nonexistent/pd.key",
+            )],
+            &[],
+        )
+        .expect("valid");
+        assert!(
+            matches!(c.rancher.secret_key.source(), Source::File(p) if p.ends_with("drover-secret"))
+        );
+        assert_eq!(c.rancher.secret_key.key(), "rancher.secret_key_file");
+        let routing = c.pager.pagerduty_routing_key.expect("routing key set");
+        assert_eq!(routing.key(), "pager.pagerduty_routing_key_file");
+    }
+
+    #[test]
+    fn secrets_from_ssm_name_a_parameter() {
+        let c = load(
+            &MINIMAL.replace(
+                "secret_key = \"s3cr3t-value\"",
+                "secret_key_ssm = \"/drover/rancher-secret\"",
+            ),
+            &[(
+                "DROVER_PAGER_PAGERDUTY_ROUTING_KEY_SSM",
+                "/aws/reference/secretsmanager/drover/pd",
+            )],
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(
+            c.rancher.secret_key.to_string(),
+            "rancher.secret_key_ssm /drover/rancher-secret"
+        );
+        let routing = c.pager.pagerduty_routing_key.expect("routing key set");
+        assert_eq!(
+            routing.describe(),
+            "SSM parameter /aws/reference/secretsmanager/drover/pd"
+        );
+        let e = err(
+            &MINIMAL.replace(
+                "secret_key = \"s3cr3t-value\"",
+                "secret_key_ssm = \"/drover/a b\"",
+            ),
+            &[],
+        );
+        assert!(e.contains("rancher.secret_key_ssm"), "{e}");
+    }
+
+    #[test]
+    fn one_source_per_secret() {
+        let both = err(
+            &format!("{MINIMAL}secret_key_ssm = \"/drover/rancher-secret\"\n"),
+            &[],
+        );
+        assert!(
+            both.contains("rancher.secret_key and rancher.secret_key_ssm are both set")
+                && both.contains("set only one of rancher.secret_key, rancher.secret_key_file, rancher.secret_key_ssm"),
+            "{both}"
+        );
+        assert!(!both.contains("s3cr3t-value"), "{both}");
+        let all = err(
+            MINIMAL,
+            &[
+                ("DROVER_RANCHER_SECRET_KEY_FILE", "/nonexistent/s"),
+                ("DROVER_RANCHER_SECRET_KEY_SSM", "/drover/s"),
+            ],
+        );
+        assert!(all.contains("are all set"), "{all}");
+        let none = err(&MINIMAL.replace("secret_key = \"s3cr3t-value\"", ""), &[]);
+        assert!(
+            none.contains("rancher.secret_key") && none.contains("rancher.secret_key_ssm"),
+            "{none}"
+        );
+        let pager = err(
+            MINIMAL,
+            &[
+                ("DROVER_PAGER_PAGERDUTY_ROUTING_KEY_FILE", "/nonexistent/pd"),
+                ("DROVER_PAGER_PAGERDUTY_ROUTING_KEY_SSM", "/drover/pd"),
+            ],
+        );
+        assert!(
+            pager.contains(
+                "pager.pagerduty_routing_key_file and pager.pagerduty_routing_key_ssm are both set"
+            ),
+            "{pager}"
+        );
+        // An empty value is no value: how a flag turns off what the file sets.
+        let c = load(
+            MINIMAL,
+            &[],
+            &["rancher.secret_key=", "rancher.secret_key_ssm=/drover/s"],
+        )
+        .expect("valid");
+        assert_eq!(c.rancher.secret_key.key(), "rancher.secret_key_ssm");
     }
 
     #[test]

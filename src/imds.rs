@@ -304,6 +304,38 @@ impl Imds {
         }
     }
 
+    /// The instance's region, retried within `budget`.
+    pub async fn region(&self, budget: Duration) -> Result<String, ImdsError> {
+        let deadline = tokio::time::Instant::now() + budget;
+        let zone = self
+            .required("meta-data/placement/availability-zone", budget)
+            .await?;
+        self.region_of(
+            &zone,
+            deadline.saturating_duration_since(tokio::time::Instant::now()),
+        )
+        .await
+    }
+
+    async fn region_of(
+        &self,
+        availability_zone: &str,
+        budget: Duration,
+    ) -> Result<String, ImdsError> {
+        Ok(
+            match self
+                .get_within("meta-data/placement/region", budget)
+                .await?
+            {
+                Some(r) if !r.trim().is_empty() => r.trim().to_string(),
+                // Older instances lack placement/region: the zone minus its letter.
+                _ => availability_zone
+                    .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+                    .to_string(),
+            },
+        )
+    }
+
     /// Everything about the instance, each path retried within `budget` overall.
     pub async fn identity(&self, budget: Duration) -> Result<InstanceIdentity, ImdsError> {
         let deadline = tokio::time::Instant::now() + budget;
@@ -333,16 +365,7 @@ impl Imds {
         let availability_zone = self
             .required("meta-data/placement/availability-zone", left())
             .await?;
-        let region = match self
-            .get_within("meta-data/placement/region", left())
-            .await?
-        {
-            Some(r) if !r.trim().is_empty() => r.trim().to_string(),
-            // Older instances lack placement/region: the zone minus its letter.
-            _ => availability_zone
-                .trim_end_matches(|c: char| c.is_ascii_alphabetic())
-                .to_string(),
-        };
+        let region = self.region_of(&availability_zone, left()).await?;
         let autoscaling_group = self.instance_tag(GROUP_TAG, left()).await?;
         let target_lifecycle_state = self.target_lifecycle_state_within(left()).await?;
         Ok(InstanceIdentity {

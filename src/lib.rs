@@ -18,9 +18,10 @@
 //!   [`pager::Paging`]. [`boot`] is the boot workflow, over the same cluster trait.
 //! - The clients, one module per outside system, each owning its settings and its error
 //!   and knowing nothing of the others: [`imds`], [`rancher`] (the Cattle API, and the
-//!   [`cluster::Cluster`] built on it), [`docker`], [`autoscaling`], [`sqs`], [`pager`],
-//!   [`logging`], [`systemd`]. Leaves they share: [`text`] (log-safe text), [`labels`],
-//!   [`retry`], [`state`].
+//!   [`cluster::Cluster`] built on it), [`docker`], [`autoscaling`], [`sqs`], [`ssm`],
+//!   [`pager`], [`logging`], [`systemd`]. Leaves they share: [`text`] (log-safe text),
+//!   [`labels`], [`retry`], [`state`], [`secret`] (where a secret is and reading it before
+//!   a deadline, over a parameter-store trait that [`ssm`] implements).
 //! - [`config`] loads and validates everything up front and builds the clients' settings;
 //!   [`commands`] wires a subcommand to its sources, workflow and clients. `main.rs` only
 //!   calls [`commands::main`].
@@ -47,9 +48,12 @@ pub mod message;
 pub mod pager;
 pub mod rancher;
 pub mod retry;
+pub mod secret;
 pub mod sources;
 #[cfg(feature = "aws")]
 pub mod sqs;
+#[cfg(feature = "aws")]
+pub mod ssm;
 pub mod state;
 pub mod systemd;
 pub mod text;

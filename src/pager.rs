@@ -5,6 +5,8 @@
 //! are always tried, at the same time, so that a dead PagerDuty does not eat the webhook's
 //! time (or the other way round). The routing key is a credential (anyone holding it can
 //! open incidents), so it appears only in request bodies: never in logs, `Debug` or errors.
+//! A routing key kept in a file or in SSM is read when the first page is sent, within that
+//! page's deadline, and kept: building a pager costs nothing and talks to nobody.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -17,16 +19,31 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::retry::{self, RetryError};
+use crate::secret::{Secret, SecretReader, SharedStore, Source};
 use crate::text::{cut_bytes, error_chain, one_line};
 
 /// The pager's settings (`[pager]`), as the config built them.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub pagerduty_routing_key: Option<SecretString>,
+    /// Where the routing key is: inline, a file, or an SSM parameter.
+    pub pagerduty_routing_key: Option<Secret>,
     pub pagerduty_url: Url,
     /// A Slack-style webhook URL carries its secret in its path: a secret, shown by its
     /// origin only ([`webhook_origin`]).
     pub webhook_url: Option<SecretString>,
+    /// What reads a routing key kept in SSM. The config leaves it `None`; the commands set
+    /// it when `pagerduty_routing_key_ssm` is used.
+    pub parameter_store: Option<SharedStore>,
+}
+
+/// What PagerDuty takes as a routing key, for the error when a key is not that.
+pub const ROUTING_KEY_SHAPE: &str =
+    "must be the 32-character integration key of an Events API v2 service";
+
+/// Whether `key` has the shape of an Events API v2 routing key (32 characters): PagerDuty
+/// refuses anything else with a 400.
+pub fn routing_key_is_valid(key: &SecretString) -> bool {
+    key.expose_secret().len() == 32
 }
 
 /// Scheme, host and port of a webhook URL, the only part of it ever shown.
@@ -141,6 +158,9 @@ pub enum PagerError {
     /// No answer at all (connection, TLS, timeout): worth another try.
     #[error("{target}: {detail}")]
     Transport { target: String, detail: String },
+    /// The routing key could not be had (from its file or SSM parameter), or is not one.
+    #[error("PagerDuty: {0}")]
+    RoutingKey(String),
     /// The deadline passed before the target accepted.
     #[error("{target}: not accepted within {budget:.1?}; last error: {last}")]
     OutOfTime {
@@ -185,7 +205,36 @@ struct Target {
 #[derive(Debug)]
 struct PagerDuty {
     target: Target,
-    routing_key: SecretString,
+    routing_key: RoutingKey,
+}
+
+/// The routing key: where it is, and its value once read (kept: it is read once).
+#[derive(Debug)]
+struct RoutingKey {
+    reader: SecretReader,
+    value: tokio::sync::OnceCell<SecretString>,
+}
+
+impl RoutingKey {
+    /// The value, read before `deadline` the first time.
+    async fn get(&self, deadline: Instant) -> Result<&SecretString, PagerError> {
+        self.value
+            .get_or_try_init(|| async {
+                let key = self
+                    .reader
+                    .read(deadline)
+                    .await
+                    .map_err(|e| PagerError::RoutingKey(e.to_string()))?;
+                if !routing_key_is_valid(&key) {
+                    return Err(PagerError::RoutingKey(format!(
+                        "{} {ROUTING_KEY_SHAPE}",
+                        self.reader.secret()
+                    )));
+                }
+                Ok(key)
+            })
+            .await
+    }
 }
 
 /// Sends pages to PagerDuty and the webhook, whichever are configured.
@@ -211,13 +260,22 @@ impl Pager {
         let pagerduty = config
             .pagerduty_routing_key
             .as_ref()
-            .filter(|k| !k.expose_secret().is_empty())
+            .filter(|k| !matches!(k.source(), Source::Inline(v) if v.expose_secret().is_empty()))
             .map(|key| PagerDuty {
                 target: Target {
                     url: SecretString::from(config.pagerduty_url.to_string()),
                     name: format!("PagerDuty {}", shown_url(&config.pagerduty_url, true)),
                 },
-                routing_key: key.clone(),
+                routing_key: RoutingKey {
+                    value: match key.source() {
+                        Source::Inline(v) => tokio::sync::OnceCell::new_with(Some(v.clone())),
+                        _ => tokio::sync::OnceCell::new(),
+                    },
+                    reader: SecretReader::new(
+                        key.clone(),
+                        config.parameter_store.as_ref().map(|s| s.0.clone()),
+                    ),
+                },
             });
         let webhook = config.webhook_url.as_ref().map(|url| Target {
             url: url.clone(),
@@ -293,9 +351,13 @@ impl Pager {
 
     /// Takes the routing key out of text from elsewhere, in case a server echoes it back.
     fn scrub(&self, text: &str) -> String {
-        match &self.pagerduty {
-            Some(pd) if !pd.routing_key.expose_secret().is_empty() => {
-                text.replace(pd.routing_key.expose_secret(), REDACTED)
+        match self
+            .pagerduty
+            .as_ref()
+            .and_then(|pd| pd.routing_key.value.get())
+        {
+            Some(key) if !key.expose_secret().is_empty() => {
+                text.replace(key.expose_secret(), REDACTED)
             }
             _ => text.to_string(),
         }
@@ -327,7 +389,11 @@ impl Paging for Pager {
         let timestamp = now_rfc3339();
         let pagerduty = async {
             let pd = self.pagerduty.as_ref()?;
-            let event = trigger_event(pd, incident, &key, &summary, &timestamp);
+            let routing_key = match pd.routing_key.get(deadline).await {
+                Ok(k) => k,
+                Err(e) => return Some(Err(e)),
+            };
+            let event = trigger_event(routing_key, incident, &key, &summary, &timestamp);
             Some(
                 self.send(&pd.target, "PagerDuty trigger", &event, deadline)
                     .await,
@@ -361,9 +427,13 @@ impl Paging for Pager {
         let key = dedup_key(kind, instance_id);
         let pagerduty = async {
             let pd = self.pagerduty.as_ref()?;
+            let routing_key = match pd.routing_key.get(deadline).await {
+                Ok(k) => k,
+                Err(e) => return Some(Err(e)),
+            };
             // The Events API wants nothing else for a resolve.
             let event = json!({
-                "routing_key": pd.routing_key.expose_secret(),
+                "routing_key": routing_key.expose_secret(),
                 "dedup_key": key,
                 "event_action": "resolve",
             });
@@ -470,7 +540,7 @@ fn summary(incident: &Incident) -> String {
 }
 
 fn trigger_event(
-    pd: &PagerDuty,
+    routing_key: &SecretString,
     incident: &Incident,
     key: &str,
     summary: &str,
@@ -504,7 +574,7 @@ fn trigger_event(
         obj.insert("group".into(), json!(group));
     }
     json!({
-        "routing_key": pd.routing_key.expose_secret(),
+        "routing_key": routing_key.expose_secret(),
         "event_action": "trigger",
         "dedup_key": key,
         "client": "drover",
@@ -610,10 +680,16 @@ mod tests {
     const SHORT_KEY: &str = "0123456789abcdef0123456789abcde";
 
     fn config(server: &PagerServer, key: Option<&str>, webhook: bool) -> Settings {
+        let key = key.map(|k| Source::Inline(SecretString::from(k.to_string())));
+        config_with(server, key, webhook)
+    }
+
+    fn config_with(server: &PagerServer, key: Option<Source>, webhook: bool) -> Settings {
         Settings {
-            pagerduty_routing_key: key.map(|k| SecretString::from(k.to_string())),
+            pagerduty_routing_key: key.map(|k| Secret::new("pager.pagerduty_routing_key", k)),
             pagerduty_url: Url::parse(&server.enqueue_url()).expect("enqueue URL"),
             webhook_url: webhook.then(|| SecretString::from(server.webhook_url())),
+            parameter_store: None,
         }
     }
 
@@ -918,6 +994,67 @@ mod tests {
         assert!(summary(&bare).starts_with(
             "drover: taking host i-0a1b2c3d4e5f60718 out of Rancher failed at deactivate: "
         ));
+    }
+
+    #[tokio::test]
+    async fn a_routing_key_from_a_file_is_read_at_the_first_page_and_kept() {
+        let server = PagerServer::start().await;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("pagerduty.key");
+        let pager = Pager::new(&config_with(
+            &server,
+            Some(Source::File(path.clone())),
+            true,
+        ))
+        .expect("pager");
+        assert!(pager.is_configured(), "a key to come is a key");
+
+        // Not there: the webhook still gets the page; the error names the key and the file.
+        let err = pager
+            .trigger(&incident(), in_secs(2))
+            .await
+            .expect_err("no routing key yet");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!(
+                "pager.pagerduty_routing_key_file {} did not appear within 2s",
+                path.display()
+            )),
+            "{text}"
+        );
+        assert_eq!(server.webhooks().len(), 1);
+        assert!(server.events().is_empty());
+
+        std::fs::write(&path, format!("{KEY}\n")).expect("write");
+        pager
+            .trigger(&incident(), in_secs(10))
+            .await
+            .expect("read now");
+        assert_eq!(server.events()[0]["routing_key"], KEY);
+        // Kept: the file going away changes nothing.
+        std::fs::remove_file(&path).expect("remove");
+        pager
+            .resolve(IncidentKind::TakeOut, "i-0a1b2c3d4e5f60718", "fine", in_secs(10))
+            .await
+            .expect("kept");
+        assert_eq!(server.events()[1]["routing_key"], KEY);
+
+        // A file holding no routing key is refused, naming the key.
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, SHORT_KEY).expect("write");
+        let pager =
+            Pager::new(&config_with(&server, Some(Source::File(short)), false)).expect("pager");
+        let err = pager
+            .trigger(&incident(), in_secs(5))
+            .await
+            .expect_err("not a routing key");
+        assert!(
+            err.to_string().contains("pager.pagerduty_routing_key_file")
+                && err.to_string().contains("32-character")
+                && !err.to_string().contains(SHORT_KEY),
+            "{err}"
+        );
+        assert_eq!(server.events().len(), 2, "nothing sent with it");
     }
 
     /// Captured log output of the current thread.

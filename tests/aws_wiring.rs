@@ -23,6 +23,10 @@ const USERDATA_VARS: [&str; 8] = [
     "env",
 ];
 
+/// The IAM policy templates under `packaging/aws/` (one since the secrets' statements moved
+/// into drover's own policy).
+const POLICIES: [&str; 1] = ["iam-policy.json"];
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -56,6 +60,7 @@ fn iam_prefix(sdk_crate: &str) -> &'static str {
     match sdk_crate {
         "aws_sdk_autoscaling" => "autoscaling",
         "aws_sdk_sqs" => "sqs",
+        "aws_sdk_ssm" => "ssm",
         other => panic!(
             "{other} is used in src/ but this test does not know its IAM prefix: add it to \
              iam_prefix() and its calls to packaging/aws/iam-policy.json"
@@ -125,6 +130,14 @@ fn pascal_case(snake: &str) -> String {
         })
         .collect()
 }
+
+/// Actions a call needs that the service makes on drover's behalf: `GetParameter` with
+/// decryption has SSM call KMS (for a SecureString) or Secrets Manager (for a reference),
+/// both authorized as the caller.
+const IMPLIED: [(&str, &[&str]); 1] = [(
+    "ssm:GetParameter",
+    &["kms:Decrypt", "secretsmanager:GetSecretValue"],
+)];
 
 /// `service:Operation` for every SDK call in src/, by IAM prefix.
 fn actions_in_code() -> BTreeMap<&'static str, BTreeSet<String>> {
@@ -277,13 +290,18 @@ fn string_or_list(value: &Value) -> Vec<&str> {
 fn iam_policy_lists_exactly_the_calls_the_code_makes() {
     let by_service = actions_in_code();
     // A scan that found nothing would make the comparison below meaningless.
-    for service in ["autoscaling", "sqs"] {
+    for service in ["autoscaling", "sqs", "ssm"] {
         assert!(
             by_service.get(service).is_some_and(|a| !a.is_empty()),
             "the scan of src/ found no {service} call (found: {by_service:?}): the scan is broken"
         );
     }
-    let in_code: BTreeSet<String> = by_service.values().flatten().cloned().collect();
+    let mut in_code: BTreeSet<String> = by_service.values().flatten().cloned().collect();
+    for (call, implied) in IMPLIED {
+        if in_code.contains(call) {
+            in_code.extend(implied.iter().map(|a| a.to_string()));
+        }
+    }
     let in_policy = Policy::load("iam-policy.json").actions();
     let missing: BTreeSet<String> = in_code.difference(&in_policy).cloned().collect();
     let extra: BTreeSet<String> = in_policy.difference(&in_code).cloned().collect();
@@ -301,7 +319,7 @@ fn iam_policy_lists_exactly_the_calls_the_code_makes() {
 
 #[test]
 fn policies_are_well_formed_and_scoped() {
-    for file in ["iam-policy.json", "iam-policy-secrets.json"] {
+    for file in POLICIES {
         let policy = Policy::load(file);
         let mut sids = BTreeSet::new();
         for st in policy.statements() {
@@ -337,6 +355,27 @@ fn policies_are_well_formed_and_scoped() {
         drover.placeholders.contains("queue_arn"),
         "iam-policy.json: SQS calls should be scoped to ${{queue_arn}}"
     );
+    // The secrets: parameters under one prefix, decryption only through SSM, and Secrets
+    // Manager in statements of their own, which an operator who does not use it drops.
+    for st in drover.statements() {
+        let actions = string_or_list(&st["Action"]);
+        let sid = st["Sid"].as_str().unwrap_or_default();
+        if actions.contains(&"kms:Decrypt") {
+            assert!(
+                st["Condition"]["StringEquals"]["kms:ViaService"].is_string(),
+                "{sid}: kms:Decrypt only through one service"
+            );
+        }
+        if actions.contains(&"secretsmanager:GetSecretValue") {
+            assert!(
+                sid.starts_with("Optionally"),
+                "{sid}: Secrets Manager is optional"
+            );
+        }
+        if actions == ["ssm:GetParameter"] {
+            assert_eq!(st["Resource"], "${secret_parameter_arn_prefix}*", "{sid}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -620,7 +659,7 @@ fn terraform_example_parses() {
         .of_type("aws_iam_role_policy")
         .map(|p| text(p, "policy").to_string())
         .collect();
-    for file in ["iam-policy.json", "iam-policy-secrets.json"] {
+    for file in POLICIES {
         let needle = format!("\"${{path.module}}/../{file}\"");
         assert!(
             policies
@@ -676,7 +715,7 @@ fn policy_expr(tf: &Terraform, file: &str) -> String {
 #[test]
 fn terraform_passes_every_policy_placeholder() {
     let tf = Terraform::load();
-    for file in ["iam-policy.json", "iam-policy-secrets.json"] {
+    for file in POLICIES {
         let policy = Policy::load(file);
         let expr = policy_expr(&tf, file);
         let vars = templatefile_vars(&expr, &format!("../{file}"));
@@ -768,7 +807,7 @@ fn terraform_renders_the_templates() {
         return;
     };
     let tf = Terraform::load();
-    for file in ["iam-policy.json", "iam-policy-secrets.json"] {
+    for file in POLICIES {
         let policy = Policy::load(file);
         let expr = policy_expr(&tf, file);
         let vars = tf.local_keys(&templatefile_vars(&expr, &format!("../{file}")));

@@ -1,18 +1,20 @@
 //! The cloud-init userdata examples under `cloud-init/`: valid cloud-config for Debian's own
-//! `cloud-init schema`, a drover config that the built binary accepts, no secret in the
-//! userdata, secrets fetched in `bootcmd` into the files the config names, and only the
-//! Terraform placeholders that `packaging/aws/terraform` fills.
+//! `cloud-init schema`, a drover config that the built binary accepts and whose secrets it
+//! reads from the SSM parameters the placeholders name (moto's SSM here), no secret in the
+//! userdata, no fetch in `bootcmd`, and only the Terraform placeholders that
+//! `packaging/aws/terraform` fills.
 //!
 //! YAML is read through PyYAML (the test bed's venv, or the system python3): no YAML crate
 //! is a dependency, and PyYAML is what cloud-init itself parses userdata with.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 use testbed::launch::{drover_bin, Endpoints, Launcher};
+use testbed::moto::MotoServer;
 
 /// Every example, by file name under `cloud-init/`.
 const EXAMPLES: [&str; 4] = [
@@ -48,7 +50,6 @@ const PLACEHOLDERS: [(&str, &str); 8] = [
 ];
 
 const DROVER_TOML: &str = "/etc/drover/drover.toml";
-const FETCH_SECRET: &str = "/usr/libexec/drover/fetch-secret";
 const CLOUD_INIT: &str = "/usr/bin/cloud-init";
 /// How long one `drover check` may take before the test kills it and fails.
 const CHECK_LIMIT: Duration = Duration::from_secs(60);
@@ -263,25 +264,46 @@ impl CheckRun {
     }
 }
 
-/// Runs the built drover's `check` on `config_text` with nothing reachable: every endpoint
-/// on 127.0.0.1 port 9, a Docker socket that does not exist, a clean environment.
-async fn drover_check(config_text: String) -> CheckRun {
+/// The sample value of placeholder `name`.
+fn sample(name: &str) -> &'static str {
+    PLACEHOLDERS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no placeholder {name}"))
+}
+
+/// moto's SSM with the two sample secrets in the parameters the placeholders name.
+async fn parameter_store() -> MotoServer {
+    let moto = MotoServer::start()
+        .await
+        .expect("moto_server (run scripts/testbed-setup.sh)");
+    for (placeholder, value) in [
+        ("rancher_secret_key_parameter", SAMPLE_SECRET_KEY),
+        ("pagerduty_key_parameter", SAMPLE_ROUTING_KEY),
+    ] {
+        // As an operator puts it from a file: with its line break.
+        moto.put_secure_parameter(sample(placeholder), &format!("{value}\n"))
+            .await;
+    }
+    moto
+}
+
+/// Runs the built drover's `check` on `config_text` with nothing reachable but SSM (moto,
+/// at `ssm`): every other endpoint on 127.0.0.1 port 9, a Docker socket that does not
+/// exist, a clean environment.
+async fn drover_check(config_text: String, ssm: String) -> CheckRun {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("drover.toml");
-    let secret = dir.path().join("rancher.secret");
-    let routing = dir.path().join("pagerduty.key");
     let state = dir.path().join("state");
-    for (path, text) in [
-        (&config, config_text),
-        (&secret, format!("{SAMPLE_SECRET_KEY}\n")),
-        (&routing, format!("{SAMPLE_ROUTING_KEY}\n")),
-    ] {
-        std::fs::write(path, text).expect("write");
-        set_mode(path, 0o600);
-    }
+    std::fs::write(&config, config_text).expect("write");
+    set_mode(&config, 0o600);
     let set = |key: &str, path: &Path| format!("{key}={}", path.display());
     let run = Launcher::new(&drover_bin(), dir.path(), "check")
-        .endpoints(&Endpoints::nowhere())
+        .endpoints(&Endpoints {
+            ssm: Some(ssm),
+            ..Endpoints::nowhere()
+        })
         .env("AWS_CONFIG_FILE", dir.path().join("no-aws-config"))
         .env(
             "AWS_SHARED_CREDENTIALS_FILE",
@@ -289,10 +311,6 @@ async fn drover_check(config_text: String) -> CheckRun {
         )
         .arg("--config")
         .arg(&config)
-        .arg("--set")
-        .arg(set("rancher.secret_key_file", &secret))
-        .arg("--set")
-        .arg(set("pager.pagerduty_routing_key_file", &routing))
         .arg("--set")
         .arg(set("state.dir", &state))
         .arg("check")
@@ -342,13 +360,13 @@ fn every_example_writes_drover_toml_0600_at_the_init_stage() {
         let toml_text = drover_toml_text(&doc, name);
         let table = parse_toml(&toml_text, name);
         assert_eq!(
-            toml_str(&table, "rancher", "secret_key_file"),
-            Some("/etc/drover/rancher.secret"),
+            toml_str(&table, "rancher", "secret_key_ssm"),
+            Some("${rancher_secret_key_parameter}"),
             "{name}"
         );
         assert_eq!(
-            toml_str(&table, "pager", "pagerduty_routing_key_file"),
-            Some("/etc/drover/pagerduty.key"),
+            toml_str(&table, "pager", "pagerduty_routing_key_ssm"),
+            Some("${pagerduty_key_parameter}"),
             "{name}"
         );
     }
@@ -372,10 +390,12 @@ async fn drover_accepts_every_example_config() {
             );
         }
     }
+    let moto = parameter_store().await;
     // In parallel: each check waits for its unreachable dependencies.
-    let checks = configs
-        .iter()
-        .map(|(name, text)| async move { (*name, drover_check(text.clone()).await) });
+    let checks = configs.iter().map(|(name, text)| {
+        let ssm = moto.url();
+        async move { (*name, drover_check(text.clone(), ssm).await) }
+    });
     let runs: Vec<(&str, CheckRun)> = futures_util::future::join_all(checks).await;
     for (name, run) in runs {
         let context = format!(
@@ -393,8 +413,8 @@ async fn drover_accepts_every_example_config() {
                 && first.ends_with("is valid"),
             "the first line is not the config check passing: {first:?}\n{context}"
         );
-        // The keys took effect: the queue only where one is configured, the routing key
-        // read from its file.
+        // The keys took effect: the queue only where one is configured, both secrets read
+        // from the parameters the placeholders name.
         let sqs = run.line("sqs").map(|(mark, _)| mark);
         if name == TERRAFORM_EXAMPLE {
             assert_eq!(sqs, Some("FAIL"), "the queue should be checked: {context}");
@@ -402,10 +422,21 @@ async fn drover_accepts_every_example_config() {
         } else {
             assert_eq!(sqs, Some("skip"), "no queue expected: {context}");
         }
+        for (check, placeholder) in [
+            ("rancher-key", "rancher_secret_key_parameter"),
+            ("pager-key", "pagerduty_key_parameter"),
+        ] {
+            let from = format!("from SSM parameter {}", sample(placeholder));
+            assert!(
+                run.line(check)
+                    .is_some_and(|(mark, detail)| mark == "ok" && detail.contains(&from)),
+                "{check} should be read {from}: {context}"
+            );
+        }
         let pager = run.line("pager");
         assert!(
             pager.is_some_and(|(mark, detail)| mark == "ok" && detail.contains("routing key set")),
-            "the PagerDuty key file should be read: {context}"
+            "the PagerDuty routing key should be set: {context}"
         );
         for secret in [SAMPLE_SECRET_KEY, SAMPLE_ROUTING_KEY] {
             assert!(!run.stdout.contains(secret), "secret in stdout: {context}");
@@ -424,7 +455,7 @@ fn key_like_runs(text: &str, min: usize) -> Vec<String> {
 }
 
 #[test]
-fn no_secret_is_in_the_userdata_and_bootcmd_fetches_both() {
+fn no_secret_is_in_the_userdata_and_drover_reads_both_from_ssm() {
     for name in EXAMPLES {
         let text = example_text(name);
         for line in text.lines() {
@@ -472,46 +503,21 @@ fn no_secret_is_in_the_userdata_and_bootcmd_fetches_both() {
             "{name}"
         );
 
-        // bootcmd fetches each secret into exactly the file the config names.
-        let wanted: BTreeMap<&str, &str> = [
-            (
-                toml_str(&table, "rancher", "secret_key_file").expect("secret_key_file"),
-                "${rancher_secret_key_parameter}",
-            ),
-            (
-                toml_str(&table, "pager", "pagerduty_routing_key_file")
-                    .expect("pagerduty_routing_key_file"),
-                "${pagerduty_key_parameter}",
-            ),
-        ]
-        .into_iter()
-        .collect();
-        let mut fetched: BTreeMap<String, String> = BTreeMap::new();
-        for words in bootcmd_words(&doc, name) {
-            let Some(at) = words.iter().position(|w| w == FETCH_SECRET) else {
-                continue;
-            };
-            let [source, dest] = &words[at + 1..] else {
-                panic!("{name}: fetch-secret takes SOURCE DEST: {words:?}");
-            };
-            let previous = fetched.insert(dest.clone(), source.clone());
-            assert!(previous.is_none(), "{name}: {dest} fetched twice");
-        }
-        let dests: BTreeSet<&str> = fetched.keys().map(String::as_str).collect();
-        let expected: BTreeSet<&str> = wanted.keys().copied().collect();
-        assert_eq!(
-            dests, expected,
-            "{name}: bootcmd must fetch into exactly the *_file paths of the config"
-        );
-        for (dest, placeholder) in wanted {
-            let source = &fetched[dest];
-            let parameter = source
-                .strip_prefix("ssm:")
-                .or_else(|| source.strip_prefix("secretsmanager:"));
+        // drover reads both secrets from SSM itself: no file for them, no fetch at boot.
+        for (section, key) in [
+            ("rancher", "secret_key_file"),
+            ("pager", "pagerduty_routing_key_file"),
+        ] {
             assert_eq!(
-                parameter,
-                Some(placeholder),
-                "{name}: {dest} should come from ssm:{placeholder}, not {source}"
+                toml_str(&table, section, key),
+                None,
+                "{name}: {section}.{key}: the *_ssm key needs no file"
+            );
+        }
+        for words in bootcmd_words(&doc, name) {
+            assert!(
+                !words.iter().any(|w| w.contains("fetch-secret")),
+                "{name}: no fetch in bootcmd is needed any more: {words:?}"
             );
         }
 

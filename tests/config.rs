@@ -125,13 +125,72 @@ async fn labels_that_cannot_be_carried() {
 }
 
 #[tokio::test]
-async fn unreadable_secret_file() {
+async fn unreadable_or_empty_secret_file() {
+    // There but not a file one can read (root reads any mode: a directory it cannot).
+    let dir = tempfile::tempdir().expect("dir");
+    let empty = dir.path().join("empty.secret");
+    std::fs::write(&empty, "\n").expect("empty file");
+    for path in [dir.path().to_path_buf(), empty] {
+        let mut config = good();
+        config.rancher.secret_key = Some(Secret::File(path.clone()));
+        assert_config_error(&config, &[], "rancher.secret_key_file").await;
+        let mut config = good();
+        config.pager.routing_key = Some(Secret::File(path));
+        assert_config_error(&config, &[], "pager.pagerduty_routing_key_file").await;
+    }
+}
+
+/// A file cloud-init has not written yet is no config error (it is waited for, see
+/// tests/secrets.rs); two sources for one secret are, naming both.
+#[tokio::test]
+async fn a_secret_file_not_there_yet_is_accepted_two_sources_are_not() {
     let mut config = good();
     config.rancher.secret_key = Some(Secret::File("/nonexistent/rancher.secret".into()));
-    assert_config_error(&config, &[], "rancher.secret_key_file").await;
-    let mut config = good();
     config.pager.routing_key = Some(Secret::File("/nonexistent/pd.key".into()));
-    assert_config_error(&config, &[], "pager.pagerduty_routing_key_file").await;
+    let dir = tempfile::tempdir().expect("dir");
+    let out = run(
+        dir.path(),
+        &config,
+        &Endpoints::nowhere(),
+        &[("DROVER_RANCHER_URL", "http://127.0.0.1:9")],
+        &["check"],
+    )
+    .await;
+    assert_eq!(
+        out.code,
+        Some(1),
+        "a failed check, not a config error: {}",
+        out.all()
+    );
+    for (name, key) in [
+        (
+            "rancher-key",
+            "rancher.secret_key_file /nonexistent/rancher.secret",
+        ),
+        (
+            "pager-key",
+            "pager.pagerduty_routing_key_file /nonexistent/pd.key",
+        ),
+    ] {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no {name} line: {}", out.stdout));
+        assert!(
+            line.starts_with("FAIL") && line.contains(&format!("{key} did not appear within")),
+            "{line}"
+        );
+    }
+
+    let mut both = good();
+    both.raw("rancher", "secret_key_ssm = \"/drover/rancher-secret\"");
+    let dir = tempfile::tempdir().expect("dir");
+    let out = run(dir.path(), &both, &Endpoints::default(), &[], &["register"]).await;
+    assert_one_line_naming(
+        &out,
+        "rancher.secret_key and rancher.secret_key_ssm are both set",
+    );
 }
 
 #[tokio::test]

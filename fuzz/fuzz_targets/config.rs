@@ -7,7 +7,8 @@
 //! - a refusal is one line that names a key (a known section's, or one the input wrote),
 //!   the file, or the flag;
 //! - no secret (`secret_key`, `pagerduty_routing_key`, or the content of a `*_file`) shows
-//!   in an error or in the loaded config's `Debug`;
+//!   in an error or in the loaded config's `Debug` (a `*_ssm` parameter name may: it is
+//!   where a secret is, not the secret);
 //! - every accepted duration can be added to "now" (with the 5 s of slack `register` adds),
 //!   accepted labels are ones `CATTLE_HOST_LABELS` can carry, and polling is off or at
 //!   least 100 ms.
@@ -212,9 +213,12 @@ fn secrets_in(file: &str, env: &[(String, String)], sets: &[String]) -> Vec<Stri
     }
     // Also what looks meant for a secret but is set the wrong way (`--set
     // rancher_secret_key=...`, `DROVER_RANCHER_SECRET=...`): it is a secret all the same.
+    // A `*_file` path and a `*_ssm` parameter name say where a secret is: they are shown.
     let secret_name = |name: &str| {
         let name = name.to_ascii_lowercase();
-        (name.contains("secret") || name.contains("routing_key")) && !name.ends_with("_file")
+        (name.contains("secret") || name.contains("routing_key"))
+            && !name.ends_with("_file")
+            && !name.ends_with("_ssm")
     };
     for (k, v) in env {
         if secret_name(k) {

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use secrecy::SecretString;
+use tokio::time::Instant;
+
 use super::CommandError;
 use crate::autoscaling::AutoScaling;
 use crate::config::Config;
@@ -10,8 +13,9 @@ use crate::imds::{Imds, InstanceIdentity};
 use crate::lifecycle::{
     LaunchHook, LifecycleActions, LAUNCHING_TRANSITION, TERMINATING_TRANSITION,
 };
-use crate::pager::webhook_origin;
+use crate::pager::{routing_key_is_valid, webhook_origin, ROUTING_KEY_SHAPE};
 use crate::rancher::{RancherClient, RancherError};
+use crate::secret::{Secret, SecretReader};
 use crate::sqs::Sqs;
 
 /// One line of `drover check`.
@@ -40,6 +44,8 @@ fn line(mark: Mark, name: &str, detail: impl std::fmt::Display) -> Mark {
 }
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a check waits for a secret: a file not there yet, SSM retried.
+const SECRET_BUDGET: Duration = Duration::from_secs(5);
 
 async fn bounded<T>(fut: impl std::future::Future<Output = T>) -> Option<T> {
     tokio::time::timeout(CHECK_TIMEOUT, fut).await.ok()
@@ -91,25 +97,19 @@ pub async fn check(config: &Config) -> Result<(), CommandError> {
         },
     );
 
-    let rancher = async {
-        let client = RancherClient::connect(&config.rancher).await?;
-        let project = client.project().await?;
-        Ok::<_, RancherError>((client.api(), project))
-    };
-    marks.push(match bounded(rancher).await {
-        Some(Ok((api, project))) => line(
-            Mark::Ok,
+    let reader = super::rancher_key_reader(config);
+    let key = read_secret(&reader).await;
+    marks.push(match &key {
+        Ok(_) => line(Mark::Ok, "rancher-key", read_from(reader.secret())),
+        Err(e) => line(Mark::Fail, "rancher-key", e),
+    });
+    marks.push(match key {
+        Err(_) => line(
+            Mark::Fail,
             "rancher",
-            format!(
-                "{} API {}, key works in project {} ({})",
-                config.rancher.url,
-                api.path(),
-                project.id,
-                project.name.as_deref().unwrap_or("unnamed")
-            ),
+            "needs the secret key (see rancher-key)",
         ),
-        Some(Err(e)) => line(Mark::Fail, "rancher", e),
-        None => line(Mark::Fail, "rancher", "no answer within 15s"),
+        Ok(key) => check_rancher(config, key).await,
     });
 
     let region = identity
@@ -137,6 +137,26 @@ pub async fn check(config: &Config) -> Result<(), CommandError> {
     });
 
     let pager = &config.pager;
+    marks.push(match &pager.pagerduty_routing_key {
+        None => line(Mark::Skip, "pager-key", "no PagerDuty routing key set"),
+        Some(secret) => {
+            let reader = SecretReader::new(
+                secret.clone(),
+                pager.parameter_store.as_ref().map(|s| s.0.clone()),
+            );
+            match read_secret(&reader).await {
+                Ok(key) if routing_key_is_valid(&key) => {
+                    line(Mark::Ok, "pager-key", read_from(secret))
+                }
+                Ok(_) => line(
+                    Mark::Fail,
+                    "pager-key",
+                    format!("{secret} {ROUTING_KEY_SHAPE}"),
+                ),
+                Err(e) => line(Mark::Fail, "pager-key", e),
+            }
+        }
+    });
     marks.push(match (&pager.pagerduty_routing_key, &pager.webhook_url) {
         (None, None) => line(
             Mark::Warn,
@@ -165,6 +185,44 @@ pub async fn check(config: &Config) -> Result<(), CommandError> {
         Err(CommandError::ChecksFailed(failed))
     } else {
         Ok(())
+    }
+}
+
+/// Where a secret that could be read comes from; never its value.
+fn read_from(secret: &Secret) -> String {
+    format!("from {} ({}), read", secret.describe(), secret.key())
+}
+
+/// Reads a secret as drover would, briefly: the value, or why not in one line.
+async fn read_secret(reader: &SecretReader) -> Result<SecretString, String> {
+    match bounded(reader.read(Instant::now() + SECRET_BUDGET)).await {
+        Some(Ok(value)) => Ok(value),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err(format!("{}: no answer within 15s", reader.secret())),
+    }
+}
+
+/// The server, the API version, and the project the key works in.
+async fn check_rancher(config: &Config, key: SecretString) -> Mark {
+    let rancher = async {
+        let client = RancherClient::connect(&config.rancher, key).await?;
+        let project = client.project().await?;
+        Ok::<_, RancherError>((client.api(), project))
+    };
+    match bounded(rancher).await {
+        Some(Ok((api, project))) => line(
+            Mark::Ok,
+            "rancher",
+            format!(
+                "{} API {}, key works in project {} ({})",
+                config.rancher.url,
+                api.path(),
+                project.id,
+                project.name.as_deref().unwrap_or("unnamed")
+            ),
+        ),
+        Some(Err(e)) => line(Mark::Fail, "rancher", e),
+        None => line(Mark::Fail, "rancher", "no answer within 15s"),
     }
 }
 

@@ -9,6 +9,7 @@ mod register;
 mod run;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -24,6 +25,8 @@ use crate::lifecycle::LifecycleActions;
 use crate::pager::Pager;
 use crate::rancher::{RancherClient, RancherError};
 use crate::retry;
+use crate::secret::{ParameterStore, Secret, SecretError, SecretReader, SharedStore, Why};
+use crate::ssm::SsmOnDemand;
 use crate::state::{Records, StateDir};
 use crate::workflow::{self, Workflow};
 
@@ -62,7 +65,7 @@ pub fn main() -> ExitCode {
         overrides: &cli.set,
     };
     let config = match Config::load(sources) {
-        Ok(c) => c,
+        Ok(c) => with_parameter_store(c),
         Err(e) => {
             if cli.command == Command::Check {
                 println!("{:<5} {:<12} {}", "FAIL", "config", e);
@@ -108,19 +111,62 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The Rancher client, transient failures retried until `deadline`.
+/// An SSM client made on first use, for a secret that needs one; `None` for the others.
+fn parameter_store_for(secret: &Secret) -> Option<Arc<dyn ParameterStore>> {
+    secret
+        .needs_store()
+        .then(|| Arc::new(SsmOnDemand::new()) as Arc<dyn ParameterStore>)
+}
+
+/// The config with an SSM client (made on first use) for a routing key kept in SSM, so
+/// that every `Pager::new(&config.pager)` can read it.
+fn with_parameter_store(mut config: Config) -> Config {
+    if let Some(store) = config
+        .pager
+        .pagerduty_routing_key
+        .as_ref()
+        .and_then(parameter_store_for)
+    {
+        config.pager.parameter_store = Some(SharedStore(store));
+    }
+    config
+}
+
+/// The Rancher secret key's reader: its source, and an SSM client when it is kept there.
+fn rancher_key_reader(config: &Config) -> SecretReader {
+    let secret = &config.rancher.secret_key;
+    SecretReader::new(secret.clone(), parameter_store_for(secret))
+}
+
+/// A secret that could not be had before the deadline is out of time; any other failure
+/// is one retrying does not fix.
+fn secret_failed(e: SecretError) -> ClusterError {
+    match e.why {
+        Why::NeverAppeared { .. } | Why::StillEmpty { .. } | Why::OutOfTime { .. } => {
+            ClusterError::OutOfTime(e.to_string())
+        }
+        _ => ClusterError::Backend(Box::new(e)),
+    }
+}
+
+/// The Rancher client: the secret key read from its source (a file waited for, SSM
+/// retried), then transient failures retried, all until `deadline`. When Rancher later
+/// answers 401, the client reads the key again from its source (a rotated key).
 async fn connect_rancher(
     config: &Config,
     deadline: Instant,
 ) -> Result<RancherClient, ClusterError> {
-    Ok(retry::until(
+    let reader = rancher_key_reader(config);
+    let key = reader.read(deadline).await.map_err(secret_failed)?;
+    let client = retry::until(
         "connecting to Rancher",
         deadline,
         Duration::from_secs(5),
         RancherError::is_transient,
-        || RancherClient::connect(&config.rancher),
+        || RancherClient::connect(&config.rancher, key.clone()),
     )
-    .await?)
+    .await?;
+    Ok(client.with_rereader(reader, config.rancher.request_timeout))
 }
 
 /// The group: from the instance tags when metadata tags are on, else from Auto Scaling.

@@ -6,6 +6,7 @@
 //! never followed to another origin (they would carry our credentials there).
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -15,6 +16,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::labels::INSTANCE_ID_LABEL;
+use crate::secret::{Secret, SecretReader};
 use crate::text::{error_chain, one_line, redact_string_values};
 
 /// Which Rancher API root to talk to, as configured.
@@ -32,8 +34,9 @@ pub struct Settings {
     pub url: Url,
     pub project_id: String,
     pub access_key: String,
-    /// Never printed: `SecretString`'s `Debug` shows `[REDACTED]`.
-    pub secret_key: SecretString,
+    /// Where the secret key is; its value is read by whoever connects
+    /// (`commands::connect_rancher`) and handed to [`RancherClient::connect`].
+    pub secret_key: Secret,
     pub api_version: ApiVersion,
     pub ca_file: Option<std::path::PathBuf>,
     /// Bound on every single request to the server.
@@ -232,7 +235,8 @@ pub struct Project {
     pub state: Option<String>,
 }
 
-/// Rancher client bound to one server, API version and environment.
+/// Rancher client bound to one server, API version and environment. Clones share the
+/// secret key, so that a key read again after a 401 serves every clone.
 #[derive(Debug, Clone)]
 pub struct RancherClient {
     http: reqwest::Client,
@@ -240,13 +244,31 @@ pub struct RancherClient {
     api: ResolvedApi,
     project_id: String,
     access_key: String,
-    secret_key: SecretString,
+    /// Never printed: `SecretString`'s `Debug` shows `[REDACTED]`.
+    secret_key: Arc<RwLock<SecretString>>,
+    /// Reads the secret key again from its source when Rancher answers 401: a key rotated
+    /// while drover runs. `None`: the key cannot change (inline), or nobody set one.
+    rereader: Option<Arc<Rereader>>,
+}
+
+/// The re-reading of a rotated key: one at a time, so that many requests refused at once
+/// read the source once.
+#[derive(Debug)]
+struct Rereader {
+    reader: SecretReader,
+    busy: tokio::sync::Mutex<()>,
+    /// Bound on one re-read (an SSM read with its retries).
+    budget: Duration,
 }
 
 impl RancherClient {
-    /// Builds the client and, for `api_version = "auto"`, asks the server which roots it has.
-    pub async fn connect(config: &Settings) -> Result<RancherClient, RancherError> {
-        let mut client = RancherClient::new(config, ResolvedApi::V1)?;
+    /// Builds the client with the secret key's value and, for `api_version = "auto"`, asks
+    /// the server which roots it has.
+    pub async fn connect(
+        config: &Settings,
+        secret_key: SecretString,
+    ) -> Result<RancherClient, RancherError> {
+        let mut client = RancherClient::new(config, secret_key, ResolvedApi::V1)?;
         client.api = match config.api_version {
             ApiVersion::V1 => ResolvedApi::V1,
             ApiVersion::V2Beta => ResolvedApi::V2Beta,
@@ -256,7 +278,11 @@ impl RancherClient {
     }
 
     /// A client for a known API version, without talking to the server.
-    pub fn new(config: &Settings, api: ResolvedApi) -> Result<RancherClient, RancherError> {
+    pub fn new(
+        config: &Settings,
+        secret_key: SecretString,
+        api: ResolvedApi,
+    ) -> Result<RancherClient, RancherError> {
         let mut builder = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
@@ -290,8 +316,65 @@ impl RancherClient {
             api,
             project_id: config.project_id.clone(),
             access_key: config.access_key.clone(),
-            secret_key: config.secret_key.clone(),
+            secret_key: Arc::new(RwLock::new(secret_key)),
+            rereader: None,
         })
+    }
+
+    /// The client that, when Rancher answers 401, reads the secret key again with `reader`
+    /// (within `budget`) and, when it changed, retries the request once with the new one.
+    /// A secret that cannot change (inline) needs none.
+    pub fn with_rereader(mut self, reader: SecretReader, budget: Duration) -> RancherClient {
+        if reader.secret().can_change() {
+            self.rereader = Some(Arc::new(Rereader {
+                reader,
+                busy: tokio::sync::Mutex::new(()),
+                budget,
+            }));
+        }
+        self
+    }
+
+    fn current_key(&self) -> SecretString {
+        self.secret_key
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// After a 401 with `refused`: the key to try again with, when its source now holds
+    /// another one (or another request already found it); `None` to give up.
+    async fn rotated_key(&self, refused: &SecretString) -> Option<SecretString> {
+        let rereader = self.rereader.as_ref()?;
+        let _one_at_a_time = rereader.busy.lock().await;
+        let now = self.current_key();
+        if now.expose_secret() != refused.expose_secret() {
+            return Some(now);
+        }
+        let deadline = tokio::time::Instant::now() + rereader.budget;
+        match rereader.reader.read(deadline).await {
+            Ok(fresh) if fresh.expose_secret() != refused.expose_secret() => {
+                tracing::info!(
+                    "Rancher refused the secret key (401) and {} holds another one now: using it",
+                    rereader.reader.secret()
+                );
+                *self.secret_key.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+                Some(fresh)
+            }
+            Ok(_) => {
+                tracing::debug!(
+                    "Rancher refused the secret key (401); {} still holds the same one",
+                    rereader.reader.secret()
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "Rancher refused the secret key (401), and reading it again failed: {e}"
+                );
+                None
+            }
+        }
     }
 
     pub fn api(&self) -> ResolvedApi {
@@ -340,34 +423,56 @@ impl RancherClient {
         self.url(&segments)
     }
 
+    /// One request; a 401 is retried once with the key its source holds now, when that
+    /// is another one (a key rotated while drover runs).
     async fn request<T: DeserializeOwned>(
         &self,
         method: Method,
         url: Url,
         body: Option<serde_json::Value>,
     ) -> Result<T, RancherError> {
-        let shown_url = url.as_str().to_string();
+        let key = self.current_key();
+        let (status, bytes) = self.send(&method, &url, body.as_ref(), &key).await?;
+        let (status, bytes) = if status == StatusCode::UNAUTHORIZED {
+            match self.rotated_key(&key).await {
+                Some(fresh) => self.send(&method, &url, body.as_ref(), &fresh).await?,
+                None => (status, bytes),
+            }
+        } else {
+            (status, bytes)
+        };
+        if !status.is_success() {
+            return Err(api_error(&method, url.as_str(), status, &bytes));
+        }
+        decode(&method, url.as_str(), &bytes)
+    }
+
+    async fn send(
+        &self,
+        method: &Method,
+        url: &Url,
+        body: Option<&serde_json::Value>,
+        key: &SecretString,
+    ) -> Result<(StatusCode, Vec<u8>), RancherError> {
+        let shown_url = url.as_str();
         let mut req = self
             .http
-            .request(method.clone(), url)
-            .basic_auth(&self.access_key, Some(self.secret_key.expose_secret()))
+            .request(method.clone(), url.clone())
+            .basic_auth(&self.access_key, Some(key.expose_secret()))
             .header(reqwest::header::ACCEPT, "application/json");
         if let Some(body) = body {
-            req = req.json(&body);
+            req = req.json(body);
         }
         let resp = req
             .send()
             .await
-            .map_err(|e| transport_error(&method, &shown_url, e))?;
+            .map_err(|e| transport_error(method, shown_url, e))?;
         let status = resp.status();
         let bytes = resp
             .bytes()
             .await
-            .map_err(|e| transport_error(&method, &shown_url, e))?;
-        if !status.is_success() {
-            return Err(api_error(&method, &shown_url, status, &bytes));
-        }
-        decode(&method, &shown_url, &bytes)
+            .map_err(|e| transport_error(method, shown_url, e))?;
+        Ok((status, bytes.to_vec()))
     }
 
     /// Every item of a collection, following `pagination.next` on the same server only.
@@ -792,12 +897,19 @@ mod tests {
         assert!(hosts_of_instance(hosts, "i-3").is_empty());
     }
 
+    fn key() -> SecretString {
+        SecretString::from("s3cr3t-value".to_string())
+    }
+
     fn config_with_ca(ca: Option<std::path::PathBuf>) -> Settings {
         Settings {
             url: Url::parse("https://rancher.example.com/").expect("url"),
             project_id: "1a5".into(),
             access_key: "AK".into(),
-            secret_key: SecretString::from("s3cr3t-value".to_string()),
+            secret_key: Secret::new(
+                "rancher.secret_key",
+                crate::secret::Source::File("/etc/drover/rancher.secret".into()),
+            ),
             api_version: ApiVersion::Auto,
             ca_file: ca,
             request_timeout: Duration::from_secs(5),
@@ -809,11 +921,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let bad = dir.path().join("ca.pem");
         std::fs::write(&bad, "not a certificate").expect("write");
-        let err = RancherClient::new(&config_with_ca(Some(bad)), ResolvedApi::V1)
+        let err = RancherClient::new(&config_with_ca(Some(bad)), key(), ResolvedApi::V1)
             .expect_err("garbage CA refused");
         assert!(err.to_string().contains("rancher.ca_file"), "{err}");
         let missing = dir.path().join("missing.pem");
-        let err = RancherClient::new(&config_with_ca(Some(missing)), ResolvedApi::V1)
+        let err = RancherClient::new(&config_with_ca(Some(missing)), key(), ResolvedApi::V1)
             .expect_err("missing CA refused");
         assert!(err.to_string().contains("missing.pem"), "{err}");
     }
@@ -822,12 +934,61 @@ mod tests {
     fn urls_keep_a_path_prefix_and_client_debug_hides_the_secret() {
         let mut cfg = config_with_ca(None);
         cfg.url = Url::parse("https://example.com/rancher/").expect("url");
-        let client = RancherClient::new(&cfg, ResolvedApi::V2Beta).expect("client");
+        let client = RancherClient::new(&cfg, key(), ResolvedApi::V2Beta).expect("client");
         assert_eq!(
             client.project_url(&["hosts", "1h5"]).expect("url").as_str(),
             "https://example.com/rancher/v2-beta/projects/1a5/hosts/1h5"
         );
         assert!(!format!("{client:?}").contains("s3cr3t-value"));
+    }
+
+    /// A key rotated while drover runs: after a 401 the client reads its source again and
+    /// retries once with the new key; an unchanged source means the 401 stands.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_401_reads_the_key_again_and_retries_once_with_a_rotated_one() {
+        let server = testbed::rancher::RancherServer::start(Default::default()).await;
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("rancher.secret");
+        std::fs::write(&file, server.secret_key()).expect("write");
+        let secret = Secret::new(
+            "rancher.secret_key",
+            crate::secret::Source::File(file.clone()),
+        );
+        let settings = Settings {
+            url: Url::parse(&server.url()).expect("url"),
+            project_id: server.project_id().to_string(),
+            access_key: server.access_key().to_string(),
+            secret_key: secret.clone(),
+            api_version: ApiVersion::Auto,
+            ca_file: None,
+            request_timeout: Duration::from_secs(5),
+        };
+        let key = SecretString::from(server.secret_key());
+        let client = RancherClient::connect(&settings, key)
+            .await
+            .expect("connect")
+            .with_rereader(SecretReader::new(secret, None), Duration::from_secs(5));
+        let clone = client.clone();
+        client.project().await.expect("the first key works");
+
+        // Rotated in Rancher, not yet at the source: the 401 stands, after one re-read.
+        server.set_secret_key("rotated-0123456789");
+        let err = client.project().await.expect_err("refused");
+        assert_eq!(err.status(), Some(401), "{err}");
+
+        // Now at the source too: the request goes through, for every clone.
+        std::fs::write(&file, "rotated-0123456789\n").expect("rotate");
+        let before = server.requests().len();
+        client.project().await.expect("the rotated key works");
+        let statuses: Vec<u16> = server.requests()[before..]
+            .iter()
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(statuses, vec![401, 200], "one retry with the new key");
+        let before = server.requests().len();
+        clone.hosts().await.expect("the clone has the new key");
+        assert_eq!(server.requests().len(), before + 1, "no 401 first");
+        assert!(!format!("{client:?}").contains("rotated-0123456789"));
     }
 
     #[test]

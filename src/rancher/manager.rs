@@ -442,12 +442,20 @@ mod tests {
             url: url::Url::parse(&server.url()).expect("url"),
             project_id: server.project_id().to_string(),
             access_key: server.access_key().to_string(),
-            secret_key: SecretString::from(server.secret_key().to_string()),
+            secret_key: crate::secret::Secret::new(
+                "rancher.secret_key",
+                crate::secret::Source::Inline(SecretString::from(server.secret_key().to_string())),
+            ),
             api_version: super::super::ApiVersion::Auto,
             ca_file: None,
             request_timeout: Duration::from_secs(5),
         };
-        Rancher1::new(RancherClient::connect(&settings).await.expect("connect"))
+        let key = SecretString::from(server.secret_key().to_string());
+        Rancher1::new(
+            RancherClient::connect(&settings, key)
+                .await
+                .expect("connect"),
+        )
     }
 
     fn active_host(server: &testbed::rancher::RancherServer) -> String {

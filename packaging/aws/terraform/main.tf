@@ -18,27 +18,25 @@ locals {
   # message reaches it (drover's lifecycle.handle_peers).
   group_name_prefix = "${var.name}-"
 
+  # Parameter ARNs drop the name's leading '/'; Secrets Manager names have none.
+  secret_name_path = trimprefix(var.secret_path, "/")
+
   # What ../iam-policy.json needs; templatefile() fails on a placeholder missing here.
   drover_policy_vars = {
-    partition         = data.aws_partition.current.partition
-    region            = local.region
-    account_id        = local.account
-    group_name_prefix = local.group_name_prefix
-    queue_arn         = aws_sqs_queue.lifecycle.arn
-  }
-
-  # What ../iam-policy-secrets.json needs. Parameter ARNs drop the name's leading '/';
-  # Secrets Manager names have none.
-  secret_name_path = trimprefix(var.secret_path, "/")
-  secrets_policy_vars = {
+    partition                   = data.aws_partition.current.partition
     region                      = local.region
+    account_id                  = local.account
+    group_name_prefix           = local.group_name_prefix
+    queue_arn                   = aws_sqs_queue.lifecycle.arn
     secret_parameter_arn_prefix = "${local.arn_head}:ssm:${local.region}:${local.account}:parameter/${local.secret_name_path}"
+    secret_reference_arn_prefix = "${local.arn_head}:ssm:${local.region}:${local.account}:parameter/aws/reference/secretsmanager/${local.secret_name_path}"
     secret_arn_prefix           = "${local.arn_head}:secretsmanager:${local.region}:${local.account}:secret:${local.secret_name_path}"
     kms_key_arn                 = var.secrets_kms_key_arn != "" ? var.secrets_kms_key_arn : "*"
   }
 
   # Exactly the placeholders of cloud-init/asg-sqs.yaml; templatefile() fails on a missing
-  # one. The secrets travel as parameter names: the userdata fetches them at boot.
+  # one. The secrets travel as parameter names: drover reads them itself
+  # (rancher.secret_key_ssm, pager.pagerduty_routing_key_ssm).
   userdata_vars = {
     rancher_url                  = var.rancher_url
     rancher_project_id           = var.rancher_project_id
@@ -195,22 +193,16 @@ resource "aws_iam_role" "host" {
   tags = var.tags
 }
 
-# Exactly the calls drover makes (tests/aws_wiring.rs checks the file against src/).
-# jsondecode() makes a broken template fail at plan time; jsonencode() normalizes it.
+# Exactly the calls drover makes (tests/aws_wiring.rs checks the file against src/), with
+# the decryption SSM does on its behalf. jsondecode() makes a broken template fail at plan
+# time; jsonencode() normalizes it.
 resource "aws_iam_role_policy" "drover" {
   name   = "drover"
   role   = aws_iam_role.host.id
   policy = jsonencode(jsondecode(templatefile("${path.module}/../iam-policy.json", local.drover_policy_vars)))
-}
-
-# Reading the two boot secrets; used by the userdata, not by drover.
-resource "aws_iam_role_policy" "boot_secrets" {
-  name   = "drover-boot-secrets"
-  role   = aws_iam_role.host.id
-  policy = jsonencode(jsondecode(templatefile("${path.module}/../iam-policy-secrets.json", local.secrets_policy_vars)))
 
   lifecycle {
-    # The policy grants secret_path only: a parameter elsewhere could not be read at boot.
+    # The policy grants secret_path only: a parameter elsewhere could not be read.
     precondition {
       condition = alltrue([
         for p in [var.rancher_secret_key_parameter, var.pagerduty_key_parameter] :
@@ -250,7 +242,7 @@ resource "aws_launch_template" "host" {
     # IMDSv2 only: drover uses tokens, and a stolen-URL (SSRF) read of credentials fails.
     http_tokens = "required"
     # drover and rancher-agent (--net=host) run on the host and need 1 hop. 2 lets containers
-    # on bridge networks reach IMDS too, and with it the instance role and the boot secrets:
+    # on bridge networks reach IMDS too, and with it the instance role and the secrets:
     # raise it only for workloads that need IMDS.
     http_put_response_hop_limit = var.imds_hop_limit
     # drover reads the group's name from the aws:autoscaling:groupName tag here instead of

@@ -1,6 +1,6 @@
 # No variable holds a secret: the Rancher secret key and the PagerDuty routing key live in
 # SecureString SSM parameters that the operator creates (see ../README.md); Terraform only
-# learns their names, and the instance reads them at boot.
+# learns their names, and drover on the instance reads them with the instance role.
 
 variable "name" {
   description = "Prefix of every resource name. The group's name starts with \"<name>-\", and the instance role may complete lifecycle actions only of groups whose name starts with it."
@@ -81,7 +81,7 @@ variable "rancher_access_key" {
 }
 
 variable "secret_path" {
-  description = "SSM path (\"/drover/prod/\") under which the operator stores the boot secrets, ending in '/'. The instance may read, and decrypt, only parameters under it (or Secrets Manager secrets named with it, without the leading '/')."
+  description = "SSM path (\"/drover/prod/\") under which the operator stores drover's secrets, ending in '/'. The instance may read, and decrypt, only parameters under it (or Secrets Manager secrets named with it, without the leading '/')."
   type        = string
   default     = "/drover/"
 

@@ -27,13 +27,15 @@ pub const HOOK: &str = "drain";
 /// The group's launching hook, when a test asks for one ([`add_launch_hook`]).
 pub const LAUNCH_HOOK: &str = "launching";
 /// Every line `drover check` prints, by name.
-pub const CHECKS: [&str; 7] = [
+pub const CHECKS: [&str; 9] = [
     "config",
     "imds",
     "docker",
+    "rancher-key",
     "rancher",
     "sqs",
     "autoscaling",
+    "pager-key",
     "pager",
 ];
 /// The termination hook's heartbeat timeout unless a test says otherwise: the Terraform
@@ -64,6 +66,9 @@ pub struct BedOptions {
     /// A moto SQS with the lifecycle queue (`maxReceiveCount` 5 to its dead-letter queue),
     /// set as `lifecycle.queue_url`.
     pub queue: bool,
+    /// A moto for SSM parameters (the same one as the queue's, when there is a queue), set
+    /// as `AWS_ENDPOINT_URL_SSM`; see [`Bed::moto`].
+    pub ssm: bool,
     /// The drover binary.
     pub drover: PathBuf,
 }
@@ -83,6 +88,7 @@ impl Default for BedOptions {
             hook_timeout: HOOK_TIMEOUT,
             launch: None,
             queue: false,
+            ssm: false,
             drover: crate::launch::drover_bin(),
         }
     }
@@ -110,6 +116,8 @@ pub struct Bed {
     /// Extra environment for drover, set over the bed's own.
     pub extra_env: Vec<(String, String)>,
     sqs: Option<Queue>,
+    /// moto for SSM when there is no queue (with one, the queue's serves SSM too).
+    ssm: Option<MotoServer>,
     drover: PathBuf,
     runs: AtomicUsize,
 }
@@ -220,10 +228,18 @@ impl Bed {
         }
         .map_err(|e| Error::new(format!("dockerd (run scripts/testbed-setup.sh): {e}")))?;
         rancher.watch_docker(docker.socket());
+        let start_moto = || async {
+            MotoServer::start()
+                .await
+                .map_err(|e| Error::new(format!("moto_server (run scripts/testbed-setup.sh): {e}")))
+        };
+        let ssm = if opts.ssm && !opts.queue {
+            Some(start_moto().await?)
+        } else {
+            None
+        };
         let sqs = if opts.queue {
-            let moto = MotoServer::start().await.map_err(|e| {
-                Error::new(format!("moto_server (run scripts/testbed-setup.sh): {e}"))
-            })?;
+            let moto = start_moto().await?;
             let url = moto.create_queue("drover-lifecycle", Some(5)).await;
             Some(Queue { moto, url })
         } else {
@@ -261,6 +277,7 @@ impl Bed {
             config,
             extra_env: Vec::new(),
             sqs,
+            ssm,
             drover: opts.drover,
             runs: AtomicUsize::new(0),
         })
@@ -273,6 +290,16 @@ impl Bed {
             .as_ref()
             .expect("a bed with a queue (BedOptions::queue)");
         (&q.moto, &q.url)
+    }
+
+    /// moto, for SSM parameters and Secrets Manager secrets; panics on a bed started with
+    /// neither `queue` nor `ssm`.
+    pub fn moto(&self) -> &MotoServer {
+        match (&self.sqs, &self.ssm) {
+            (Some(q), _) => &q.moto,
+            (None, Some(moto)) => moto,
+            (None, None) => panic!("a bed with moto (BedOptions::ssm or ::queue)"),
+        }
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -294,6 +321,12 @@ impl Bed {
             imds: Some(self.imds.url()),
             autoscaling: Some(self.asg.url()),
             sqs: self.sqs.as_ref().map(|q| q.moto.url()),
+            ssm: self
+                .sqs
+                .as_ref()
+                .map(|q| &q.moto)
+                .or(self.ssm.as_ref())
+                .map(MotoServer::url),
             aws: None,
             region: None,
             docker_host: Some(self.docker.docker_host()),

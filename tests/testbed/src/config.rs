@@ -24,13 +24,15 @@ pub struct DroverConfig {
     raw: Vec<(String, String)>,
 }
 
-/// A secret, inline in the config or in a file the config names.
+/// A secret, inline in the config, in a file the config names, or in an SSM parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Secret {
     /// `key = "value"`.
     Inline(String),
     /// `key_file = "path"`.
     File(PathBuf),
+    /// `key_ssm = "parameter name"`.
+    Ssm(String),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -38,7 +40,7 @@ pub struct RancherSection {
     pub url: Option<String>,
     pub project_id: Option<String>,
     pub access_key: Option<String>,
-    /// `secret_key` or `secret_key_file`.
+    /// `secret_key`, `secret_key_file` or `secret_key_ssm`.
     pub secret_key: Option<Secret>,
     /// `v1`, `v2-beta` or `auto`.
     pub api_version: Option<String>,
@@ -69,7 +71,7 @@ pub struct LifecycleSection {
 
 #[derive(Debug, Clone, Default)]
 pub struct PagerSection {
-    /// `pagerduty_routing_key` or `pagerduty_routing_key_file`.
+    /// `pagerduty_routing_key`, `pagerduty_routing_key_file` or `pagerduty_routing_key_ssm`.
     pub routing_key: Option<Secret>,
     pub pagerduty_url: Option<String>,
     pub webhook_url: Option<String>,
@@ -206,6 +208,7 @@ impl Lines {
         match value {
             Some(Secret::Inline(v)) => self.put(name, Some(quote(v))),
             Some(Secret::File(p)) => self.put(&format!("{name}_file"), Some(path(p))),
+            Some(Secret::Ssm(n)) => self.put(&format!("{name}_ssm"), Some(quote(n))),
             None => {}
         }
     }
@@ -348,7 +351,7 @@ mod tests {
         c.lifecycle.imds_poll = Some(Duration::ZERO);
         c.lifecycle.drain_timeout = Some(Duration::from_millis(1500));
         c.lifecycle.on_sigterm = Some(OnSigterm::Exit);
-        c.pager.routing_key = Some(Secret::Inline("k\ney".into()));
+        c.pager.routing_key = Some(Secret::Ssm("/drover/p\nd".into()));
         c.log.format = Some(LogFormat::Json);
         c.raw("agent", "privileged_too = \"sometimes\"");
         c.raw("reaper", "enabled = false");
@@ -369,7 +372,7 @@ drain_timeout = "1500ms"
 on_sigterm = "exit"
 
 [pager]
-pagerduty_routing_key = "k\ney"
+pagerduty_routing_key_ssm = "/drover/p\nd"
 
 [log]
 format = "json"

@@ -72,6 +72,8 @@ pub struct Endpoints {
     pub autoscaling: Option<String>,
     /// `AWS_ENDPOINT_URL_SQS`, when a queue is used.
     pub sqs: Option<String>,
+    /// `AWS_ENDPOINT_URL_SSM`, when a secret is kept in SSM.
+    pub ssm: Option<String>,
     /// `AWS_ENDPOINT_URL`: every AWS service without an endpoint of its own.
     pub aws: Option<String>,
     /// `AWS_REGION`; unset, drover takes the region from IMDS, as on an instance.
@@ -88,6 +90,7 @@ impl Endpoints {
             imds: Some("http://127.0.0.1:9".into()),
             autoscaling: None,
             sqs: None,
+            ssm: None,
             aws: Some("http://127.0.0.1:9".into()),
             region: Some("us-east-1".into()),
             docker_host: Some("unix:///nonexistent/docker.sock".into()),
@@ -99,6 +102,7 @@ impl Endpoints {
             ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &self.imds),
             ("AWS_ENDPOINT_URL_AUTO_SCALING", &self.autoscaling),
             ("AWS_ENDPOINT_URL_SQS", &self.sqs),
+            ("AWS_ENDPOINT_URL_SSM", &self.ssm),
             ("AWS_ENDPOINT_URL", &self.aws),
             ("AWS_REGION", &self.region),
             ("DOCKER_HOST", &self.docker_host),

@@ -1,7 +1,10 @@
-//! Launching a moto_server per test (a real SQS), and the few SQS calls tests need.
+//! Launching a moto_server per test (a real SQS, SSM Parameter Store and Secrets Manager,
+//! all on one port), and the few calls tests need.
 //!
 //! moto gives long polling, visibility timeouts and redrive to a dead-letter queue; tests
-//! use the helpers here to set queues up and to look at them.
+//! use the helpers here to set queues up and to look at them. Its SSM decrypts SecureString
+//! parameters only when asked (`WithDecryption`), and serves a Secrets Manager secret as
+//! the parameter `/aws/reference/secretsmanager/<id>`, as AWS does.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -135,6 +138,60 @@ impl MotoServer {
             .load()
             .await;
         aws_sdk_sqs::Client::new(&config)
+    }
+
+    /// An SSM client for this server, like [`MotoServer::sqs`].
+    pub async fn ssm(&self) -> aws_sdk_ssm::Client {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new(
+                "testing", "testing", None, None, "testbed",
+            ))
+            .endpoint_url(self.url())
+            .load()
+            .await;
+        aws_sdk_ssm::Client::new(&config)
+    }
+
+    /// Puts the SecureString parameter `name` (encrypted with the default `aws/ssm` key),
+    /// replacing the value it had: a first put, or a rotation.
+    pub async fn put_secure_parameter(&self, name: &str, value: &str) {
+        self.ssm()
+            .await
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .overwrite(true)
+            .send()
+            .await
+            .expect("putting an SSM parameter");
+    }
+
+    /// Creates the Secrets Manager secret `id` holding `value` as its SecretString; SSM
+    /// serves it as `/aws/reference/secretsmanager/<id>`. (One JSON call: not worth an SDK
+    /// crate of its own.)
+    pub async fn create_secret(&self, id: &str, value: &str) {
+        let answer = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("HTTP client")
+            .post(self.url())
+            // moto tells the service from the signature's credential scope; it checks
+            // nothing else of it.
+            .header(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/secretsmanager/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .header("x-amz-target", "secretsmanager.CreateSecret")
+            .header("content-type", "application/x-amz-json-1.1")
+            .body(serde_json::json!({"Name": id, "SecretString": value}).to_string())
+            .send()
+            .await
+            .expect("creating a Secrets Manager secret");
+        let status = answer.status();
+        let body = answer.text().await.unwrap_or_default();
+        assert!(status.is_success(), "CreateSecret {id}: {status} {body}");
     }
 
     /// Creates `name` and returns its URL. With `Some(n)`, also creates `<name>-dlq` and
@@ -294,5 +351,54 @@ mod tests {
         let started = Instant::now();
         assert!(moto.receive(&empty, 1).await.is_empty());
         assert!(started.elapsed() >= Duration::from_millis(900));
+    }
+
+    /// What drover's `*_ssm` keys rely on: SecureString values decrypted only on request,
+    /// an overwrite seen at the next read, and Secrets Manager secrets behind their SSM
+    /// reference.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn moto_is_a_parameter_store_with_secrets_manager_references() {
+        let moto = MotoServer::start().await.expect("moto_server");
+        let ssm = moto.ssm().await;
+        let read = |name: &str, decrypt: bool| {
+            let ssm = ssm.clone();
+            let name = name.to_string();
+            async move {
+                ssm.get_parameter()
+                    .name(name)
+                    .with_decryption(decrypt)
+                    .send()
+                    .await
+                    .map(|out| out.parameter.and_then(|p| p.value).unwrap_or_default())
+            }
+        };
+        moto.put_secure_parameter("/drover/rancher-secret", "first")
+            .await;
+        assert_eq!(
+            read("/drover/rancher-secret", true).await.expect("read"),
+            "first"
+        );
+        let encrypted = read("/drover/rancher-secret", false).await.expect("read");
+        assert_ne!(encrypted, "first", "not decrypted without WithDecryption");
+        moto.put_secure_parameter("/drover/rancher-secret", "second")
+            .await;
+        assert_eq!(
+            read("/drover/rancher-secret", true).await.expect("read"),
+            "second"
+        );
+        let missing = read("/drover/nothing", true).await.expect_err("missing");
+        assert_eq!(
+            aws_sdk_ssm::error::ProvideErrorMetadata::code(&missing),
+            Some("ParameterNotFound")
+        );
+
+        moto.create_secret("drover/pd", "from-secrets-manager")
+            .await;
+        assert_eq!(
+            read("/aws/reference/secretsmanager/drover/pd", true)
+                .await
+                .expect("read"),
+            "from-secrets-manager"
+        );
     }
 }

@@ -137,7 +137,8 @@ pub struct RancherServer {
     faults: http::Faults,
     server: http::Server,
     watchers: Mutex<HashMap<PathBuf, JoinHandle<()>>>,
-    /// The options as started (for the keys, which never change).
+    /// The options as started (for the access key and project, which never change; the
+    /// secret key can, see [`RancherServer::set_secret_key`]).
     keys: RancherOptions,
 }
 
@@ -385,8 +386,15 @@ impl RancherServer {
         &self.keys.access_key
     }
 
-    pub fn secret_key(&self) -> &str {
-        &self.keys.secret_key
+    /// The secret key the server accepts now.
+    pub fn secret_key(&self) -> String {
+        lock(&self.state).opts.secret_key.clone()
+    }
+
+    /// From now on only `key` is accepted as the secret key, as after rotating the API
+    /// key's secret in Rancher: requests with the old one get 401.
+    pub fn set_secret_key(&self, key: &str) {
+        lock(&self.state).opts.secret_key = key.to_string();
     }
 
     pub fn project_id(&self) -> &str {
@@ -1762,7 +1770,7 @@ mod tests {
     }
 
     async fn call(r: &RancherServer, method: &str, url: &str) -> (u16, Value) {
-        call_as(r, Some((r.access_key(), r.secret_key())), method, url, &[]).await
+        call_as(r, Some((r.access_key(), &r.secret_key())), method, url, &[]).await
     }
 
     async fn get(r: &RancherServer, url: &str) -> Value {
@@ -1811,8 +1819,16 @@ mod tests {
         let wrong = Some((r.access_key(), "nope"));
         assert_eq!(
             call_as(&r, wrong, "GET", path, &[]).await,
-            (401, unauthorized)
+            (401, unauthorized.clone())
         );
+        // A rotated secret: the old one is refused from then on.
+        let old = r.secret_key();
+        r.set_secret_key("rotated-secret");
+        let before = Some((r.access_key(), old.as_str()));
+        assert_eq!(call_as(&r, before, "GET", path, &[]).await.0, 401);
+        let after = Some((r.access_key(), "rotated-secret"));
+        assert_eq!(call_as(&r, after, "GET", path, &[]).await.0, 200);
+        r.set_secret_key(&old);
         let hosts = get(&r, path).await;
         assert_eq!(hosts["type"], "collection");
         assert_eq!(hosts["resourceType"], "host");
@@ -2203,7 +2219,8 @@ mod tests {
             vec![id.clone()]
         );
         assert_eq!(call(&r, "GET", "/v1/hosts?projectId=1a9").await.0, 404);
-        let auth = Some((r.access_key(), r.secret_key()));
+        let secret = r.secret_key();
+        let auth = Some((r.access_key(), secret.as_str()));
         let (status, body) =
             call_as(&r, auth, "GET", "/v1/hosts", &[("X-API-Project-Id", "1a5")]).await;
         assert_eq!((status, ids(&body)), (200, vec![id.clone()]));
