@@ -1034,7 +1034,12 @@ mod tests {
         // Kept: the file going away changes nothing.
         std::fs::remove_file(&path).expect("remove");
         pager
-            .resolve(IncidentKind::TakeOut, "i-0a1b2c3d4e5f60718", "fine", in_secs(10))
+            .resolve(
+                IncidentKind::TakeOut,
+                "i-0a1b2c3d4e5f60718",
+                "fine",
+                in_secs(10),
+            )
             .await
             .expect("kept");
         assert_eq!(server.events()[1]["routing_key"], KEY);

@@ -153,6 +153,7 @@ async fn a_secret_file_that_never_comes_fails_within_the_budget() {
     .await;
     std::fs::remove_file(bed.secret_file()).expect("the bed's secret file");
     bed.config.agent.register_timeout = Some(Duration::from_secs(8));
+    bed.config.pager.routing_key = Some(Secret::Inline(ROUTING_KEY.into()));
     let started = Instant::now();
     let run = bed.drover(&["register"]).await;
     let took = started.elapsed();
@@ -169,6 +170,16 @@ async fn a_secret_file_that_never_comes_fails_within_the_budget() {
         run.stderr
     );
     assert!(bed.rancher.requests().is_empty(), "Rancher never asked");
+    // Paged with the rest of a failed boot, naming the key it waited for.
+    let key = format!("drover-boot-{}", bed.instance_id);
+    let page = bed
+        .pager
+        .events()
+        .into_iter()
+        .find(|e| e["event_action"] == "trigger" && e["dedup_key"] == key.as_str())
+        .unwrap_or_else(|| panic!("a boot page: {:?}", bed.pager.events()));
+    let summary = page["payload"]["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("rancher.secret_key_file"), "{summary}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
