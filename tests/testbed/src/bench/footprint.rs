@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{start_watching, Row, Settings};
+use super::{start_watching_with, Row, Settings};
 use crate::docker::DockerEngine;
 use crate::moto::MotoServer;
 use crate::rancher::RancherOptions;
@@ -87,11 +87,12 @@ async fn idle_in_mode(
         ),
         _ => None,
     };
-    let mut w = start_watching(
+    let mut w = start_watching_with(
         settings,
         1,
         RancherOptions::default(),
         queue.as_deref(),
+        mode == "imds-ssm",
         docker,
         moto,
     )
@@ -143,10 +144,11 @@ pub async fn run(
         "release binary, stripped",
         format!("{:.2} MiB", binary as f64 / 1024.0 / 1024.0),
     ));
-    for mode in ["imds", "sqs"] {
+    for mode in ["imds", "imds-ssm", "sqs"] {
         let idle = idle_in_mode(settings, mode, docker, moto).await?;
         let label = match mode {
             "imds" => "idle, IMDS polling (5s)",
+            "imds-ssm" => "idle, IMDS polling, Rancher key from SSM",
             _ => "idle, SQS long polling",
         };
         let rss_mib = idle.end.rss_kib as f64 / 1024.0;
@@ -194,7 +196,7 @@ pub async fn run(
                 idle.per_hour(idle.imds_requests)
             ),
         );
-        rows.push(if mode == "imds" {
+        rows.push(if mode != "sqs" {
             aws_row.target("0", aws == 0)
         } else {
             aws_row

@@ -41,6 +41,8 @@ pub struct Settings {
 pub struct Node {
     pub dir: tempfile::TempDir,
     pub instance_id: String,
+    /// The Rancher secret key from this SSM parameter, not from a file.
+    pub ssm_secret: Option<String>,
 }
 
 impl Node {
@@ -49,6 +51,7 @@ impl Node {
         Ok(Node {
             dir,
             instance_id: instance_id.to_string(),
+            ssm_secret: None,
         })
     }
 
@@ -71,7 +74,10 @@ impl Node {
         config.rancher.url = Some(rancher.url());
         config.rancher.project_id = Some(rancher.project_id().to_string());
         config.rancher.access_key = Some(rancher.access_key().to_string());
-        config.rancher.secret_key = Some(Secret::File(secret));
+        config.rancher.secret_key = Some(match &self.ssm_secret {
+            Some(parameter) => Secret::Ssm(parameter.clone()),
+            None => Secret::File(secret),
+        });
         config.agent.labels = Some(crate::bed::labels());
         config.agent.privileged = Some(false);
         config.agent.register_timeout = Some(Duration::from_secs(60));
@@ -148,6 +154,20 @@ pub async fn start_watching(
     docker: &DockerEngine,
     moto: &MotoServer,
 ) -> Result<Watching, String> {
+    start_watching_with(settings, n, rancher, queue, false, docker, moto).await
+}
+
+/// [`start_watching`], with the Rancher secret key read from an SSM parameter in moto when
+/// `ssm_secret` is set.
+pub async fn start_watching_with(
+    settings: &Settings,
+    n: usize,
+    rancher: RancherOptions,
+    queue: Option<&str>,
+    ssm_secret: bool,
+    docker: &DockerEngine,
+    moto: &MotoServer,
+) -> Result<Watching, String> {
     let opts = instance(n);
     let imds = ImdsServer::start(opts.clone()).await;
     let rancher = RancherServer::start(rancher).await;
@@ -155,7 +175,13 @@ pub async fn start_watching(
     add_group(&asg, HOOK_TIMEOUT);
     asg.add_instance(GROUP, &opts.instance_id, "m5.large", "us-east-1b");
     add_active_host(&rancher, &opts);
-    let node = Node::new(&opts.instance_id).map_err(|e| e.to_string())?;
+    let mut node = Node::new(&opts.instance_id).map_err(|e| e.to_string())?;
+    if ssm_secret {
+        let parameter = format!("/drover/bench/rancher-secret-{n}");
+        moto.put_secure_parameter(&parameter, rancher.secret_key().as_str())
+            .await;
+        node.ssm_secret = Some(parameter);
+    }
     let imds_poll = if queue.is_some() {
         Duration::ZERO
     } else {
@@ -163,7 +189,8 @@ pub async fn start_watching(
     };
     node.write_config(&rancher, queue, imds_poll, "info")
         .map_err(|e| e.to_string())?;
-    let ends = endpoints(&imds, &asg, Some(moto.url()), docker);
+    let mut ends = endpoints(&imds, &asg, Some(moto.url()), docker);
+    ends.ssm = Some(moto.url());
     let mut drover = node.launcher(&settings.drover, &ends, &["run"]).spawn()?;
     drover.wait_ready(Duration::from_secs(60)).await?;
     Ok(Watching {
