@@ -29,8 +29,8 @@ use crate::bed::{GROUP, LAUNCH_HOOK};
 use crate::config::OnSigterm;
 use crate::docker::DockerEngine;
 use crate::faults::{
-    base_config, endpoints, instance, output_violations, read_logs, run_seeds, spawn_run,
-    summary, tail, taken_out, Campaign, Outcome, ROUTING_KEY, SECRET, SLACK, STOP_LIMIT,
+    base_config, endpoints, instance, output_violations, read_logs, run_seeds, spawn_run, summary,
+    tail, taken_out, Campaign, Outcome, ROUTING_KEY, SECRET, SLACK, STOP_LIMIT,
 };
 use crate::http::{Fault, Match};
 use crate::imds::ImdsServer;
@@ -256,6 +256,8 @@ pub struct BootReport {
     pub took: Duration,
     /// drover's logs, for a failing case.
     pub log_tail: String,
+    /// Where the registration was when the trigger came (see [`BootCase::phase`]).
+    pub phase: &'static str,
 }
 
 impl Outcome for BootReport {
@@ -380,6 +382,7 @@ impl BootCampaign {
             violations,
             took: started.elapsed(),
             log_tail,
+            phase: case.phase,
         }
     }
 }
@@ -390,6 +393,7 @@ fn failed_setup(plan: BootPlan, started: Instant, e: String) -> BootReport {
         violations: vec![format!("the case could not be set up: {e}")],
         took: started.elapsed(),
         log_tail: String::new(),
+        phase: "not set up",
     }
 }
 
@@ -411,6 +415,8 @@ struct BootCase {
     abandoned_by_hand: bool,
     /// When drover got the SIGTERM of a stop trigger, and how it ended after it.
     stop_sent: Option<Instant>,
+    /// Where the registration was when the trigger came.
+    phase: &'static str,
     /// drover's exit: status (`None`: by a signal) and how long after the SIGTERM of a
     /// stop trigger; `Err` when it did not exit in time.
     exit: Option<Result<(Option<i32>, Duration), Duration>>,
@@ -440,7 +446,13 @@ impl BootCase {
         let asg = AutoScalingServer::start().await;
         crate::bed::add_group(&asg, crate::bed::HOOK_TIMEOUT);
         crate::bed::add_launch_hook(&asg, plan.launch_timeout());
-        asg.launch_instance(GROUP, &instance_id, "m5.large", "us-east-1b", Duration::ZERO);
+        asg.launch_instance(
+            GROUP,
+            &instance_id,
+            "m5.large",
+            "us-east-1b",
+            Duration::ZERO,
+        );
         let pager = PagerServer::start().await;
         let queue = campaign
             .moto
@@ -470,6 +482,7 @@ impl BootCase {
             abandoned_by_hand: false,
             stop_sent: None,
             exit: None,
+            phase: "",
         };
         case.write_config().map_err(|e| format!("config: {e}"))?;
         Ok(case)
@@ -585,6 +598,7 @@ impl BootCase {
         if plan.has(BootFault::ImdsTokenExpiry) {
             self.imds.expire_tokens();
         }
+        self.phase = self.phase();
         self.trigger(campaign).await?;
         if docker_back > Instant::now() {
             tokio::time::sleep_until(docker_back.into()).await;
@@ -594,6 +608,20 @@ impl BootCase {
             let _ = self.docker.up();
         }
         self.wait_for_the_end().await
+    }
+
+    /// Where the registration is: no host yet, the host registering, or active.
+    fn phase(&self) -> &'static str {
+        let hosts = self.rancher.hosts();
+        let mine = hosts
+            .iter()
+            .filter(|h| h.labels.get("aws.instance_id") == Some(&self.instance_id));
+        match mine.map(|h| h.state.as_str()).last() {
+            None => "no host yet",
+            Some("active") if !self.drover_completions(LAUNCHING).is_empty() => "answered",
+            Some("active") => "host active",
+            Some(_) => "host registering",
+        }
     }
 
     async fn trigger(&mut self, campaign: &Campaign) -> Result<(), String> {
@@ -794,7 +822,13 @@ impl BootCase {
         let launch: Vec<&str> = self
             .drover_completions(LAUNCHING)
             .iter()
-            .map(|r| if r == "CONTINUE" { "CONTINUE" } else { "ABANDON" })
+            .map(|r| {
+                if r == "CONTINUE" {
+                    "CONTINUE"
+                } else {
+                    "ABANDON"
+                }
+            })
             .collect();
         let hosts: Vec<_> = self
             .rancher
@@ -802,7 +836,9 @@ impl BootCase {
             .into_iter()
             .filter(|h| h.labels.get("aws.instance_id") == Some(own))
             .collect();
-        let ever_active = hosts.iter().any(|h| h.history.iter().any(|s| s == "active"));
+        let ever_active = hosts
+            .iter()
+            .any(|h| h.history.iter().any(|s| s == "active"));
         let left: Vec<_> = hosts.iter().filter(|h| !taken_out(&h.state)).collect();
         let pages = self.pager.events();
         let triggers = |key: &str| {
@@ -1034,5 +1070,14 @@ pub fn markdown(reports: &[BootReport], seeds: &str) -> String {
     let faults = faults_by_kind(reports)
         .into_iter()
         .map(|(f, n)| (f.describe(), n));
-    summary(reports, seeds, triggers, faults)
+    let mut out = summary(reports, seeds, triggers, faults);
+    let mut phases: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in reports {
+        *phases.entry(r.phase).or_insert(0) += 1;
+    }
+    out.push_str("\n| registration when the trigger came | cases |\n|---|---:|\n");
+    for (phase, n) in phases {
+        out.push_str(&format!("| {phase} | {n} |\n"));
+    }
+    out
 }

@@ -1413,10 +1413,7 @@ async fn watch(state: Weak<Mutex<State>>, socket: PathBuf) {
 }
 
 impl Watcher {
-    async fn poll(
-        &mut self,
-        state: &Weak<Mutex<State>>,
-    ) -> Result<(), bollard::errors::Error> {
+    async fn poll(&mut self, state: &Weak<Mutex<State>>) -> Result<(), bollard::errors::Error> {
         let docker = match &self.client {
             Some(docker) => docker.clone(),
             None => {
@@ -1483,7 +1480,12 @@ impl Watcher {
             self.seen.insert(id);
             // Stopped before it got to register (drover cut a registration short): a real
             // bootstrap takes seconds to register, so one stopped this soon never did.
-            if !inspected.state.as_ref().and_then(|s| s.running).unwrap_or(false) {
+            if !inspected
+                .state
+                .as_ref()
+                .and_then(|s| s.running)
+                .unwrap_or(false)
+            {
                 continue;
             }
             self.bootstrap(&docker, state, inspected).await;
