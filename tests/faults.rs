@@ -19,13 +19,18 @@ const JOBS: usize = 8;
 /// Boot cases: each is a few seconds of registration and mostly waiting.
 const BOOT_SEEDS: std::ops::Range<u64> = 0..40;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_termination_lost_no_wrong_host_no_leak_under_faults() {
-    let campaign = Arc::new(
+/// The campaign's binary, moto and Docker engine.
+async fn campaign() -> Arc<Campaign> {
+    Arc::new(
         Campaign::start(std::path::Path::new(env!("CARGO_BIN_EXE_drover")))
             .await
             .expect("moto and dockerd start"),
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_termination_lost_no_wrong_host_no_leak_under_faults() {
+    let campaign = campaign().await;
     let seeds: Vec<u64> = SEEDS.collect();
     let reports = campaign.run(&seeds, JOBS).await;
     assert_eq!(reports.len(), seeds.len(), "every case ran");
@@ -57,12 +62,7 @@ async fn no_termination_lost_no_wrong_host_no_leak_under_faults() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn boot_cases_answer_the_launch_once_page_a_failed_boot_and_leave_nothing_after_a_stop() {
-    let campaign = Arc::new(
-        Campaign::start(std::path::Path::new(env!("CARGO_BIN_EXE_drover")))
-            .await
-            .expect("moto and dockerd start"),
-    );
-    let boot = Arc::new(BootCampaign::new(campaign));
+    let boot = Arc::new(BootCampaign::new(campaign().await));
     let seeds: Vec<u64> = BOOT_SEEDS.collect();
     let reports = boot.run(&seeds, JOBS).await;
     assert_eq!(reports.len(), seeds.len(), "every boot case ran");

@@ -587,28 +587,17 @@ impl Case {
         if !plan.imds_latency.is_zero() {
             self.imds.set_latency(plan.imds_latency);
         }
-        let fault = if plan.has(FaultKind::AsgThrottling) {
-            Fault::Throttling
-        } else {
-            Fault::Status(503)
-        };
-        for action in [
-            "CompleteLifecycleAction",
-            "DescribeAutoScalingInstances",
-            "DescribeLifecycleHooks",
-        ] {
-            self.asg.fail(Match::action(action), fault, plan.asg_errors);
-        }
+        fail_asg(
+            &self.asg,
+            plan.has(FaultKind::AsgThrottling),
+            plan.asg_errors,
+        );
         let status = if plan.seed.is_multiple_of(2) {
             429
         } else {
             500
         };
-        self.pager.fail(
-            Match::path(crate::pager::ENQUEUE),
-            Fault::Status(status),
-            plan.pager_errors,
-        );
+        fail_pager(&self.pager, status, plan.pager_errors);
         if plan.has(FaultKind::RancherReset) {
             self.rancher_proxy.reset_open();
             self.rancher_proxy.reset_next(2);
@@ -998,6 +987,32 @@ pub(crate) fn base_config(
     Ok(config)
 }
 
+/// The next `times` calls of each action drover makes of Auto Scaling fail, throttled or
+/// with 503.
+pub(crate) fn fail_asg(asg: &AutoScalingServer, throttling: bool, times: usize) {
+    let fault = if throttling {
+        Fault::Throttling
+    } else {
+        Fault::Status(503)
+    };
+    for action in [
+        "CompleteLifecycleAction",
+        "DescribeAutoScalingInstances",
+        "DescribeLifecycleHooks",
+    ] {
+        asg.fail(Match::action(action), fault, times);
+    }
+}
+
+/// The next `times` pages are answered `status`.
+pub(crate) fn fail_pager(pager: &PagerServer, status: u16, times: usize) {
+    pager.fail(
+        Match::path(crate::pager::ENQUEUE),
+        Fault::Status(status),
+        times,
+    );
+}
+
 /// Where a case's drover finds the stand-ins.
 pub(crate) fn endpoints(
     imds: &ImdsServer,
@@ -1088,23 +1103,32 @@ pub trait Outcome {
     fn log_tail(&self) -> &str;
 }
 
-impl Outcome for CaseReport {
-    fn seed(&self) -> u64 {
-        self.plan.seed
-    }
-    fn label(&self) -> String {
-        format!("{:?}, {:?}", self.plan.trigger, self.plan.faults)
-    }
-    fn violations(&self) -> &[String] {
-        &self.violations
-    }
-    fn took(&self) -> Duration {
-        self.took
-    }
-    fn log_tail(&self) -> &str {
-        &self.log_tail
-    }
+/// [`Outcome`] for a report with `plan` (`seed`, `trigger`, `faults`), `violations`,
+/// `took` and `log_tail`.
+macro_rules! outcome {
+    ($report:ty) => {
+        impl $crate::faults::Outcome for $report {
+            fn seed(&self) -> u64 {
+                self.plan.seed
+            }
+            fn label(&self) -> String {
+                format!("{:?}, {:?}", self.plan.trigger, self.plan.faults)
+            }
+            fn violations(&self) -> &[String] {
+                &self.violations
+            }
+            fn took(&self) -> std::time::Duration {
+                self.took
+            }
+            fn log_tail(&self) -> &str {
+                &self.log_tail
+            }
+        }
+    };
 }
+pub(crate) use outcome;
+
+outcome!(CaseReport);
 
 /// The summary as Markdown: cases, triggers, faults by kind, violations.
 pub fn markdown(reports: &[CaseReport], seeds: &str) -> String {

@@ -29,8 +29,9 @@ use crate::bed::{GROUP, LAUNCH_HOOK};
 use crate::config::OnSigterm;
 use crate::docker::DockerEngine;
 use crate::faults::{
-    base_config, endpoints, instance, output_violations, read_logs, run_seeds, spawn_run, summary,
-    tail, taken_out, Campaign, Outcome, ROUTING_KEY, SECRET, SLACK, STOP_LIMIT,
+    base_config, endpoints, fail_asg, fail_pager, instance, output_violations, read_logs,
+    run_seeds, spawn_run, summary, tail, taken_out, Campaign, ROUTING_KEY, SECRET, SLACK,
+    STOP_LIMIT,
 };
 use crate::http::{Fault, Match};
 use crate::imds::ImdsServer;
@@ -260,23 +261,7 @@ pub struct BootReport {
     pub phase: &'static str,
 }
 
-impl Outcome for BootReport {
-    fn seed(&self) -> u64 {
-        self.plan.seed
-    }
-    fn label(&self) -> String {
-        format!("{:?}, {:?}", self.plan.trigger, self.plan.faults)
-    }
-    fn violations(&self) -> &[String] {
-        &self.violations
-    }
-    fn took(&self) -> Duration {
-        self.took
-    }
-    fn log_tail(&self) -> &str {
-        &self.log_tail
-    }
-}
+crate::faults::outcome!(BootReport);
 
 /// The boot campaign: the campaign's binary and moto, and Docker engines one case at a
 /// time each (the campaign's own first).
@@ -445,14 +430,7 @@ impl BootCase {
             .map_err(|e| format!("rancher proxy: {e}"))?;
         let asg = AutoScalingServer::start().await;
         crate::bed::add_group(&asg, crate::bed::HOOK_TIMEOUT);
-        crate::bed::add_launch_hook(&asg, plan.launch_timeout());
-        asg.launch_instance(
-            GROUP,
-            &instance_id,
-            "m5.large",
-            "us-east-1b",
-            Duration::ZERO,
-        );
+        crate::bed::launch_into_group(&asg, &instance_id, plan.launch_timeout());
         let pager = PagerServer::start().await;
         let queue = campaign
             .moto
@@ -559,23 +537,12 @@ impl BootCase {
         self.imds
             .fail(Match::any(), Fault::Status(500), plan.imds_errors);
         self.imds.set_latency(plan.imds_latency);
-        let fault = if plan.has(BootFault::AsgThrottling) {
-            Fault::Throttling
-        } else {
-            Fault::Status(503)
-        };
-        for action in [
-            "CompleteLifecycleAction",
-            "DescribeAutoScalingInstances",
-            "DescribeLifecycleHooks",
-        ] {
-            self.asg.fail(Match::action(action), fault, plan.asg_errors);
-        }
-        self.pager.fail(
-            Match::path(crate::pager::ENQUEUE),
-            Fault::Status(plan.pager_status),
-            plan.pager_errors,
+        fail_asg(
+            &self.asg,
+            plan.has(BootFault::AsgThrottling),
+            plan.asg_errors,
         );
+        fail_pager(&self.pager, plan.pager_status, plan.pager_errors);
         // The engine starts after drover, as it may at boot.
         let docker_back = Instant::now() + plan.docker_away;
         if plan.docker_away.is_zero() {
@@ -696,56 +663,58 @@ impl BootCase {
         let from = Instant::now();
         match plan.trigger {
             BootTrigger::None | BootTrigger::KillRestart => {
-                let limit = REGISTER_TIMEOUT + SLACK;
-                while self.drover_completions(LAUNCHING).is_empty() {
-                    if from.elapsed() > limit || self.exited_early() {
-                        return Err(format!(
-                            "the launching action of {own} was not answered within register_timeout + {SLACK:?}"
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                tokio::time::sleep(SETTLE).await;
+                self.wait_answered(LAUNCHING, REGISTER_TIMEOUT + SLACK)
+                    .await
+                    .map_err(|()| {
+                        format!("the launching action of {own} was not answered within register_timeout + {SLACK:?}")
+                    })?;
             }
             BootTrigger::WrongKey => {
                 // drover pages, abandons and exits by itself.
-                let limit = REGISTER_TIMEOUT + SLACK;
-                if let Some(mut drover) = self.drover.take() {
-                    let sent = Instant::now();
-                    self.exit = Some(
-                        drover
-                            .wait(limit)
-                            .await
-                            .map(|code| (code, sent.elapsed()))
-                            .map_err(|_| limit),
-                    );
-                }
+                self.exit_within(Instant::now(), REGISTER_TIMEOUT + SLACK)
+                    .await;
             }
             BootTrigger::PowerOff | BootTrigger::PlainStop => {
-                let sent = self.stop_sent.unwrap_or(from);
-                if let Some(mut drover) = self.drover.take() {
-                    let left = STOP_PROMPT.saturating_sub(sent.elapsed());
-                    self.exit = Some(match drover.wait(left).await {
-                        Ok(code) => Ok((code, sent.elapsed())),
-                        Err(_) => Err(STOP_PROMPT),
-                    });
-                }
+                self.exit_within(self.stop_sent.unwrap_or(from), STOP_PROMPT)
+                    .await;
                 tokio::time::sleep(SETTLE).await;
             }
             BootTrigger::ImdsTerminated | BootTrigger::Spot => {
-                let limit = DRAIN + SLACK;
-                while self.drover_completions(TERMINATING).is_empty() {
-                    if from.elapsed() > limit || self.exited_early() {
-                        return Err(format!(
-                            "the termination hook of {own} was not answered within drain_timeout + {SLACK:?}"
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                tokio::time::sleep(SETTLE).await;
+                self.wait_answered(TERMINATING, DRAIN + SLACK)
+                    .await
+                    .map_err(|()| {
+                        format!("the termination hook of {own} was not answered within drain_timeout + {SLACK:?}")
+                    })?;
             }
         }
         Ok(())
+    }
+
+    /// Waits until drover has answered this instance's action of `transition` (then a
+    /// little more, for a wrong second answer or a page); `Err` past `limit` or when drover
+    /// exited first.
+    async fn wait_answered(&mut self, transition: &str, limit: Duration) -> Result<(), ()> {
+        let from = Instant::now();
+        while self.drover_completions(transition).is_empty() {
+            if from.elapsed() > limit || self.exited_early() {
+                return Err(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(SETTLE).await;
+        Ok(())
+    }
+
+    /// Waits for drover to exit within `limit` of `since` (killing it past that), and
+    /// keeps how it exited and when.
+    async fn exit_within(&mut self, since: Instant, limit: Duration) {
+        if let Some(mut drover) = self.drover.take() {
+            let left = limit.saturating_sub(since.elapsed());
+            self.exit = Some(match drover.wait(left).await {
+                Ok(code) => Ok((code, since.elapsed())),
+                Err(_) => Err(limit),
+            });
+        }
     }
 
     /// drover exited before it was asked to (its exit is kept for the checks).
@@ -767,16 +736,9 @@ impl BootCase {
     /// one that exited already is judged by how it did.
     async fn stop(&mut self) -> Vec<String> {
         let mut v = Vec::new();
-        if let Some(mut drover) = self.drover.take() {
+        if let Some(drover) = &self.drover {
             let _ = drover.signal(Signal::SIGTERM);
-            let sent = Instant::now();
-            self.exit = Some(
-                drover
-                    .wait(STOP_LIMIT)
-                    .await
-                    .map(|code| (code, sent.elapsed()))
-                    .map_err(|_| STOP_LIMIT),
-            );
+            self.exit_within(Instant::now(), STOP_LIMIT).await;
         }
         let expected = if self.plan.trigger == BootTrigger::WrongKey {
             1
