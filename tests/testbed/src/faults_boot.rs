@@ -168,9 +168,10 @@ impl BootPlan {
             _ => BootTrigger::KillRestart,
         };
         let register_delay = Duration::from_millis(rng.random_range(2000..4500));
-        // From the very start to a little past the host turning active: mostly mid-way.
+        // Drawn over the whole registration: the token and the bootstrap (the first
+        // seconds), the host registering (`register_delay`), a little past it turning active.
         let trigger_after =
-            Duration::from_millis(rng.random_range(200..register_delay.as_millis() as u64 + 2500));
+            Duration::from_millis(rng.random_range(800..register_delay.as_millis() as u64 + 4000));
         let mut plan = BootPlan {
             seed,
             trigger,
