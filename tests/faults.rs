@@ -3,22 +3,34 @@
 //! PagerDuty, the Docker engine) and drover itself killed and restarted, run against the
 //! built binary; every invariant drover promises is checked after every case (see
 //! `testbed::faults`). `drover-testbed faults --seeds 0..2000` runs many more.
+//!
+//! The boot cases (`testbed::faults_boot`, seeds of their own): a launching instance
+//! registering while faults, a stop, a termination or a kill meet the registration; then
+//! the promises of the way in are checked. `drover-testbed faults --boot` runs more.
 
 use std::sync::Arc;
 
-use testbed::faults::{markdown, Campaign};
+use testbed::faults::{markdown, Campaign, Outcome};
+use testbed::faults_boot::BootCampaign;
 
 /// At least 200 cases, run a few at a time: each is mostly waiting.
 const SEEDS: std::ops::Range<u64> = 0..200;
 const JOBS: usize = 8;
+/// Boot cases: each is a few seconds of registration and mostly waiting.
+const BOOT_SEEDS: std::ops::Range<u64> = 0..40;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_termination_lost_no_wrong_host_no_leak_under_faults() {
-    let campaign = Arc::new(
+/// The campaign's binary, moto and Docker engine.
+async fn campaign() -> Arc<Campaign> {
+    Arc::new(
         Campaign::start(std::path::Path::new(env!("CARGO_BIN_EXE_drover")))
             .await
             .expect("moto and dockerd start"),
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_termination_lost_no_wrong_host_no_leak_under_faults() {
+    let campaign = campaign().await;
     let seeds: Vec<u64> = SEEDS.collect();
     let reports = campaign.run(&seeds, JOBS).await;
     assert_eq!(reports.len(), seeds.len(), "every case ran");
@@ -45,5 +57,38 @@ async fn no_termination_lost_no_wrong_host_no_leak_under_faults() {
         failing.len(),
         reports.len(),
         failing.iter().map(|r| r.plan.seed).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn boot_cases_answer_the_launch_once_page_a_failed_boot_and_leave_nothing_after_a_stop() {
+    let boot = Arc::new(BootCampaign::new(campaign().await));
+    let seeds: Vec<u64> = BOOT_SEEDS.collect();
+    let reports = boot.run(&seeds, JOBS).await;
+    assert_eq!(reports.len(), seeds.len(), "every boot case ran");
+    println!(
+        "{}",
+        testbed::faults_boot::markdown(&reports, &format!("{BOOT_SEEDS:?}"))
+    );
+    let failing: Vec<_> = reports
+        .iter()
+        .filter(|r| !r.violations().is_empty())
+        .collect();
+    for r in &failing {
+        eprintln!(
+            "--- boot seed {} ({}) took {:?}:\n  {}\n{}",
+            r.seed(),
+            r.label(),
+            r.took(),
+            r.violations().join("\n  "),
+            r.log_tail()
+        );
+    }
+    assert!(
+        failing.is_empty(),
+        "{} of {} boot cases broke an invariant (seeds {:?})",
+        failing.len(),
+        reports.len(),
+        failing.iter().map(|r| r.seed()).collect::<Vec<_>>()
     );
 }

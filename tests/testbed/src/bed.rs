@@ -164,6 +164,13 @@ pub fn add_launch_hook(asg: &AutoScalingServer, heartbeat_timeout: Duration) {
     );
 }
 
+/// The group gets its launching hook ([`add_launch_hook`]) and launches the instance, which
+/// waits in `Pending:Wait` for someone to complete the launching action.
+pub fn launch_into_group(asg: &AutoScalingServer, instance_id: &str, heartbeat_timeout: Duration) {
+    add_launch_hook(asg, heartbeat_timeout);
+    asg.launch_instance(GROUP, instance_id, "m5.large", "us-east-1b", Duration::ZERO);
+}
+
 /// An active host for the instance, as a registered agent leaves it.
 pub fn add_active_host(rancher: &RancherServer, opts: &ImdsOptions) -> String {
     let mut labels = BTreeMap::new();
@@ -209,16 +216,7 @@ impl Bed {
         let asg = AutoScalingServer::start().await;
         add_group(&asg, opts.hook_timeout);
         match opts.launch {
-            Some(timeout) => {
-                add_launch_hook(&asg, timeout);
-                asg.launch_instance(
-                    GROUP,
-                    &instance_id,
-                    "m5.large",
-                    "us-east-1b",
-                    Duration::ZERO,
-                );
-            }
+            Some(timeout) => launch_into_group(&asg, &instance_id, timeout),
             None => asg.add_instance(GROUP, &instance_id, "m5.large", "us-east-1b"),
         }
         let pager = PagerServer::start().await;

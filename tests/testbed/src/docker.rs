@@ -290,6 +290,27 @@ impl DockerEngine {
         inspect(&docker, name).await
     }
 
+    /// Removes every container, running or not: the engine as a fresh host has it.
+    pub async fn remove_all_containers(&self) {
+        let Ok(docker) = self.client().await else {
+            return;
+        };
+        let options = ListContainersOptions {
+            all: true,
+            ..Default::default()
+        };
+        let Ok(list) = docker.list_containers(Some(options)).await else {
+            return;
+        };
+        for id in list.into_iter().filter_map(|c| c.id) {
+            let remove = bollard::query_parameters::RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            };
+            let _ = docker.remove_container(&id, Some(remove)).await;
+        }
+    }
+
     /// Stops `dockerd`: SIGTERM (it stops its containers, which trap TERM), up to 10 s, then
     /// SIGKILL. The directory stays, so [`start`](Self::start) brings the same engine back.
     pub fn stop(&mut self) {

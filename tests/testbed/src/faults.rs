@@ -27,8 +27,8 @@ use crate::proxy::{DockerSocketProxy, ResetProxy, SqsFaultProxy};
 use crate::rancher::{RancherOptions, RancherServer};
 
 /// Distinctive, so that a leak anywhere is easy to find.
-const SECRET: &str = "s3cr3t-FaultCampaignKey-71c2e9";
-const ROUTING_KEY: &str = "R0UT1NGfaultCAMPAIGN0123456789ab";
+pub(crate) const SECRET: &str = "s3cr3t-FaultCampaignKey-71c2e9";
+pub(crate) const ROUTING_KEY: &str = "R0UT1NGfaultCAMPAIGN0123456789ab";
 /// drover's `lifecycle.drain_timeout` when the host is meant to get stuck: short, so that
 /// the case fails fast.
 const DRAIN_STUCK: Duration = Duration::from_secs(3);
@@ -37,11 +37,11 @@ const DRAIN_STUCK: Duration = Duration::from_secs(3);
 const DRAIN: Duration = Duration::from_secs(60);
 /// The most any case may take from its trigger to the completion, beyond the drain: drover's
 /// retries with backoff, the fault delays, and a restart after a kill.
-const SLACK: Duration = Duration::from_secs(25);
+pub(crate) const SLACK: Duration = Duration::from_secs(25);
 /// How long a case that must change nothing is watched.
 const QUIET: Duration = Duration::from_secs(3);
 /// How long drover may take to exit after the case's closing SIGTERM.
-const STOP_LIMIT: Duration = Duration::from_secs(20);
+pub(crate) const STOP_LIMIT: Duration = Duration::from_secs(20);
 
 /// What tells drover that its instance is going away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -320,26 +320,12 @@ impl Campaign {
 
     /// Runs `seeds`, `jobs` at a time; reports in seed order.
     pub async fn run(self: &Arc<Self>, seeds: &[u64], jobs: usize) -> Vec<CaseReport> {
-        let limit = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
-        let mut set = tokio::task::JoinSet::new();
-        for &seed in seeds {
-            let campaign = self.clone();
-            let limit = limit.clone();
-            set.spawn(async move {
-                let _slot = limit.acquire_owned().await;
-                let plan = Plan::from_seed(seed);
-                campaign.run_case(plan).await
-            });
-        }
-        let mut reports = Vec::new();
-        while let Some(done) = set.join_next().await {
-            match done {
-                Ok(report) => reports.push(report),
-                Err(e) => eprintln!("a case's task failed: {e}"),
-            }
-        }
-        reports.sort_by_key(|r| r.plan.seed);
-        reports
+        let campaign = self.clone();
+        run_seeds(seeds, jobs, move |seed| {
+            let campaign = campaign.clone();
+            async move { campaign.run_case(Plan::from_seed(seed)).await }
+        })
+        .await
     }
 
     pub async fn run_case(&self, plan: Plan) -> CaseReport {
@@ -372,6 +358,34 @@ impl Campaign {
     }
 }
 
+/// Runs `case` for every seed, `jobs` at a time; the reports in seed order.
+pub(crate) async fn run_seeds<R, F, Fut>(seeds: &[u64], jobs: usize, case: F) -> Vec<R>
+where
+    R: Outcome + Send + 'static,
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = R> + Send + 'static,
+{
+    let limit = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
+    let mut set = tokio::task::JoinSet::new();
+    for &seed in seeds {
+        let limit = limit.clone();
+        let run = case(seed);
+        set.spawn(async move {
+            let _slot = limit.acquire_owned().await;
+            run.await
+        });
+    }
+    let mut reports = Vec::new();
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok(report) => reports.push(report),
+            Err(e) => eprintln!("a case's task failed: {e}"),
+        }
+    }
+    reports.sort_by_key(|r| r.seed());
+    reports
+}
+
 /// One instance's world for one case.
 struct Case {
     plan: Plan,
@@ -401,7 +415,7 @@ struct Case {
     restarted: Option<Instant>,
 }
 
-fn instance(n: u64, region_byte: u64) -> ImdsOptions {
+pub(crate) fn instance(n: u64, region_byte: u64) -> ImdsOptions {
     ImdsOptions {
         instance_id: format!("i-0{n:016x}"),
         local_ipv4: format!("10.{region_byte}.{}.{}", (n / 250) % 250, n % 250 + 2),
@@ -414,7 +428,7 @@ fn instance(n: u64, region_byte: u64) -> ImdsOptions {
     }
 }
 
-fn taken_out(state: &str) -> bool {
+pub(crate) fn taken_out(state: &str) -> bool {
     matches!(state, "removed" | "purging" | "purged")
 }
 
@@ -492,17 +506,14 @@ impl Case {
     }
 
     fn write_config(&self) -> std::io::Result<()> {
-        let secret = self.dir.path().join("rancher.secret");
-        crate::config::write_private(&secret, SECRET.as_bytes())?;
         let sigterm = self.plan.trigger == Trigger::Sigterm;
-        let mut config = DroverConfig::default();
-        // Through the resetting proxy.
-        config.rancher.url = Some(self.rancher_proxy.url());
-        config.rancher.project_id = Some(self.rancher.project_id().to_string());
-        config.rancher.access_key = Some(self.rancher.access_key().to_string());
-        config.rancher.secret_key = Some(Secret::File(secret));
-        config.agent.privileged = Some(false);
-        config.agent.register_timeout = Some(Duration::from_secs(60));
+        let mut config = base_config(
+            self.dir.path(),
+            &self.rancher_proxy,
+            &self.rancher,
+            &self.pager,
+            SECRET,
+        )?;
         config.lifecycle.queue_url = (!sigterm).then(|| self.queue.clone());
         config.lifecycle.imds_poll = Some(if sigterm {
             Duration::ZERO
@@ -510,47 +521,19 @@ impl Case {
             Duration::from_secs(1)
         });
         config.lifecycle.drain_timeout = Some(Duration::from_secs(self.plan.drain().as_secs()));
-        config.lifecycle.on_failure = Some(OnFailure::Abandon);
         config.lifecycle.on_sigterm = Some(OnSigterm::Auto);
-        config.pager.routing_key = Some(Secret::Inline(ROUTING_KEY.into()));
-        config.pager.pagerduty_url = Some(self.pager.enqueue_url());
-        config.state.dir = Some(self.dir.path().join("state"));
-        config.log.format = Some(LogFormat::Json);
-        config.log.level = Some("debug".into());
         config.write(&self.dir.path().join("drover.toml"))
     }
 
     /// Every run's log, in order.
     fn log(&self) -> String {
-        self.logs
-            .iter()
-            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
+        read_logs(&self.logs)
     }
 
     fn spawn(&mut self, drover: &Path) -> Result<(), String> {
         // drover's SQS calls go through the fault proxy; Rancher's URL is in the config.
-        let ends = Endpoints {
-            imds: Some(self.imds.url()),
-            autoscaling: Some(self.asg.url()),
-            sqs: Some(self.sqs.url()),
-            region: Some("us-east-1".into()),
-            docker_host: Some(self.docker.docker_host()),
-            ..Endpoints::default()
-        };
-        let running = Launcher::new(
-            drover,
-            self.dir.path(),
-            &format!("drover-{}", self.logs.len()),
-        )
-        .config(&self.dir.path().join("drover.toml"))
-        .endpoints(&ends)
-        .arg("run")
-        .spawn()?;
-        self.logs
-            .extend(running.stderr_path().map(Path::to_path_buf));
-        self.drover = Some(running);
+        let ends = endpoints(&self.imds, &self.asg, self.sqs.url(), &self.docker);
+        self.drover = Some(spawn_run(drover, self.dir.path(), &mut self.logs, &ends)?);
         self.restarted = Some(Instant::now());
         Ok(())
     }
@@ -604,28 +587,17 @@ impl Case {
         if !plan.imds_latency.is_zero() {
             self.imds.set_latency(plan.imds_latency);
         }
-        let fault = if plan.has(FaultKind::AsgThrottling) {
-            Fault::Throttling
-        } else {
-            Fault::Status(503)
-        };
-        for action in [
-            "CompleteLifecycleAction",
-            "DescribeAutoScalingInstances",
-            "DescribeLifecycleHooks",
-        ] {
-            self.asg.fail(Match::action(action), fault, plan.asg_errors);
-        }
+        fail_asg(
+            &self.asg,
+            plan.has(FaultKind::AsgThrottling),
+            plan.asg_errors,
+        );
         let status = if plan.seed.is_multiple_of(2) {
             429
         } else {
             500
         };
-        self.pager.fail(
-            Match::path(crate::pager::ENQUEUE),
-            Fault::Status(status),
-            plan.pager_errors,
-        );
+        fail_pager(&self.pager, status, plan.pager_errors);
         if plan.has(FaultKind::RancherReset) {
             self.rancher_proxy.reset_open();
             self.rancher_proxy.reset_next(2);
@@ -982,21 +954,121 @@ impl Case {
     }
 
     fn check_output(&self) -> Vec<String> {
-        let mut v = Vec::new();
-        let log = self.log();
-        for secret in [SECRET, ROUTING_KEY] {
-            if log.contains(secret) {
-                v.push("a secret appears in drover's output".into());
-            }
-        }
-        if log.contains("panicked") {
-            v.push("drover panicked".into());
-        }
-        v
+        output_violations(&self.log(), &[SECRET, ROUTING_KEY])
     }
 }
 
-fn tail(text: &str, lines: usize) -> String {
+/// drover's config as every case starts it: Rancher through `rancher_url` (a resetting
+/// proxy) with the key in a file holding `secret`, no privileged containers, a 60 s
+/// registration budget, `on_failure = "abandon"`, paging to the case's pager, the state
+/// dir and the config in `dir`, JSON logs at debug.
+pub(crate) fn base_config(
+    dir: &Path,
+    rancher_url: &ResetProxy,
+    rancher: &RancherServer,
+    pager: &PagerServer,
+    secret: &str,
+) -> std::io::Result<DroverConfig> {
+    let file = dir.join("rancher.secret");
+    crate::config::write_private(&file, secret.as_bytes())?;
+    let mut config = DroverConfig::default();
+    config.rancher.url = Some(rancher_url.url());
+    config.rancher.project_id = Some(rancher.project_id().to_string());
+    config.rancher.access_key = Some(rancher.access_key().to_string());
+    config.rancher.secret_key = Some(Secret::File(file));
+    config.agent.privileged = Some(false);
+    config.agent.register_timeout = Some(Duration::from_secs(60));
+    config.lifecycle.on_failure = Some(OnFailure::Abandon);
+    config.pager.routing_key = Some(Secret::Inline(ROUTING_KEY.into()));
+    config.pager.pagerduty_url = Some(pager.enqueue_url());
+    config.state.dir = Some(dir.join("state"));
+    config.log.format = Some(LogFormat::Json);
+    config.log.level = Some("debug".into());
+    Ok(config)
+}
+
+/// The next `times` calls of each action drover makes of Auto Scaling fail, throttled or
+/// with 503.
+pub(crate) fn fail_asg(asg: &AutoScalingServer, throttling: bool, times: usize) {
+    let fault = if throttling {
+        Fault::Throttling
+    } else {
+        Fault::Status(503)
+    };
+    for action in [
+        "CompleteLifecycleAction",
+        "DescribeAutoScalingInstances",
+        "DescribeLifecycleHooks",
+    ] {
+        asg.fail(Match::action(action), fault, times);
+    }
+}
+
+/// The next `times` pages are answered `status`.
+pub(crate) fn fail_pager(pager: &PagerServer, status: u16, times: usize) {
+    pager.fail(
+        Match::path(crate::pager::ENQUEUE),
+        Fault::Status(status),
+        times,
+    );
+}
+
+/// Where a case's drover finds the stand-ins.
+pub(crate) fn endpoints(
+    imds: &ImdsServer,
+    asg: &AutoScalingServer,
+    sqs: String,
+    docker: &DockerSocketProxy,
+) -> Endpoints {
+    Endpoints {
+        imds: Some(imds.url()),
+        autoscaling: Some(asg.url()),
+        sqs: Some(sqs),
+        region: Some("us-east-1".into()),
+        docker_host: Some(docker.docker_host()),
+        ..Endpoints::default()
+    }
+}
+
+/// Starts `drover run` with the config in `dir`; its log is added to `logs`.
+pub(crate) fn spawn_run(
+    drover: &Path,
+    dir: &Path,
+    logs: &mut Vec<PathBuf>,
+    ends: &Endpoints,
+) -> Result<Running, String> {
+    let running = Launcher::new(drover, dir, &format!("drover-{}", logs.len()))
+        .config(&dir.join("drover.toml"))
+        .endpoints(ends)
+        .arg("run")
+        .spawn()?;
+    logs.extend(running.stderr_path().map(Path::to_path_buf));
+    Ok(running)
+}
+
+/// Every run's log, in order.
+pub(crate) fn read_logs(logs: &[PathBuf]) -> String {
+    logs.iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A secret or a panic in drover's output.
+pub(crate) fn output_violations(log: &str, secrets: &[&str]) -> Vec<String> {
+    let mut v = Vec::new();
+    for secret in secrets {
+        if log.contains(secret) {
+            v.push("a secret appears in drover's output".into());
+        }
+    }
+    if log.contains("panicked") {
+        v.push("drover panicked".into());
+    }
+    v
+}
+
+pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -1021,11 +1093,64 @@ pub fn cases_by_trigger(reports: &[CaseReport]) -> BTreeMap<Trigger, usize> {
     by
 }
 
+/// What a summary needs of a case's report, whichever campaign ran it.
+pub trait Outcome {
+    fn seed(&self) -> u64;
+    /// The trigger and the faults, as a violation line names them.
+    fn label(&self) -> String;
+    fn violations(&self) -> &[String];
+    fn took(&self) -> Duration;
+    fn log_tail(&self) -> &str;
+}
+
+/// [`Outcome`] for a report with `plan` (`seed`, `trigger`, `faults`), `violations`,
+/// `took` and `log_tail`.
+macro_rules! outcome {
+    ($report:ty) => {
+        impl $crate::faults::Outcome for $report {
+            fn seed(&self) -> u64 {
+                self.plan.seed
+            }
+            fn label(&self) -> String {
+                format!("{:?}, {:?}", self.plan.trigger, self.plan.faults)
+            }
+            fn violations(&self) -> &[String] {
+                &self.violations
+            }
+            fn took(&self) -> std::time::Duration {
+                self.took
+            }
+            fn log_tail(&self) -> &str {
+                &self.log_tail
+            }
+        }
+    };
+}
+pub(crate) use outcome;
+
+outcome!(CaseReport);
+
 /// The summary as Markdown: cases, triggers, faults by kind, violations.
 pub fn markdown(reports: &[CaseReport], seeds: &str) -> String {
+    let triggers = cases_by_trigger(reports)
+        .into_iter()
+        .map(|(t, n)| (format!("{t:?}"), n));
+    let faults = faults_by_kind(reports)
+        .into_iter()
+        .map(|(f, n)| (f.describe(), n));
+    summary(reports, seeds, triggers, faults)
+}
+
+/// The summary of any campaign: cases, `triggers` and `faults` counted, violations.
+pub(crate) fn summary<R: Outcome>(
+    reports: &[R],
+    seeds: &str,
+    triggers: impl IntoIterator<Item = (String, usize)>,
+    faults: impl IntoIterator<Item = (&'static str, usize)>,
+) -> String {
     let mut out = String::new();
-    let violations: usize = reports.iter().map(|r| r.violations.len()).sum();
-    let took: Duration = reports.iter().map(|r| r.took).sum();
+    let violations: usize = reports.iter().map(|r| r.violations().len()).sum();
+    let took: Duration = reports.iter().map(|r| r.took()).sum();
     out.push_str(&format!(
         "Seeds {seeds}: {} cases, {} invariant violations, {:.0} case-seconds.\n\n",
         reports.len(),
@@ -1033,25 +1158,22 @@ pub fn markdown(reports: &[CaseReport], seeds: &str) -> String {
         took.as_secs_f64()
     ));
     out.push_str("| trigger | cases |\n|---|---:|\n");
-    for (t, n) in cases_by_trigger(reports) {
-        out.push_str(&format!("| {t:?} | {n} |\n"));
+    for (t, n) in triggers {
+        out.push_str(&format!("| {t} | {n} |\n"));
     }
     out.push_str("\n| fault | cases with it |\n|---|---:|\n");
-    for (f, n) in faults_by_kind(reports) {
-        out.push_str(&format!("| {} | {n} |\n", f.describe()));
+    for (f, n) in faults {
+        out.push_str(&format!("| {f} | {n} |\n"));
     }
     let failing: Vec<_> = reports
         .iter()
-        .filter(|r| !r.violations.is_empty())
+        .filter(|r| !r.violations().is_empty())
         .collect();
     if !failing.is_empty() {
         out.push_str("\nViolations:\n\n");
         for r in failing {
-            for v in &r.violations {
-                out.push_str(&format!(
-                    "- seed {} ({:?}, {:?}): {v}\n",
-                    r.plan.seed, r.plan.trigger, r.plan.faults
-                ));
+            for v in r.violations() {
+                out.push_str(&format!("- seed {} ({}): {v}\n", r.seed(), r.label()));
             }
         }
     }

@@ -368,8 +368,9 @@ impl Running {
         ))
     }
 
-    /// Whether it has exited (reaping it if so).
-    fn exited(&mut self) -> Option<Option<i32>> {
+    /// Whether it has exited (reaping it if so), without waiting: its code (`None`:
+    /// killed by a signal).
+    pub fn exited(&mut self) -> Option<Option<i32>> {
         if self.code.is_none() {
             if let Ok(Some(status)) = self.child.try_wait() {
                 self.code = Some(status.code());

@@ -18,6 +18,7 @@ pub mod bench;
 pub mod config;
 pub mod docker;
 pub mod faults;
+pub mod faults_boot;
 pub mod http;
 pub mod imds;
 pub mod launch;

@@ -1,7 +1,8 @@
 //! `drover-testbed demo`: runs the real drover binary against the whole test bed (its own
 //! stand-ins, moto SQS, a private dockerd) and prints what happened, step by step.
 //! `drover-testbed bench`: measures it there (see `testbed::bench`).
-//! `drover-testbed faults`: the seeded fault-injection campaign (see `testbed::faults`).
+//! `drover-testbed faults`: the seeded fault-injection campaign (see `testbed::faults`);
+//! `faults --boot`: its boot cases (see `testbed::faults_boot`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,13 +10,16 @@ use std::time::Duration;
 use testbed::bed::{direct_message, Bed, BedOptions, GROUP, HOOK};
 use testbed::bench::{self, Settings};
 use testbed::docker::DockerEngine;
+use testbed::faults::Outcome;
 use testbed::moto::MotoServer;
 use testbed::rancher::RancherOptions;
 
 const USAGE: &str = "usage: drover-testbed demo [--drover PATH]
        drover-testbed bench [--drover PATH] [--idle SECS] [--runs N] [--fleet N]
                             [--only footprint,reaction,boot,launch,fleet] [--out FILE.md]
-       drover-testbed faults [--drover PATH] [--seeds FIRST..END] [--jobs N] [--out FILE.md]";
+       drover-testbed faults [--boot] [--drover PATH] [--seeds FIRST..END] [--jobs N] [--out FILE.md]
+         (--boot: the boot cases, a launching instance registering while faults and a
+          stop, a termination or a kill meet it; seeds of their own)";
 
 #[tokio::main]
 async fn main() {
@@ -72,8 +76,13 @@ async fn faults(args: &[String]) -> Result<bool, String> {
     let mut seeds = 0..200u64;
     let mut jobs = 6;
     let mut out = None;
+    let mut boot = false;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
+        if arg == "--boot" {
+            boot = true;
+            continue;
+        }
         let value = rest.next().ok_or(format!("{arg} needs a value"))?;
         match arg.as_str() {
             "--drover" => drover = PathBuf::from(value),
@@ -93,31 +102,17 @@ async fn faults(args: &[String]) -> Result<bool, String> {
     let started = std::time::Instant::now();
     let campaign = std::sync::Arc::new(testbed::faults::Campaign::start(&drover).await?);
     let list: Vec<u64> = seeds.clone().collect();
-    let mut reports = Vec::new();
-    // In chunks, so that a long run shows progress.
-    for chunk in list.chunks(50) {
-        let done = campaign.run(chunk, jobs).await;
-        let bad = done.iter().filter(|r| !r.violations.is_empty()).count();
-        println!(
-            "seeds {}..={}: {} cases, {bad} with violations ({:.0}s so far)",
-            chunk[0],
-            chunk[chunk.len() - 1],
-            done.len(),
-            started.elapsed().as_secs_f64()
-        );
-        for r in done.iter().filter(|r| !r.violations.is_empty()) {
-            println!(
-                "--- seed {} ({:?}, {:?}):\n  {}\n{}",
-                r.plan.seed,
-                r.plan.trigger,
-                r.plan.faults,
-                r.violations.join("\n  "),
-                r.log_tail
-            );
-        }
-        reports.extend(done);
-    }
-    let summary = testbed::faults::markdown(&reports, &format!("{seeds:?}"));
+    let range = format!("{seeds:?}");
+    let (summary, clean) = if boot {
+        let boot = std::sync::Arc::new(testbed::faults_boot::BootCampaign::new(campaign));
+        let reports = in_chunks(&list, started, |chunk| boot.run(chunk, jobs)).await;
+        let clean = reports.iter().all(|r| r.violations.is_empty());
+        (testbed::faults_boot::markdown(&reports, &range), clean)
+    } else {
+        let reports = in_chunks(&list, started, |chunk| campaign.run(chunk, jobs)).await;
+        let clean = reports.iter().all(|r| r.violations.is_empty());
+        (testbed::faults::markdown(&reports, &range), clean)
+    };
     println!("\n{summary}");
     if let Some(out) = out {
         let text = format!(
@@ -127,7 +122,40 @@ async fn faults(args: &[String]) -> Result<bool, String> {
         );
         std::fs::write(&out, text).map_err(|e| format!("{}: {e}", out.display()))?;
     }
-    Ok(reports.iter().all(|r| r.violations.is_empty()))
+    Ok(clean)
+}
+
+/// Runs the seeds in chunks, so that a long run shows progress, and prints each failing
+/// case with its log.
+async fn in_chunks<'a, R, F, Fut>(list: &'a [u64], started: std::time::Instant, run: F) -> Vec<R>
+where
+    R: Outcome,
+    F: Fn(&'a [u64]) -> Fut,
+    Fut: std::future::Future<Output = Vec<R>>,
+{
+    let mut reports = Vec::new();
+    for chunk in list.chunks(50) {
+        let done = run(chunk).await;
+        let bad = done.iter().filter(|r| !r.violations().is_empty()).count();
+        println!(
+            "seeds {}..={}: {} cases, {bad} with violations ({:.0}s so far)",
+            chunk[0],
+            chunk[chunk.len() - 1],
+            done.len(),
+            started.elapsed().as_secs_f64()
+        );
+        for r in done.iter().filter(|r| !r.violations().is_empty()) {
+            println!(
+                "--- seed {} ({}):\n  {}\n{}",
+                r.seed(),
+                r.label(),
+                r.violations().join("\n  "),
+                r.log_tail()
+            );
+        }
+        reports.extend(done);
+    }
+    reports
 }
 
 fn heading(text: &str) {

@@ -1421,9 +1421,8 @@ async fn watch(state: Weak<Mutex<State>>, socket: PathBuf) {
         let Some(strong) = state.upgrade() else {
             return;
         };
-        let prefix = format!("{}/v1/scripts/", lock(&strong).base);
         drop(strong);
-        let polled = tokio::time::timeout(Duration::from_secs(10), watcher.poll(&state, &prefix));
+        let polled = tokio::time::timeout(Duration::from_secs(10), watcher.poll(&state));
         match polled.await {
             Ok(Ok(())) => watcher.failures = 0,
             _ => {
@@ -1440,11 +1439,7 @@ async fn watch(state: Weak<Mutex<State>>, socket: PathBuf) {
 }
 
 impl Watcher {
-    async fn poll(
-        &mut self,
-        state: &Weak<Mutex<State>>,
-        prefix: &str,
-    ) -> Result<(), bollard::errors::Error> {
+    async fn poll(&mut self, state: &Weak<Mutex<State>>) -> Result<(), bollard::errors::Error> {
         let docker = match &self.client {
             Some(docker) => docker.clone(),
             None => {
@@ -1476,7 +1471,7 @@ impl Watcher {
                 continue;
             }
             // The listed command is the entrypoint and its arguments: a cheap first look.
-            if !summary.command.as_deref().unwrap_or("").contains(prefix) {
+            if !summary.command.as_deref().unwrap_or("").contains(SCRIPTS) {
                 self.seen.insert(id);
                 continue;
             }
@@ -1493,7 +1488,9 @@ impl Watcher {
                 Err(e) => return Err(e),
             };
             let args = inspected.args.clone().unwrap_or_default();
-            if !args.first().is_some_and(|a| a.starts_with(prefix)) {
+            // This server's, whichever address it was reached at (links follow the Host
+            // the client asked for: a proxy's, a load balancer's).
+            if !args.first().is_some_and(|a| is_ours(state, a)) {
                 self.seen.insert(id);
                 continue;
             }
@@ -1507,7 +1504,17 @@ impl Watcher {
                 continue;
             }
             self.seen.insert(id);
-            self.bootstrap(&docker, state, inspected, prefix).await;
+            // Stopped before it got to register (drover cut a registration short): a real
+            // bootstrap takes seconds to register, so one stopped this soon never did.
+            if !inspected
+                .state
+                .as_ref()
+                .and_then(|s| s.running)
+                .unwrap_or(false)
+            {
+                continue;
+            }
+            self.bootstrap(&docker, state, inspected).await;
             registered = true;
         }
         // The list predates the agent a bootstrap just started: judge it next time.
@@ -1547,7 +1554,6 @@ impl Watcher {
         docker: &Docker,
         state: &Weak<Mutex<State>>,
         container: ContainerInspectResponse,
-        prefix: &str,
     ) {
         let config = container.config.unwrap_or_default();
         let host_config = container.host_config.unwrap_or_default();
@@ -1568,9 +1574,8 @@ impl Watcher {
         };
         let token = args
             .first()
-            .and_then(|a| a.strip_prefix(prefix))
+            .and_then(|a| script_token(a))
             .unwrap_or("")
-            .trim_end_matches('/')
             .to_string();
         // Docker keeps the last of repeated variables.
         let var = |name: &str| {
@@ -1606,6 +1611,15 @@ impl Watcher {
                         self.socket.display()
                     );
                 }
+                // A real bootstrap starts the agent while it runs. Stopped meanwhile (by a
+                // take-out that then found no agent to stop), it never got that far.
+                if !still_running(docker, &seen.container_id).await {
+                    let remove = RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    };
+                    let _ = docker.remove_container("rancher-agent", Some(remove)).await;
+                }
             }
             Err(why) => seen.rejected = Some(why),
         }
@@ -1613,6 +1627,38 @@ impl Watcher {
         if let Some(strong) = state.upgrade() {
             lock(&strong).bootstraps.push(seen);
         }
+    }
+}
+
+/// Where a registration URL's token follows the server's address.
+const SCRIPTS: &str = "/v1/scripts/";
+
+/// The token of a registration URL `<server>/v1/scripts/<token>`.
+fn script_token(url: &str) -> Option<&str> {
+    let (_, token) = url.split_once(SCRIPTS)?;
+    Some(token.trim_end_matches('/'))
+}
+
+/// Whether a registration URL is for this server: at its own address (then a token it
+/// does not know is refused), or at another (a proxy's) with one of its tokens.
+fn is_ours(state: &Weak<Mutex<State>>, url: &str) -> bool {
+    let Some(strong) = state.upgrade() else {
+        return false;
+    };
+    let state = lock(&strong);
+    url.starts_with(&format!("{}{SCRIPTS}", state.base))
+        || script_token(url).is_some_and(|token| state.tokens.iter().any(|t| t.token == token))
+}
+
+/// Whether the container is still running (not stopped, not auto-removed); an engine that
+/// does not answer says nothing against it.
+async fn still_running(docker: &Docker, id: &str) -> bool {
+    match docker.inspect_container(id, None).await {
+        Ok(c) => c.state.and_then(|s| s.running).unwrap_or(false),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => false,
+        Err(_) => true,
     }
 }
 
