@@ -28,6 +28,9 @@ const RANCHER_STATE_DIR: &str = "/var/lib/rancher";
 const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 /// Label on the bootstrap container so that an operator can tell who started it.
 const BOOTSTRAP_LABEL: &str = "io.drover.bootstrap";
+/// Held while a bootstrap container is created and started, and while the agent is
+/// stopped: the two never interleave, in this process, whichever is cut short.
+static BOOTSTRAP_CALLS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -254,6 +257,25 @@ impl AgentDocker {
     /// `docker run --rm [--privileged] -v <socket>:/var/run/docker.sock
     /// -v /var/lib/rancher:/var/lib/rancher -e CATTLE_AGENT_IP -e CATTLE_HOST_LABELS IMAGE URL`.
     pub async fn start_bootstrap(&self, spec: &BootstrapSpec) -> Result<String, DockerError> {
+        // On a task of its own, holding BOOTSTRAP_CALLS: a registration cut short drops this
+        // future, but the engine carries out a create or start already sent, and the
+        // take-out's stop must see the container that makes (see `stop_agent`).
+        let this = self.clone();
+        let spec = spec.clone();
+        let started = tokio::spawn(async move {
+            let _calls = BOOTSTRAP_CALLS.lock().await;
+            this.create_and_start_bootstrap(&spec).await
+        });
+        started.await.map_err(|e| DockerError::Call {
+            what: "starting the bootstrap container".into(),
+            detail: e.to_string(),
+        })?
+    }
+
+    async fn create_and_start_bootstrap(
+        &self,
+        spec: &BootstrapSpec,
+    ) -> Result<String, DockerError> {
         let binds = vec![
             // The agent must reach the same engine drover talks to.
             format!("{}:{SOCKET_IN_CONTAINER}", self.socket.display()),
@@ -320,6 +342,9 @@ impl AgentDocker {
     /// bootstraps go first (one may be about to start an agent), and are looked for once
     /// more after the agent. `false` when nothing was running.
     pub async fn stop_agent(&self) -> Result<bool, DockerError> {
+        // A bootstrap being created or started finishes first, so that it is stopped too;
+        // bounded, since an engine that hangs must not hold the stop up.
+        let _calls = tokio::time::timeout(Duration::from_secs(20), BOOTSTRAP_CALLS.lock()).await;
         let mut stopped = false;
         for id in self.running_bootstraps().await? {
             stopped |= self.stop_container(&id, "the bootstrap container").await?;
