@@ -145,7 +145,18 @@ pub async fn run(
         format!("{:.2} MiB", binary as f64 / 1024.0 / 1024.0),
     ));
     for mode in ["imds", "imds-ssm", "sqs"] {
-        let idle = idle_in_mode(settings, mode, docker, moto).await?;
+        let idle = match idle_in_mode(settings, mode, docker, moto).await {
+            Ok(idle) => idle,
+            // A drover from before `secret_key_ssm`, measured for comparison.
+            Err(e) if mode == "imds-ssm" => {
+                println!(
+                    "footprint {mode}: skipped ({})",
+                    e.lines().next().unwrap_or("")
+                );
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let label = match mode {
             "imds" => "idle, IMDS polling (5s)",
             "imds-ssm" => "idle, IMDS polling, Rancher key from SSM",
