@@ -444,9 +444,14 @@ fn first_line(msg: &str) -> String {
     msg.lines().next().unwrap_or_default().trim().to_string()
 }
 
+/// The name in serde's "unknown field `NAME`, expected ..." (or "..., there are no
+/// fields"); the name itself may hold a backtick.
 fn unknown_field_name(msg: &str) -> Option<String> {
     let rest = msg.strip_prefix("unknown field `")?;
-    let end = rest.find('`')?;
+    let end = rest
+        .find("`, expected")
+        .or_else(|| rest.find("`, there are no fields"))
+        .or_else(|| rest.rfind('`'))?;
     Some(rest[..end].to_string())
 }
 
@@ -1081,6 +1086,9 @@ secret_key = "s3cr3t-value"
             e.contains("lifecycle.queue") && e.contains("DROVER_LIFECYCLE_QUEUE"),
             "{e}"
         );
+        // Found by fuzzing (fuzz/ target config): a key holding a backtick was cut at it.
+        let e = err(&format!("\"`ager\" = 1\n{MINIMAL}"), &[]);
+        assert!(e.ends_with("config key `ager: unknown key"), "{e}");
         // Found by fuzzing (fuzz/ target config): an empty key was named as nothing at all.
         let e = err(&format!("\"\" = 1\n{MINIMAL}"), &[]);
         assert!(e.ends_with("config key \"\": unknown key"), "{e}");
