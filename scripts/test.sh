@@ -22,6 +22,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# A clean build gains nothing from incremental caches, which took a sixth of the disk the
+# build used; a CI machine once ran out of it.
+export CARGO_INCREMENTAL=0
+
+# Each step's time, and the disk free after it (a build that fills the disk fails in ways
+# that do not say so: a linker's bus error).
+free_disk() { df -Pm . | awk 'NR == 2 { printf "%d MiB free", $4 }'; }
 started=$(date +%s)
 steps=()
 step() {
@@ -29,9 +36,10 @@ step() {
     shift
     t0=$(date +%s)
     "$@" || status=$?
-    steps+=("$(printf '%-28s %5ss' "$name" "$(($(date +%s) - t0))")")
+    steps+=("$(printf '%-28s %5ss   %s' "$name" "$(($(date +%s) - t0))" "$(free_disk)")")
     return "$status"
 }
+echo "test.sh: $(free_disk) at the start"
 
 step "setup (packages, venvs)" scripts/testbed-setup.sh base
 scripts/testbed-setup.sh rootfs >.testbed/setup-rootfs.log 2>&1 &

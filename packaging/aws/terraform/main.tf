@@ -193,7 +193,7 @@ resource "aws_iam_role" "host" {
   tags = var.tags
 }
 
-# Exactly the calls drover makes (tests/aws_wiring.rs checks the file against src/), with
+# Exactly the calls drover makes (tests/e2e/aws_wiring.rs checks the file against src/), with
 # the decryption SSM does on its behalf. jsondecode() makes a broken template fail at plan
 # time; jsonencode() normalizes it.
 resource "aws_iam_role_policy" "drover" {

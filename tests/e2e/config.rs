@@ -141,7 +141,7 @@ async fn unreadable_or_empty_secret_file() {
 }
 
 /// A file cloud-init has not written yet is no config error (it is waited for, see
-/// tests/secrets.rs); two sources for one secret are, naming both.
+/// tests/e2e/secrets.rs); two sources for one secret are, naming both.
 #[tokio::test]
 async fn a_secret_file_not_there_yet_is_accepted_two_sources_are_not() {
     let mut config = good();
