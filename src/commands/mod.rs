@@ -104,8 +104,8 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Logs go to stderr: this line is the one place the failure is said.
             tracing::error!("{e}");
-            eprintln!("drover: {e}");
             ExitCode::FAILURE
         }
     }

@@ -194,6 +194,18 @@ async fn imds_token_refused_says_imds_may_be_disabled() {
         "{}",
         run.stderr
     );
+    // The failure is said once: the error line, not the error line and a second copy.
+    let said = run
+        .stderr
+        .lines()
+        .filter(|l| !l.contains(" WARN ") && l.contains("did not answer"))
+        .count();
+    assert_eq!(
+        said,
+        1,
+        "{}",
+        run.stderr
+    );
     assert!(bed.rancher.bootstraps_seen().is_empty());
 }
 
