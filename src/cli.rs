@@ -45,6 +45,18 @@ pub enum Command {
     Run,
     /// Check the config and every dependency it names; one line per check.
     Check,
+    /// One reaper sweep of this environment, now: take out every host whose instance died
+    /// without a clean stop (agent disconnected in Rancher, instance gone from Auto Scaling or
+    /// Terminating/Terminating:Wait there), complete the lifecycle actions waiting for them
+    /// and those of this group's warmed instances terminated from the pool; one line per host
+    /// considered. The same sweep drover run makes on its own ([reaper]), for a cron job;
+    /// it runs whatever reaper.enabled says. Exit 1 when a take-out failed or the sweep was
+    /// refused (Auto Scaling cannot see this instance, or could not be asked).
+    Reap {
+        /// Decide and print what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[cfg(test)]

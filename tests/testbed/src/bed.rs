@@ -27,7 +27,7 @@ pub const HOOK: &str = "drain";
 /// The group's launching hook, when a test asks for one ([`add_launch_hook`]).
 pub const LAUNCH_HOOK: &str = "launching";
 /// Every line `drover check` prints, by name.
-pub const CHECKS: [&str; 9] = [
+pub const CHECKS: [&str; 10] = [
     "config",
     "imds",
     "docker",
@@ -35,6 +35,7 @@ pub const CHECKS: [&str; 9] = [
     "rancher",
     "sqs",
     "autoscaling",
+    "reaper",
     "pager-key",
     "pager",
 ];
