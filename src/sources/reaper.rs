@@ -628,10 +628,10 @@ where
     }
 
     /// Every decision with its evidence: the hosts drover cares about at info, connected
-    /// and unlabelled ones at debug; then one line for the sweep.
+    /// and unlabelled ones at debug; then one line for the sweep. A refusal is the caller's
+    /// to tell (`drover reap` fails with it, `drover run` logs it).
     fn log(&self, report: &SweepReport) {
-        if let Some(why) = &report.refused {
-            tracing::warn!("reaper sweep refused: {why}");
+        if report.refused.is_some() {
             return;
         }
         for h in &report.hosts {
@@ -774,6 +774,9 @@ pub async fn watch<C, L, P>(
             () = intake.cancelled() => return,
             report = reaper.sweep(&door, &intake) => report,
         };
+        if let Some(why) = &report.refused {
+            tracing::warn!("reaper sweep refused: {why}");
+        }
         if let Some(n) = report.labelled {
             labelled = Some(n);
         }
