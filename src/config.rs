@@ -850,6 +850,11 @@ fn reaper_config(r: RawReaper) -> Result<ReaperConfig, ConfigError> {
         r.interval.unwrap_or(Duration::from_secs(300)),
         "reaper.interval",
     )?;
+    // Each sweep lists every host of the environment: a fleet of one would list it at
+    // this pace.
+    if interval < Duration::from_secs(1) {
+        return Err(key_error("reaper.interval", "must be at least 1s"));
+    }
     let max_per_sweep = match r.max_per_sweep.unwrap_or(10) {
         0 => {
             return Err(key_error(
@@ -1150,7 +1155,7 @@ secret_key = "s3cr3t-value"
     fn bad_reaper_settings_are_named() {
         // (a line of the file, the environment, what the error says)
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
-        let cases: [Case; 7] = [
+        let cases: [Case; 8] = [
             ("[reaper]\nmax_per_sweep = 0", &[], "at least 1"),
             ("[reaper]\nmax_per_sweep = -2", &[], "reaper.max_per_sweep"),
             ("[reaper]\nmax_per_sweep = 5000", &[], "at most 1000"),
@@ -1165,6 +1170,7 @@ secret_key = "s3cr3t-value"
                 "whole number",
             ),
             ("[reaper]\ninterval = \"0s\"", &[], "longer than zero"),
+            ("[reaper]\ninterval = \"200ms\"", &[], "at least 1s"),
             ("", &[("DROVER_REAPER_ENABLED", "perhaps")], "true or false"),
         ];
         for (extra, env, why) in cases {

@@ -266,10 +266,6 @@ where
         }
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     /// One sweep: decide, page when there are too many, send the work through `door` and
     /// wait for it (unless dry), log every decision with its evidence, record the sweep.
     /// `cancel` (a stop) cuts the wait short; the work already sent goes on in the workflow.
