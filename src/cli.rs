@@ -36,7 +36,7 @@ pub enum Command {
     Deregister {
         /// Only when the machine is going away: its target lifecycle state is Terminated, a
         /// Spot interruption is pending, or systemd is powering off or halting (not
-        /// rebooting). Otherwise exit 0 and leave the host registered. For ExecStop= lines.
+        /// rebooting). Otherwise exit 0 and leave the host registered. For ExecStop= and ExecStopPost= lines.
         #[arg(long)]
         if_going_away: bool,
     },
