@@ -200,12 +200,7 @@ async fn imds_token_refused_says_imds_may_be_disabled() {
         .lines()
         .filter(|l| !l.contains(" WARN ") && l.contains("did not answer"))
         .count();
-    assert_eq!(
-        said,
-        1,
-        "{}",
-        run.stderr
-    );
+    assert_eq!(said, 1, "{}", run.stderr);
     assert!(bed.rancher.bootstraps_seen().is_empty());
 }
 
