@@ -64,12 +64,8 @@ where
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
             let code = service.err().code();
-            // The service's own words; the SDK's full context would add the raw answer.
-            let detail = match (code, service.err().message()) {
-                (Some(code), Some(message)) => format!("{code}: {message}"),
-                (Some(code), None) => code.to_string(),
-                (None, _) => format!("HTTP {status}: {}", describe(&err)),
-            };
+            // The service's own words (`describe` never quotes the raw answer).
+            let detail = describe(&err);
             StoreError {
                 kind: kind_of(code, status),
                 detail: one_line(&detail, 300),
