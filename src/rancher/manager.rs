@@ -26,7 +26,7 @@ const HOST_POLL: Pace = Pace::new(Duration::from_millis(50), Duration::from_secs
 /// A registration token being created is active within a second or two.
 const TOKEN_POLL: Pace = Pace::new(Duration::from_millis(250), Duration::from_secs(2));
 /// Polls of an evacuation: each container takes seconds to stop and go.
-const EVACUATION_POLL: Pace = Pace::new(Duration::from_millis(250), Duration::from_secs(5));
+const EVACUATION_POLL: Pace = Pace::new(Duration::from_millis(250), Duration::from_secs(3));
 /// The longest wait between retries of a failed request.
 const RETRY_MAX: Duration = Duration::from_secs(3);
 
