@@ -430,7 +430,11 @@ impl Rancher1 {
                 ended(Ok(state))
             }
             Ok(None) => gone(),
-            Err(RetryError::OutOfTime { .. }) => {
+            // Out of time between looks, or in the middle of one (a request cut short at
+            // the deadline): the same unfinished evacuation.
+            Err(
+                RetryError::OutOfTime { .. } | RetryError::Failed(RetryError::OutOfTime { .. }),
+            ) => {
                 let (event_state, left) = watch
                     .lock()
                     .map(|w| (w.event_state.clone(), w.left.clone()))
