@@ -5,8 +5,11 @@ use aws_sdk_autoscaling::error::ProvideErrorMetadata;
 use aws_sdk_autoscaling::Client;
 
 use crate::aws::describe;
+use std::collections::HashMap;
+
 use crate::lifecycle::{
     ActionRef, CallFailure, GroupMembership, LifecycleActions, LifecycleHook, LifecycleResult,
+    WarmedInstance, DESCRIBE_INSTANCES_LIMIT,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +111,76 @@ impl LifecycleActions for AutoScaling {
                     lifecycle_state: i.lifecycle_state().map(str::to_string),
                 })
             }))
+    }
+
+    /// `DescribeAutoScalingInstances`, [`DESCRIBE_INSTANCES_LIMIT`] ids a call (the
+    /// service's limit), every page of each.
+    async fn memberships(
+        &self,
+        instance_ids: &[String],
+    ) -> Result<HashMap<String, GroupMembership>, AutoScalingError> {
+        let mut found = HashMap::new();
+        for chunk in instance_ids.chunks(DESCRIBE_INSTANCES_LIMIT) {
+            let mut next: Option<String> = None;
+            loop {
+                let out = self
+                    .client
+                    .describe_auto_scaling_instances()
+                    .set_instance_ids(Some(chunk.to_vec()))
+                    .set_next_token(next.take())
+                    .send()
+                    .await
+                    .map_err(|e| AutoScalingError::from_sdk("DescribeAutoScalingInstances", e))?;
+                for i in out.auto_scaling_instances() {
+                    let (Some(id), Some(group)) = (i.instance_id(), i.auto_scaling_group_name())
+                    else {
+                        continue;
+                    };
+                    // Only what was asked: an answer about another instance is no answer.
+                    if chunk.iter().any(|asked| asked == id) {
+                        found.insert(
+                            id.to_string(),
+                            GroupMembership {
+                                group: group.to_string(),
+                                lifecycle_state: i.lifecycle_state().map(str::to_string),
+                            },
+                        );
+                    }
+                }
+                match out.next_token().filter(|t| !t.is_empty()) {
+                    Some(token) => next = Some(token.to_string()),
+                    None => break,
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// `DescribeWarmPool` for a group, every page.
+    async fn warm_pool(&self, group: &str) -> Result<Vec<WarmedInstance>, AutoScalingError> {
+        let mut instances = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let out = self
+                .client
+                .describe_warm_pool()
+                .auto_scaling_group_name(group)
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(|e| AutoScalingError::from_sdk("DescribeWarmPool", e))?;
+            instances.extend(out.instances().iter().filter_map(|i| {
+                Some(WarmedInstance {
+                    instance_id: i.instance_id()?.to_string(),
+                    lifecycle_state: i.lifecycle_state().map(|s| s.as_str().to_string()),
+                })
+            }));
+            match out.next_token().filter(|t| !t.is_empty()) {
+                Some(token) => next = Some(token.to_string()),
+                None => break,
+            }
+        }
+        Ok(instances)
     }
 
     /// `CompleteLifecycleAction` with `result` (`CONTINUE` or `ABANDON`).

@@ -46,6 +46,22 @@ pub enum Command {
     Run,
     /// Check the config and every dependency it names; one line per check.
     Check,
+    /// One reaper sweep of the environment, now: take out the hosts whose instance died.
+    ///
+    /// A host is taken out when Rancher shows its agent disconnected and Auto Scaling no
+    /// longer knows its instance or shows it Terminating or Terminating:Wait (whose lifecycle
+    /// action is then completed with CONTINUE); the termination action of every warmed
+    /// instance of this group waiting in Warmed:Terminating:Wait with no host is completed
+    /// too. Prints one line per host and warmed instance considered: what was done, the
+    /// agent's state and Auto Scaling's answer. The same sweep drover run makes on its own
+    /// ([reaper]), for a cron job; it runs whatever reaper.enabled says. Exit 1 when a
+    /// take-out failed or the sweep was refused (Auto Scaling cannot see this instance, or
+    /// could not be asked).
+    Reap {
+        /// Decide and print what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[cfg(test)]

@@ -24,6 +24,47 @@ pub struct ClusterHost {
     pub hostname: Option<String>,
 }
 
+/// How the cluster sees the agent of a host: the reaper's evidence that a host is dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentContact {
+    /// Connected (or the backend says nothing against it).
+    Connected,
+    /// Missed pings: the agent may be back any moment (a restart, a short partition).
+    Reconnecting,
+    /// Gone for good as far as the backend can tell; it stays so until someone acts.
+    Disconnected,
+}
+
+impl AgentContact {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentContact::Connected => "connected",
+            AgentContact::Reconnecting => "reconnecting",
+            AgentContact::Disconnected => "disconnected",
+        }
+    }
+}
+
+impl fmt::Display for AgentContact {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A host of the environment as one listing shows it, with what drover's labels say of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvHost {
+    pub id: String,
+    /// The backend's own word for its state.
+    pub state: String,
+    /// The `aws.instance_id` label; `None` on a host drover did not register.
+    pub instance_id: Option<String>,
+    /// The `aws.autoscaling_group` label.
+    pub group: Option<String>,
+    pub agent: AgentContact,
+    pub hostname: Option<String>,
+}
+
 /// What the agent needs to join. The URL lets anyone add hosts: a secret.
 #[derive(Debug, Clone)]
 pub struct AgentRegistration {
@@ -137,6 +178,12 @@ pub trait Cluster: Send + Sync + 'static {
         instance_id: &str,
         deadline: Instant,
     ) -> impl Future<Output = Result<Vec<ClusterHost>, ClusterError>> + Send;
+
+    /// Every host still in the environment, in one listing: what a reaper sweep reads.
+    fn hosts(
+        &self,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Vec<EnvHost>, ClusterError>> + Send;
 
     /// One host by id; `None` when the backend no longer knows it. Cheaper than a listing:
     /// what a registration polls once it knows its host.

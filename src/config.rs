@@ -30,6 +30,8 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/drover/drover.toml";
 enum KeyKind {
     Str,
     Bool,
+    /// A whole number (`reaper.max_per_sweep`).
+    Int,
     /// A `key=value&key=value` list (the `CATTLE_HOST_LABELS` form) or a TOML inline table.
     Labels,
 }
@@ -59,6 +61,10 @@ const KEYS: &[(&str, &str, KeyKind)] = &[
     ("lifecycle", "on_sigterm", KeyKind::Str),
     ("lifecycle", "handle_peers", KeyKind::Bool),
     ("lifecycle", "launch_hook_name", KeyKind::Str),
+    ("reaper", "enabled", KeyKind::Bool),
+    ("reaper", "interval", KeyKind::Str),
+    ("reaper", "max_per_sweep", KeyKind::Int),
+    ("reaper", "dry_run", KeyKind::Bool),
     ("pager", "pagerduty_routing_key", KeyKind::Str),
     ("pager", "pagerduty_routing_key_file", KeyKind::Str),
     ("pager", "pagerduty_routing_key_ssm", KeyKind::Str),
@@ -69,7 +75,15 @@ const KEYS: &[(&str, &str, KeyKind)] = &[
     ("log", "level", KeyKind::Str),
 ];
 
-const SECTIONS: &[&str] = &["rancher", "agent", "lifecycle", "pager", "state", "log"];
+const SECTIONS: &[&str] = &[
+    "rancher",
+    "agent",
+    "lifecycle",
+    "reaper",
+    "pager",
+    "state",
+    "log",
+];
 
 /// A configuration problem: always names the key (or the file) and why.
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +195,7 @@ pub struct Config {
     pub rancher: crate::rancher::Settings,
     pub agent: AgentConfig,
     pub lifecycle: LifecycleConfig,
+    pub reaper: ReaperConfig,
     pub pager: crate::pager::Settings,
     pub state: StateConfig,
     pub log: crate::logging::Settings,
@@ -211,6 +226,19 @@ pub struct LifecycleConfig {
     pub launch_hook: LaunchHook,
 }
 
+/// `[reaper]`: taking out the hosts whose instances died without a clean stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaperConfig {
+    pub enabled: bool,
+    /// The environment as a whole is swept about once per interval.
+    pub interval: Duration,
+    pub max_per_sweep: usize,
+    pub dry_run: bool,
+}
+
+/// The most take-outs `reaper.max_per_sweep` allows: a bound on the work one sweep starts.
+const MAX_PER_SWEEP_LIMIT: u32 = 1000;
+
 #[derive(Debug, Clone)]
 pub struct StateConfig {
     pub dir: PathBuf,
@@ -228,6 +256,8 @@ struct RawConfig {
     agent: RawAgent,
     #[serde(default)]
     lifecycle: RawLifecycle,
+    #[serde(default)]
+    reaper: RawReaper,
     #[serde(default)]
     pager: RawPager,
     #[serde(default)]
@@ -276,6 +306,16 @@ struct RawLifecycle {
     on_sigterm: Option<String>,
     handle_peers: Option<bool>,
     launch_hook_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReaper {
+    enabled: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    interval: Option<Duration>,
+    max_per_sweep: Option<u32>,
+    dry_run: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -531,6 +571,10 @@ fn set_layer_value(
             "false" | "0" | "no" | "off" => toml::Value::Boolean(false),
             other => return Err(bad(format!("expected true or false, got {other:?}"))),
         },
+        KeyKind::Int => match value.trim().parse::<i64>() {
+            Ok(n) => toml::Value::Integer(n),
+            Err(_) => return Err(bad(format!("expected a whole number, got {value:?}"))),
+        },
         KeyKind::Labels => toml::Value::Table(parse_labels_value(value).map_err(bad)?),
     };
     let entry = table
@@ -704,6 +748,8 @@ fn validate(
         }
     };
 
+    let reaper = reaper_config(raw.reaper)?;
+
     let p = raw.pager;
     let pagerduty_routing_key = match secret_from(
         p.pagerduty_routing_key,
@@ -785,6 +831,7 @@ fn validate(
             handle_peers: l.handle_peers.unwrap_or(true),
             launch_hook: launch_hook(l.launch_hook_name),
         },
+        reaper,
         pager: crate::pager::Settings {
             pagerduty_routing_key,
             pagerduty_url,
@@ -794,6 +841,35 @@ fn validate(
         state: StateConfig { dir },
         log: crate::logging::Settings { format, level },
         warnings,
+    })
+}
+
+/// `[reaper]`, with its defaults: on, every 5 minutes, at most 10 take-outs a sweep.
+fn reaper_config(r: RawReaper) -> Result<ReaperConfig, ConfigError> {
+    let interval = nonzero(
+        r.interval.unwrap_or(Duration::from_secs(300)),
+        "reaper.interval",
+    )?;
+    let max_per_sweep = match r.max_per_sweep.unwrap_or(10) {
+        0 => {
+            return Err(key_error(
+                "reaper.max_per_sweep",
+                "must be at least 1 (turn the reaper off with reaper.enabled = false)",
+            ))
+        }
+        n if n > MAX_PER_SWEEP_LIMIT => {
+            return Err(key_error(
+                "reaper.max_per_sweep",
+                format!("must be at most {MAX_PER_SWEEP_LIMIT}"),
+            ))
+        }
+        n => n as usize,
+    };
+    Ok(ReaperConfig {
+        enabled: r.enabled.unwrap_or(true),
+        interval,
+        max_per_sweep,
+        dry_run: r.dry_run.unwrap_or(false),
     })
 }
 
@@ -1037,6 +1113,80 @@ secret_key = "s3cr3t-value"
     }
 
     #[test]
+    fn the_reaper_is_on_every_five_minutes_ten_a_sweep_unless_told() {
+        let c = load(MINIMAL, &[], &[]).expect("valid");
+        assert_eq!(
+            c.reaper,
+            ReaperConfig {
+                enabled: true,
+                interval: Duration::from_secs(300),
+                max_per_sweep: 10,
+                dry_run: false,
+            }
+        );
+        let c = load(
+            &format!(
+                "{MINIMAL}\n[reaper]\nenabled = false\ninterval = \"2m\"\nmax_per_sweep = 3\n"
+            ),
+            &[
+                ("DROVER_REAPER_MAX_PER_SWEEP", "25"),
+                ("DROVER_REAPER_DRY_RUN", "yes"),
+            ],
+            &["reaper.interval=90s"],
+        )
+        .expect("valid");
+        assert_eq!(
+            c.reaper,
+            ReaperConfig {
+                enabled: false,
+                interval: Duration::from_secs(90),
+                max_per_sweep: 25,
+                dry_run: true,
+            }
+        );
+    }
+
+    #[test]
+    fn bad_reaper_settings_are_named() {
+        // (a line of the file, the environment, what the error says)
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: [Case; 7] = [
+            ("[reaper]\nmax_per_sweep = 0", &[], "at least 1"),
+            ("[reaper]\nmax_per_sweep = -2", &[], "reaper.max_per_sweep"),
+            ("[reaper]\nmax_per_sweep = 5000", &[], "at most 1000"),
+            (
+                "[reaper]\nmax_per_sweep = \"ten\"",
+                &[],
+                "reaper.max_per_sweep",
+            ),
+            (
+                "",
+                &[("DROVER_REAPER_MAX_PER_SWEEP", "ten")],
+                "whole number",
+            ),
+            ("[reaper]\ninterval = \"0s\"", &[], "longer than zero"),
+            ("", &[("DROVER_REAPER_ENABLED", "perhaps")], "true or false"),
+        ];
+        for (extra, env, why) in cases {
+            let e = err(&format!("{MINIMAL}\n{extra}\n"), env);
+            assert!(
+                e.contains("reaper.") && e.contains(why),
+                "{extra} {env:?}: {e}"
+            );
+        }
+        let e = err(MINIMAL, &[("DROVER_REAPER_INTERVAL", "often")]);
+        assert!(
+            e.contains("reaper.interval") && e.contains("DROVER_REAPER_INTERVAL"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}\n[reaper]\nintervall = \"1m\"\n"), &[]);
+        assert!(
+            e.ends_with("config key reaper.intervall: unknown key"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn labels_from_env_as_inline_table() {
         let c = load(
             MINIMAL,
@@ -1127,6 +1277,7 @@ secret_key = "s3cr3t-value"
             ("lifecycle.drain_timeout", "DROVER_LIFECYCLE_DRAIN_TIMEOUT"),
             ("lifecycle.imds_poll", "DROVER_LIFECYCLE_IMDS_POLL"),
             ("rancher.request_timeout", "DROVER_RANCHER_REQUEST_TIMEOUT"),
+            ("reaper.interval", "DROVER_REAPER_INTERVAL"),
         ] {
             for huge in ["300000000000y", "8days"] {
                 let e = err(MINIMAL, &[(var, huge)]);

@@ -8,7 +8,8 @@
 //! source waits for (an SQS message is deleted only once its hook is completed).
 //!
 //! - [`sources`]: the producers. Startup (resume, terminating or Spot at start), IMDS
-//!   polling, the SQS queue, signals (which also decide what a stop means). Each sends
+//!   polling, the SQS queue, signals (which also decide what a stop means), the reaper
+//!   (sweeps for hosts whose instance died without a clean stop). Each sends
 //!   [`work::Work`] through the one door, an mpsc channel.
 //! - [`workflow`]: the one consumer. It runs the launch (the registration between looking
 //!   up the launching action and answering it; a termination of this instance cuts it

@@ -2,6 +2,7 @@
 //! small trait through which the workflow reads a group and answers an action. No I/O: the
 //! Auto Scaling client implements the trait, the workflow's tests fake it.
 
+use std::collections::HashMap;
 use std::future::Future;
 
 /// The transition of a termination lifecycle hook.
@@ -103,6 +104,20 @@ impl GroupMembership {
     }
 }
 
+/// The state in which a warmed instance's termination hook holds it: terminated from the
+/// pool, stopped or not, with nothing running that could answer.
+pub const WARMED_TERMINATING_WAIT: &str = "Warmed:Terminating:Wait";
+
+/// An instance in a group's warm pool, as `DescribeWarmPool` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmedInstance {
+    pub instance_id: String,
+    pub lifecycle_state: Option<String>,
+}
+
+/// How many instance ids one `DescribeAutoScalingInstances` call takes.
+pub const DESCRIBE_INSTANCES_LIMIT: usize = 50;
+
 /// A lifecycle hook of a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LifecycleHook {
@@ -138,6 +153,21 @@ pub trait LifecycleActions: Send + Sync + 'static {
         &self,
         instance_id: &str,
     ) -> impl Future<Output = Result<Option<GroupMembership>, Self::Error>> + Send;
+
+    /// The group and state of each of `instance_ids` that some group lists; an instance
+    /// left out is in no group (never was, or its termination is over). Batched by
+    /// [`DESCRIBE_INSTANCES_LIMIT`]; any failed call fails the whole answer, since a part of
+    /// one would read as "gone" for the rest.
+    fn memberships(
+        &self,
+        instance_ids: &[String],
+    ) -> impl Future<Output = Result<HashMap<String, GroupMembership>, Self::Error>> + Send;
+
+    /// The instances in `group`'s warm pool (none when it has no pool).
+    fn warm_pool(
+        &self,
+        group: &str,
+    ) -> impl Future<Output = Result<Vec<WarmedInstance>, Self::Error>> + Send;
 
     /// The group's lifecycle hooks.
     fn hooks(

@@ -117,6 +117,11 @@ pub enum IncidentKind {
     TakeOut,
     /// Registering the instance with Rancher failed.
     Boot,
+    /// A reaper sweep found more dead hosts than it may take out at once: a mass death
+    /// (an Availability Zone lost, a bad image) wants a person's eyes. About an environment,
+    /// not an instance: [`Incident::instance_id`] holds the Rancher environment (project)
+    /// id, so that the sweeps of every drover there fold into one incident.
+    Reap,
 }
 
 /// What happened, for a human woken at night.
@@ -498,6 +503,7 @@ pub fn dedup_key(kind: IncidentKind, instance_id: &str) -> String {
     let key = match kind {
         IncidentKind::TakeOut => format!("drover-{instance_id}"),
         IncidentKind::Boot => format!("drover-boot-{instance_id}"),
+        IncidentKind::Reap => format!("drover-reap-{instance_id}"),
     };
     cut_bytes(&key, MAX_DEDUP_KEY, "")
 }
@@ -534,6 +540,10 @@ fn summary(incident: &Incident) -> String {
         IncidentKind::Boot => format!(
             "drover: registering instance {host}{aside} with Rancher failed at {}: {}",
             incident.failed_step, incident.error
+        ),
+        IncidentKind::Reap => format!(
+            "drover: in Rancher environment {}, {}",
+            incident.instance_id, incident.error
         ),
     };
     cut_bytes(&one_line(&text, usize::MAX), MAX_SUMMARY, "…")
@@ -969,6 +979,21 @@ mod tests {
         assert!(key.len() <= MAX_DEDUP_KEY && key.starts_with("drover-ü"));
         assert_eq!(dedup_key(IncidentKind::TakeOut, "i-1"), "drover-i-1");
         assert_eq!(dedup_key(IncidentKind::Boot, "i-1"), "drover-boot-i-1");
+        assert_eq!(dedup_key(IncidentKind::Reap, "1a5"), "drover-reap-1a5");
+    }
+
+    #[test]
+    fn a_reap_page_is_about_the_environment() {
+        let mut mass = incident();
+        mass.kind = IncidentKind::Reap;
+        mass.instance_id = "1a5".into();
+        mass.host_id = None;
+        mass.hostname = None;
+        mass.error = "12 hosts lost their instances".into();
+        assert_eq!(
+            summary(&mass),
+            "drover: in Rancher environment 1a5, 12 hosts lost their instances"
+        );
     }
 
     #[tokio::test]

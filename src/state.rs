@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 pub const REGISTRATION_FILE: &str = "registration.json";
 /// A failed registration that was paged, until a registration succeeds.
 pub const BOOT_FAILURE_FILE: &str = "boot-failure.json";
+/// The last reaper sweep this drover made (`drover status` shows it).
+pub const REAPER_SWEEP_FILE: &str = "reaper-sweep.json";
 
 #[derive(Debug, thiserror::Error)]
 #[error("state dir {path}: {detail}")]
@@ -147,6 +149,53 @@ pub struct BootFailure {
     pub paged: bool,
 }
 
+/// The last reaper sweep: when, what it saw, what it decided and did. The field names are
+/// the file's format, read by `drover status` and by the next `drover run` (whose first
+/// sweep waits by `labelled_hosts`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SweepRecord {
+    /// The instance that swept.
+    pub instance_id: String,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub finished_at: String,
+    /// Nothing was changed, only decided (`reaper.dry_run`, `drover reap --dry-run`).
+    pub dry_run: bool,
+    /// Why the sweep touched nothing (Auto Scaling cannot see this instance, or could not be
+    /// asked; the host listing failed).
+    pub refused: Option<String>,
+    /// Hosts in the environment's listing, and those of them labelled with an instance.
+    pub hosts_listed: usize,
+    pub labelled_hosts: usize,
+    /// Every host whose agent was not plainly connected, with the evidence and the decision.
+    pub considered: Vec<HostVerdictRecord>,
+    /// Instances whose hosts were taken out.
+    pub reaped: Vec<String>,
+    /// Instances whose take-out failed or whose lifecycle action could not be completed.
+    pub failed: Vec<String>,
+    /// Candidates past `reaper.max_per_sweep`, left for later sweeps.
+    pub deferred: Vec<String>,
+    /// Warmed instances whose termination action was completed (or, dry, would be).
+    pub warm_pool_completed: Vec<String>,
+    /// Why the warm pool was not looked at, when it could not be.
+    pub warm_pool_error: Option<String>,
+    /// More candidates than `max_per_sweep`: someone was paged.
+    pub paged: bool,
+}
+
+/// One host a sweep considered.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostVerdictRecord {
+    pub host_id: String,
+    pub instance_id: Option<String>,
+    /// `connected`, `reconnecting` or `disconnected`, as Rancher reported it.
+    pub agent: String,
+    /// What Auto Scaling said of the instance, when it was asked.
+    pub autoscaling: Option<String>,
+    /// What the sweep did: `reaped`, `would reap`, `failed`, `deferred`, `left: <why>`.
+    pub decision: String,
+}
+
 impl TakeOutRecord {
     /// Both halves done: nothing left to do for this instance.
     pub fn finished(&self) -> bool {
@@ -218,6 +267,20 @@ impl Records {
     pub fn clear_boot_failure(&self) {
         if let Err(e) = self.dir.remove(BOOT_FAILURE_FILE) {
             tracing::error!("cannot remove the boot failure record: {e}");
+        }
+    }
+
+    /// The last sweep this drover recorded, if any.
+    pub fn last_sweep(&self) -> Option<SweepRecord> {
+        self.dir.read_json(REAPER_SWEEP_FILE).unwrap_or_else(|e| {
+            tracing::warn!("{e}; treating it as none");
+            None
+        })
+    }
+
+    pub fn save_sweep(&self, sweep: &SweepRecord) {
+        if let Err(e) = self.dir.write_json(REAPER_SWEEP_FILE, sweep) {
+            tracing::error!("cannot record the reaper sweep: {e}");
         }
     }
 
@@ -325,6 +388,30 @@ mod tests {
         records.clear("i-1");
         assert_eq!(records.read("i-1"), None);
         records.clear("i-1");
+    }
+
+    #[test]
+    fn the_last_sweep_reads_back_and_a_corrupt_one_is_none() {
+        let dir = tempfile::tempdir().expect("dir");
+        let records = Records::new(StateDir::new(dir.path()));
+        assert_eq!(records.last_sweep(), None);
+        let sweep = SweepRecord {
+            instance_id: "i-1".into(),
+            labelled_hosts: 7,
+            reaped: vec!["i-2".into()],
+            considered: vec![HostVerdictRecord {
+                host_id: "1h2".into(),
+                instance_id: Some("i-2".into()),
+                agent: "disconnected".into(),
+                autoscaling: Some("not known".into()),
+                decision: "reaped".into(),
+            }],
+            ..SweepRecord::default()
+        };
+        records.save_sweep(&sweep);
+        assert_eq!(records.last_sweep(), Some(sweep));
+        std::fs::write(dir.path().join(REAPER_SWEEP_FILE), "{").expect("write");
+        assert_eq!(records.last_sweep(), None);
     }
 
     #[test]

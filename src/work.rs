@@ -27,6 +27,9 @@ pub enum Source {
     /// Scale-in with instance reuse: the instance leaves service for the warm pool, where
     /// it is stopped; its launching hook holds it in `Warmed:Pending:Wait`.
     WarmPool,
+    /// A reaper sweep: a host whose instance died without a clean stop, or a warmed
+    /// instance terminated from the pool that no one else can answer for.
+    Reaper,
 }
 
 impl fmt::Display for Source {
@@ -39,6 +42,7 @@ impl fmt::Display for Source {
             Source::Command => "deregister",
             Source::Resume => "resume",
             Source::WarmPool => "warm-pool-return",
+            Source::Reaper => "reaper",
         })
     }
 }
@@ -84,6 +88,10 @@ pub struct Termination {
     /// Skip evacuation and go straight to taking the host out (a Spot interruption leaves
     /// about two minutes).
     pub urgent: bool,
+    /// The instance's hosts as the source found them in its own listing (a reaper sweep),
+    /// so that the workflow need not list the environment again; `Some(empty)`: it has none
+    /// here. `None`: the source did not look.
+    pub hosts: Option<Vec<String>>,
 }
 
 impl Termination {
@@ -97,6 +105,7 @@ impl Termination {
             source,
             deadline: None,
             urgent: false,
+            hosts: None,
         }
     }
 }

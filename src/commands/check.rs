@@ -135,6 +135,7 @@ pub async fn check(config: &Config) -> Result<(), CommandError> {
         None => line(Mark::Fail, "autoscaling", "needs the instance id from IMDS"),
         Some(id) => check_autoscaling(config, &sdk, id).await,
     });
+    marks.push(check_reaper(config, &sdk, identity.as_ref()).await);
 
     let pager = &config.pager;
     marks.push(match &pager.pagerduty_routing_key {
@@ -223,6 +224,63 @@ async fn check_rancher(config: &Config, key: SecretString) -> Mark {
         ),
         Some(Err(e)) => line(Mark::Fail, "rancher", e),
         None => line(Mark::Fail, "rancher", "no answer within 15s"),
+    }
+}
+
+/// The reaper's settings, and the warm-pool call its sweeps make on this instance's group.
+async fn check_reaper(
+    config: &Config,
+    sdk: &aws_config::SdkConfig,
+    identity: Option<&InstanceIdentity>,
+) -> Mark {
+    let r = &config.reaper;
+    let settings = format!(
+        "sweeps the environment about every {} across the fleet, at most {} take-out(s) a sweep{}",
+        humantime::format_duration(r.interval),
+        r.max_per_sweep,
+        if r.dry_run { ", dry run" } else { "" }
+    );
+    if !r.enabled {
+        return line(
+            Mark::Skip,
+            "reaper",
+            "reaper.enabled is false: drover run does not sweep (drover reap still does)",
+        );
+    }
+    let Some(id) = identity else {
+        return line(Mark::Fail, "reaper", "needs the instance id from IMDS");
+    };
+    let asg = AutoScaling::new(sdk);
+    let group = match bounded(asg.membership(&id.instance_id)).await {
+        Some(Ok(Some(m))) => m.group,
+        Some(Ok(None)) => {
+            return line(
+                Mark::Fail,
+                "reaper",
+                format!(
+                    "Auto Scaling does not know {}: every sweep would be refused",
+                    id.instance_id
+                ),
+            )
+        }
+        Some(Err(e)) => return line(Mark::Fail, "reaper", e),
+        None => return line(Mark::Fail, "reaper", "no answer within 15s"),
+    };
+    match bounded(asg.warm_pool(&group)).await {
+        Some(Ok(pool)) => line(
+            Mark::Ok,
+            "reaper",
+            format!(
+                "{settings}; DescribeWarmPool allowed ({} warmed instance(s) in group {group})",
+                pool.len()
+            ),
+        ),
+        Some(Err(e)) => line(
+            Mark::Fail,
+            "reaper",
+            format!("{e} (the instance role needs autoscaling:DescribeWarmPool)"),
+        ),
+        None => line(Mark::Fail, "reaper", "no answer within 15s"),
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::connect_rancher;
 use crate::cluster::{
-    AgentRegistration, Cluster, ClusterError, ClusterHost, Step, StepDone, StepFailed,
+    AgentRegistration, Cluster, ClusterError, ClusterHost, EnvHost, Step, StepDone, StepFailed,
 };
 use crate::config::Config;
 use crate::rancher::Rancher1;
@@ -70,6 +70,10 @@ impl Cluster for LazyRancher {
             .await?
             .find_hosts(instance_id, deadline)
             .await
+    }
+
+    async fn hosts(&self, deadline: Instant) -> Result<Vec<EnvHost>, ClusterError> {
+        self.connect(deadline).await?.hosts(deadline).await
     }
 
     async fn host(

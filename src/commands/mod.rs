@@ -1,10 +1,12 @@
-//! The subcommands, each in a module of its own: `register`, `deregister`, `run`, `check`.
+//! The subcommands, each in a module of its own: `register`, `deregister`, `run`, `check`,
+//! `reap`.
 //! Each builds the clients it needs from the config, wires them to a workflow, and maps
 //! the result to an exit code; this module holds the entry point and the shared wiring.
 
 mod check;
 mod cluster;
 mod deregister;
+mod reap;
 mod register;
 mod run;
 
@@ -48,6 +50,8 @@ pub enum CommandError {
     ChecksFailed(usize),
     #[error("deregistering: {0}")]
     Deregister(String),
+    #[error("reaping: {0}")]
+    Reap(String),
     #[error("{0}")]
     Setup(String),
 }
@@ -99,6 +103,7 @@ pub fn main() -> ExitCode {
             }
             Command::Run => run::run(config.clone()).await,
             Command::Check => check::check(&config).await,
+            Command::Reap { dry_run } => reap::reap(config.clone(), dry_run).await,
         }
     });
     match result {
@@ -198,6 +203,35 @@ async fn resolve_group(identity: &InstanceIdentity) -> Option<String> {
 
 /// The workflow over the real clients.
 type RealWorkflow = Workflow<cluster::LazyRancher, AutoScaling, DockerAgent, Pager>;
+
+/// The reaper over the real clients, sharing the workflow's Rancher connection.
+type RealReaper = crate::sources::reaper::Reaper<cluster::LazyRancher, AutoScaling, Pager>;
+
+/// Builds the reaper of `run` and `reap`; `dry_run` on top of `reaper.dry_run`.
+fn build_reaper(
+    config: &Config,
+    identity: &InstanceIdentity,
+    cluster: cluster::LazyRancher,
+    asg: AutoScaling,
+    dry_run: bool,
+) -> Result<RealReaper, CommandError> {
+    let pager = Pager::new(&config.pager).map_err(|e| CommandError::Setup(e.to_string()))?;
+    let r = &config.reaper;
+    let settings = crate::sources::reaper::Settings {
+        own_instance: identity.instance_id.clone(),
+        environment: config.rancher.project_id.clone(),
+        interval: r.interval,
+        max_per_sweep: r.max_per_sweep,
+        dry_run: dry_run || r.dry_run,
+    };
+    Ok(crate::sources::reaper::Reaper::new(
+        settings,
+        cluster,
+        asg,
+        pager,
+        Records::new(StateDir::new(&config.state.dir)),
+    ))
+}
 
 /// Builds the workflow shared by `register`, `run` and `deregister`.
 fn build_workflow(

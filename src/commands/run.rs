@@ -2,8 +2,9 @@
 //! termination source (IMDS, queue, signals), all sending into the one door, so that a
 //! termination is noticed from the first second; then the startup source (resume,
 //! terminating or Spot at start) or the launch: the registration, run by the workflow,
-//! which a termination of this instance cuts short. The signal source decides what a stop
-//! means and winds the daemon down.
+//! which a termination of this instance cuts short. Once the instance is in service, the
+//! reaper sweeps (when `reaper.enabled`), into the same door. The signal source decides what
+//! a stop means and winds the daemon down.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,13 +16,13 @@ use tokio_util::task::TaskTracker;
 
 use super::cluster::LazyRancher;
 use super::register::{join, warm_pool_state};
-use super::{build_workflow, CommandError};
+use super::{build_reaper, build_workflow, CommandError};
 use crate::autoscaling::AutoScaling;
 use crate::config::Config;
 use crate::imds::{Imds, InstanceIdentity};
 use crate::lifecycle::is_warm_pool_state;
 use crate::sources::signal::{self, StopSignals};
-use crate::sources::{imds_poll, queue, startup};
+use crate::sources::{imds_poll, queue, reaper, startup};
 use crate::sqs::Sqs;
 use crate::state::{Records, StateDir};
 use crate::work::{LaunchOutcome, Work};
@@ -107,6 +108,7 @@ pub async fn run(config: Arc<Config>) -> Result<(), CommandError> {
     ));
 
     let records = Records::new(StateDir::new(&config.state.dir));
+    let mut in_service = false;
     let started = match startup::at_start(&records, &identity, &imds).await {
         Some(termination) => {
             let _ = door
@@ -117,7 +119,10 @@ pub async fn run(config: Arc<Config>) -> Result<(), CommandError> {
                 .await;
             Ok(())
         }
-        None => launch(&config, &identity, &imds, cluster, &door, &intake).await,
+        None => {
+            in_service = true;
+            launch(&config, &identity, &imds, cluster.clone(), &door, &intake).await
+        }
     };
     if let Err(e) = started {
         // Registration failed (paged, answered): nothing to watch for; systemd restarts.
@@ -127,6 +132,16 @@ pub async fn run(config: Arc<Config>) -> Result<(), CommandError> {
         let _ = tokio::time::timeout(HAND_BACK_WAIT, tracker.wait()).await;
         signals.abort();
         return Err(e);
+    }
+    // Out of the warm pool (or never in one), and not on its way out: the reaper sweeps
+    // from here on, its first sweep an interval or more from now.
+    if in_service && config.reaper.enabled && !intake.is_cancelled() {
+        match build_reaper(&config, &identity, cluster, AutoScaling::new(&sdk), false) {
+            Ok(sweeper) => {
+                tracker.spawn(reaper::watch(sweeper, door.clone(), intake.clone()));
+            }
+            Err(e) => tracing::error!("the reaper cannot start: {e}"),
+        }
     }
     crate::systemd::ready();
     // Start-up is over: what it freed need not stay resident while the host idles.

@@ -15,7 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use url::Url;
 
-use crate::labels::INSTANCE_ID_LABEL;
+use crate::cluster::AgentContact;
+use crate::labels::{GROUP_LABEL, INSTANCE_ID_LABEL};
 use crate::secret::{Secret, SecretReader};
 use crate::text::{error_chain, one_line, redact_string_values};
 
@@ -259,6 +260,30 @@ impl Host {
 
     pub fn instance_id(&self) -> Option<&str> {
         self.labels.get(INSTANCE_ID_LABEL).map(String::as_str)
+    }
+
+    /// The `aws.autoscaling_group` label.
+    pub fn group(&self) -> Option<&str> {
+        self.labels.get(GROUP_LABEL).map(String::as_str)
+    }
+
+    /// The agent's contact as `api` reports it. v1 keeps `state` as it is (`active`) and
+    /// says it in `agentState`; v2-beta puts `agentState` in place of `state` for an active
+    /// host, and still carries `agentState` (an `inactive` host keeps its own `state`).
+    /// Either way only the server's two words count: anything else is connected.
+    pub fn agent_contact(&self, api: ResolvedApi) -> AgentContact {
+        let said = match api {
+            ResolvedApi::V1 => self.agent_state.as_deref(),
+            ResolvedApi::V2Beta => match self.state.as_str() {
+                s @ ("reconnecting" | "disconnected") => Some(s),
+                _ => self.agent_state.as_deref(),
+            },
+        };
+        match said {
+            Some("disconnected") => AgentContact::Disconnected,
+            Some("reconnecting") => AgentContact::Reconnecting,
+            _ => AgentContact::Connected,
+        }
     }
 
     pub fn offers(&self, action: &str) -> bool {
@@ -893,6 +918,70 @@ mod tests {
         let h =
             host(serde_json::json!({"id":"1h1","state":"inactive","agentState":"disconnected"}));
         assert_eq!(h.effective_state(), "inactive");
+    }
+
+    #[test]
+    fn the_agent_is_read_as_each_api_version_reports_it() {
+        use serde_json::json;
+        use AgentContact::*;
+        let cases = [
+            // v1: state stays active, agentState says it.
+            (
+                ResolvedApi::V1,
+                json!({"id":"1h1","state":"active","agentState":"disconnected"}),
+                Disconnected,
+            ),
+            (
+                ResolvedApi::V1,
+                json!({"id":"1h1","state":"active","agentState":"reconnecting"}),
+                Reconnecting,
+            ),
+            (
+                ResolvedApi::V1,
+                json!({"id":"1h1","state":"active","agentState":null}),
+                Connected,
+            ),
+            (
+                ResolvedApi::V1,
+                json!({"id":"1h1","state":"inactive","agentState":"disconnected"}),
+                Disconnected,
+            ),
+            // v2-beta: folded into state for an active host.
+            (
+                ResolvedApi::V2Beta,
+                json!({"id":"1h1","state":"disconnected","agentState":"disconnected"}),
+                Disconnected,
+            ),
+            (
+                ResolvedApi::V2Beta,
+                json!({"id":"1h1","state":"disconnected"}),
+                Disconnected,
+            ),
+            (
+                ResolvedApi::V2Beta,
+                json!({"id":"1h1","state":"reconnecting","agentState":"reconnecting"}),
+                Reconnecting,
+            ),
+            (
+                ResolvedApi::V2Beta,
+                json!({"id":"1h1","state":"inactive","agentState":"disconnected"}),
+                Disconnected,
+            ),
+            (
+                ResolvedApi::V2Beta,
+                json!({"id":"1h1","state":"active","agentState":"active"}),
+                Connected,
+            ),
+            (
+                ResolvedApi::V2Beta,
+                json!({"id":"1h1","state":"active"}),
+                Connected,
+            ),
+        ];
+        for (api, json, want) in cases {
+            let shown = json.to_string();
+            assert_eq!(host(json).agent_contact(api), want, "{api:?} {shown}");
+        }
     }
 
     #[test]

@@ -15,8 +15,8 @@ use super::client::{
     Host, HostEvent, Instance, RancherClient, RancherError, RegistrationToken, ResolvedApi,
 };
 use crate::cluster::{
-    AgentRegistration, Cluster, ClusterError, ClusterHost, Happened, Step, StepDone, StepEvent,
-    StepFailed, GONE,
+    AgentRegistration, Cluster, ClusterError, ClusterHost, EnvHost, Happened, Step, StepDone,
+    StepEvent, StepFailed, GONE,
 };
 use crate::retry::{self, poll_until, Check, Pace, RetryError};
 
@@ -541,6 +541,29 @@ impl Cluster for Rancher1 {
         )
         .await?;
         Ok(hosts.into_iter().map(to_cluster_host).collect())
+    }
+
+    async fn hosts(&self, deadline: Instant) -> Result<Vec<EnvHost>, ClusterError> {
+        let hosts = retry::until(
+            "listing hosts",
+            deadline,
+            Duration::from_secs(5),
+            RancherError::is_transient,
+            || self.client.hosts(),
+        )
+        .await?;
+        let api = self.client.api();
+        Ok(hosts
+            .into_iter()
+            .map(|h| EnvHost {
+                agent: h.agent_contact(api),
+                state: h.effective_state().to_string(),
+                instance_id: h.instance_id().map(str::to_string),
+                group: h.group().map(str::to_string),
+                id: h.id,
+                hostname: h.hostname,
+            })
+            .collect())
     }
 
     async fn host(

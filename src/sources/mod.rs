@@ -7,9 +7,12 @@
 //! - [`imds_poll`]: the target lifecycle state turning `Terminated`, a Spot notice.
 //! - [`queue`]: lifecycle-hook messages in SQS; settles each message by the outcome.
 //! - [`signal`]: SIGTERM and SIGINT, and the decision what a stop means for the host.
+//! - [`reaper`]: sweeps of the environment for hosts whose instance died without a clean
+//!   stop, and warmed instances terminated from the pool with no one to answer for them.
 
 pub mod imds_poll;
 #[cfg(feature = "aws")]
 pub mod queue;
+pub mod reaper;
 pub mod signal;
 pub mod startup;

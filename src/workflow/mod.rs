@@ -37,7 +37,7 @@ use crate::state::Records;
 use crate::work::{LaunchOutcome, Outcome, Termination, Work};
 
 pub use page::PAGE_BUDGET;
-pub use terminate::COMPLETE_BUDGET;
+pub use terminate::{reapable_state, COMPLETE_BUDGET};
 
 /// How many pieces of work may wait for the consumer before a source waits to send.
 const QUEUE: usize = 64;

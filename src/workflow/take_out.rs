@@ -177,7 +177,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::cluster::{AgentRegistration, ClusterError, ClusterHost, StepFailed};
+    use crate::cluster::{AgentRegistration, ClusterError, ClusterHost, EnvHost, StepFailed};
 
     /// A cluster whose evacuation takes `evacuation` (its containers going) and whose
     /// other steps are instant; it notes the steps taken, in order.
@@ -202,6 +202,10 @@ mod tests {
     impl Cluster for Evacuating {
         fn describe(&self) -> String {
             "a cluster evacuating slowly".into()
+        }
+
+        async fn hosts(&self, _deadline: Instant) -> Result<Vec<EnvHost>, ClusterError> {
+            Ok(Vec::new())
         }
 
         async fn find_hosts(

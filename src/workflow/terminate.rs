@@ -13,7 +13,9 @@ use super::record::Timeline;
 use super::take_out::{self, Ending, Plan};
 use super::Workflow;
 use crate::cluster::{Cluster, LocalAgent};
-use crate::lifecycle::{LifecycleActions, LifecycleResult, Transition};
+use crate::lifecycle::{
+    GroupMembership, LifecycleActions, LifecycleResult, Transition, WARMED_TERMINATING_WAIT,
+};
 use crate::pager::Paging;
 use crate::state::{now_rfc3339, TakeOutRecord};
 use crate::work::{Outcome, Source, Termination};
@@ -28,6 +30,13 @@ const MIN_TAKE_OUT: Duration = Duration::from_secs(10);
 
 /// Why a termination was not acted on, with the outcome for its source.
 struct Refusal(Outcome);
+
+/// The Auto Scaling states in which a disconnected host is the ghost of its instance: the
+/// instance is on its way out. `Terminating:Proceed` is not among them: someone answered
+/// its action, so a drover is (or was) at work on it; the next sweep finds it gone.
+pub fn reapable_state(state: Option<&str>) -> bool {
+    matches!(state, Some("Terminating" | "Terminating:Wait"))
+}
 
 impl<C, L, A, P> Workflow<C, L, A, P>
 where
@@ -48,9 +57,15 @@ where
 
     async fn terminate_in(&self, t: Termination, span: tracing::Span) -> Outcome {
         let own = t.instance_id == self.settings.own_instance;
+        let reaping = t.source == Source::Reaper;
+        if reaping && own {
+            // The sweep never sends it: this instance answers for itself.
+            tracing::warn!("a reaper never takes out its own instance's host");
+            return Outcome::NotHere;
+        }
         let mut previous = self.records.read(&t.instance_id);
         if let Some(prev) = previous.as_ref().filter(|r| r.finished()) {
-            if self.has_new_host(prev).await {
+            if self.has_new_host(prev, t.hosts.as_deref()).await {
                 tracing::info!(source = %t.source, "the instance was taken out before, but has a new host since: taking it out");
                 previous = None;
             } else {
@@ -61,7 +76,8 @@ where
                 return Outcome::Done;
             }
         }
-        if !own && !self.settings.handle_peers {
+        // The reaper has a switch of its own (`reaper.enabled`).
+        if !own && !reaping && !self.settings.handle_peers {
             tracing::info!(source = %t.source, "termination of another instance; lifecycle.handle_peers is off");
             return Outcome::NotHere;
         }
@@ -91,7 +107,30 @@ where
         if let Some(id) = &host_id {
             span.record("host_id", id.as_str());
         }
-        if t.source == Source::Sqs && !record.taken_out {
+        // What Auto Scaling confirmed about the instance, when the decision needed it.
+        let mut confirmed: Option<Option<GroupMembership>> = None;
+        if !own && hosts.is_empty() && !record.taken_out {
+            // No host of this environment: only a warmed instance of this drover's own
+            // group, terminated from the pool, is answered here (no one else can).
+            match self.warmed_termination(&t).await {
+                Ok(m) => {
+                    timeline.push(format!(
+                        "{} waits in group {}'s warm pool as {WARMED_TERMINATING_WAIT} and has no host here",
+                        t.instance_id, m.group
+                    ));
+                    confirmed = Some(Some(m));
+                }
+                Err(why) => {
+                    tracing::info!(source = %t.source, "no host of this environment belongs to that instance ({why}); handing it back");
+                    return Outcome::NotHere;
+                }
+            }
+        } else if reaping && !record.taken_out {
+            match self.confirm_reap(&t).await {
+                Ok(m) => confirmed = Some(m),
+                Err(Refusal(outcome)) => return outcome,
+            }
+        } else if t.source == Source::Sqs && !record.taken_out {
             if let Some(refusal) = hook::unconfirmed_termination(
                 &self.lifecycle,
                 &t.instance_id,
@@ -113,7 +152,9 @@ where
             if own { "" } else { " (a peer)" }
         ));
 
-        let lookup = self.lifecycle_action(&t, &record, &mut timeline).await;
+        let lookup = self
+            .lifecycle_action(&t, &record, &mut timeline, confirmed.as_ref())
+            .await;
         if let HookLookup::Found(target) = &lookup {
             record.group = Some(target.group.clone());
             record.hook = Some(target.hook.clone());
@@ -133,16 +174,90 @@ where
         }
     }
 
+    /// A reaper's claim, checked with Auto Scaling itself just before acting: the instance
+    /// is no longer known to it (its termination is over) or shows `Terminating` /
+    /// `Terminating:Wait`. The membership, for the lifecycle action; a refusal otherwise,
+    /// and when Auto Scaling cannot be asked (never read as "gone").
+    async fn confirm_reap(&self, t: &Termination) -> Result<Option<GroupMembership>, Refusal> {
+        let deadline = Instant::now() + FIND_BUDGET;
+        match hook::membership(&self.lifecycle, &t.instance_id, deadline).await {
+            Ok(None) => {
+                tracing::info!("Auto Scaling no longer knows the instance: reaping its host");
+                Ok(None)
+            }
+            Ok(Some(m)) if reapable_state(m.lifecycle_state.as_deref()) => {
+                tracing::info!(
+                    group = %m.group,
+                    state = m.lifecycle_state.as_deref().unwrap_or("?"),
+                    "Auto Scaling shows the instance terminating: reaping its host"
+                );
+                Ok(Some(m))
+            }
+            Ok(Some(m)) => {
+                tracing::warn!(
+                    group = %m.group,
+                    state = m.lifecycle_state.as_deref().unwrap_or("?"),
+                    "Auto Scaling shows the instance alive: not reaping its host"
+                );
+                Err(Refusal(Outcome::NotHere))
+            }
+            Err(e) => {
+                tracing::warn!("cannot confirm with Auto Scaling that the instance is gone ({e}); doing nothing");
+                Err(Refusal(Outcome::NotCompleted))
+            }
+        }
+    }
+
+    /// The instance waits in this drover's own group's warm pool as
+    /// `Warmed:Terminating:Wait`, as Auto Scaling itself says; why not otherwise.
+    async fn warmed_termination(&self, t: &Termination) -> Result<GroupMembership, String> {
+        let deadline = Instant::now() + FIND_BUDGET;
+        let own_group = match &self.settings.own_group {
+            Some(g) => g.clone(),
+            None => match hook::membership(&self.lifecycle, &self.settings.own_instance, deadline)
+                .await
+            {
+                Ok(Some(m)) => m.group,
+                Ok(None) => return Err("this instance is in no Auto Scaling group".into()),
+                Err(e) => return Err(format!("cannot tell this instance's group: {e}")),
+            },
+        };
+        if let Some(claimed) = t.group.as_deref().filter(|g| *g != own_group) {
+            return Err(format!(
+                "it is of group {claimed}, and only group {own_group}'s warm pool is answered here"
+            ));
+        }
+        match hook::membership(&self.lifecycle, &t.instance_id, deadline).await {
+            Ok(Some(m))
+                if m.group == own_group
+                    && m.lifecycle_state.as_deref() == Some(WARMED_TERMINATING_WAIT) =>
+            {
+                Ok(m)
+            }
+            Ok(Some(m)) => Err(format!(
+                "Auto Scaling shows it {} in group {}",
+                m.lifecycle_state.as_deref().unwrap_or("?"),
+                m.group
+            )),
+            Ok(None) => Err("it is in no Auto Scaling group".into()),
+            Err(e) => Err(format!("cannot ask Auto Scaling about it: {e}")),
+        }
+    }
+
     /// Whether the cluster shows a host of this finished record's instance that the record
     /// did not take out: the instance came back (EC2 stop and start, a warm pool's reuse)
     /// and registered again. Not knowing is "no": the record stands.
-    async fn has_new_host(&self, record: &TakeOutRecord) -> bool {
+    async fn has_new_host(&self, record: &TakeOutRecord, known: Option<&[String]>) -> bool {
+        let is_new = |id: &str| {
+            record.host_id.as_deref() != Some(id) && !record.other_hosts.iter().any(|o| o == id)
+        };
+        // The source's own listing tells it already.
+        if let Some(known) = known {
+            return known.iter().any(|id| is_new(id));
+        }
         let deadline = Instant::now() + FIND_BUDGET.min(self.settings.drain_timeout);
         match self.cluster.find_hosts(&record.instance_id, deadline).await {
-            Ok(hosts) => hosts.iter().any(|h| {
-                record.host_id.as_deref() != Some(h.id.as_str())
-                    && !record.other_hosts.contains(&h.id)
-            }),
+            Ok(hosts) => hosts.iter().any(|h| is_new(&h.id)),
             Err(e) => {
                 tracing::warn!("cannot look for a newer host of a taken-out instance ({e}); trusting the record");
                 false
@@ -151,8 +266,8 @@ where
     }
 
     /// The hosts to take out: the recorded ones first (a removed host drops out of lists),
-    /// else every host labelled with the instance id, active ones first. Empty: this
-    /// instance has no host here.
+    /// else the ones the source found, else every host labelled with the instance id,
+    /// active ones first. Empty: the instance has no host here.
     async fn which_hosts(
         &self,
         t: &Termination,
@@ -165,14 +280,12 @@ where
             hosts.extend(record.other_hosts.iter().cloned());
             return Ok(hosts);
         }
+        if let Some(known) = &t.hosts {
+            return Ok(known.clone());
+        }
         let deadline = Instant::now() + FIND_BUDGET.min(self.settings.drain_timeout);
         match self.cluster.find_hosts(&t.instance_id, deadline).await {
-            Ok(hosts) if !hosts.is_empty() => Ok(hosts.into_iter().map(|h| h.id).collect()),
-            Ok(_) if own => Ok(Vec::new()),
-            Ok(_) => {
-                tracing::info!(source = %t.source, "no host of this environment belongs to that instance; handing it back");
-                Err(Refusal(Outcome::NotHere))
-            }
+            Ok(hosts) => Ok(hosts.into_iter().map(|h| h.id).collect()),
             Err(e) if !own => {
                 // Cannot tell whether the peer's host is here: let another host try.
                 tracing::warn!("cannot look the host up ({e}); handing the termination back");
@@ -181,7 +294,7 @@ where
             Err(e) => {
                 timeline.push(format!("looking the host up failed: {e}"));
                 // The host may stay a ghost, but the hook is still ours to answer.
-                let lookup = self.lifecycle_action(t, record, timeline).await;
+                let lookup = self.lifecycle_action(t, record, timeline, None).await;
                 let outcome = self
                     .finish_failed(record, timeline, "find host", &e.to_string(), &lookup)
                     .await;
@@ -193,13 +306,30 @@ where
     /// The lifecycle action to answer. Asked by hand, by a signal or by a Spot notice, the
     /// instance may not be terminating at all: then no action waits, and waiting for one
     /// would only hold drover up.
+    ///
+    /// `confirmed` is what Auto Scaling said of the instance a moment ago, when a decision
+    /// needed it (a reaper's, a warmed instance's): asked once, not again.
     async fn lifecycle_action(
         &self,
         t: &Termination,
         record: &TakeOutRecord,
         timeline: &mut Timeline,
+        confirmed: Option<&Option<GroupMembership>>,
     ) -> HookLookup {
-        if matches!(t.source, Source::Command | Source::Signal | Source::Spot) {
+        let mut group = record.group.as_deref();
+        match confirmed {
+            Some(None) => {
+                timeline.push(
+                    "Auto Scaling no longer knows the instance; no lifecycle action to complete",
+                );
+                return HookLookup::NoAction;
+            }
+            Some(Some(m)) => group = Some(m.group.as_str()),
+            None => {}
+        }
+        if confirmed.is_none()
+            && matches!(t.source, Source::Command | Source::Signal | Source::Spot)
+        {
             let deadline = Instant::now() + FIND_BUDGET;
             match hook::membership(&self.lifecycle, &t.instance_id, deadline).await {
                 // A scale-in that returns the instance to its warm pool, noticed as a stop:
@@ -225,7 +355,7 @@ where
             &self.lifecycle,
             Transition::Terminating,
             &t.instance_id,
-            record.group.as_deref(),
+            group,
             record.hook.as_deref(),
             self.settings.hook_name.as_deref(),
             Instant::now() + FIND_BUDGET,

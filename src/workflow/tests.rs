@@ -13,12 +13,12 @@ use tokio_util::task::TaskTracker;
 
 use super::{Settings, Workflow};
 use crate::cluster::{
-    AgentRegistration, Cluster, ClusterError, ClusterHost, Happened, LocalAgent, Step, StepDone,
-    StepEvent, StepFailed, GONE,
+    AgentContact, AgentRegistration, Cluster, ClusterError, ClusterHost, EnvHost, Happened,
+    LocalAgent, Step, StepDone, StepEvent, StepFailed, GONE,
 };
 use crate::lifecycle::{
     ActionRef, CallFailure, GroupMembership, LaunchHook, LifecycleActions, LifecycleHook,
-    LifecycleResult, LAUNCHING_TRANSITION, TERMINATING_TRANSITION,
+    LifecycleResult, WarmedInstance, LAUNCHING_TRANSITION, TERMINATING_TRANSITION,
 };
 use crate::pager::{Incident, IncidentKind, PagerError, Paging};
 use crate::state::{record_file, Records, StateDir, TakeOutRecord};
@@ -50,6 +50,8 @@ struct ClusterState {
     /// How long an evacuation takes, when longer than `step_time`: its containers going.
     evacuation_time: Duration,
     steps: Vec<(String, Step)>,
+    /// Host listings asked for.
+    listings: usize,
 }
 
 /// Hosts move through Rancher's states as the steps take them; a step past its end does
@@ -100,7 +102,8 @@ impl Cluster for FakeCluster {
         instance_id: &str,
         _deadline: Instant,
     ) -> Result<Vec<ClusterHost>, ClusterError> {
-        let s = lock(&self.0);
+        let mut s = lock(&self.0);
+        s.listings += 1;
         if s.find_fails {
             return Err(ClusterError::OutOfTime("listing hosts: no answer".into()));
         }
@@ -117,6 +120,26 @@ impl Cluster for FakeCluster {
             .collect();
         hosts.sort_by_key(|h| !h.active);
         Ok(hosts)
+    }
+
+    async fn hosts(&self, _deadline: Instant) -> Result<Vec<EnvHost>, ClusterError> {
+        let mut s = lock(&self.0);
+        s.listings += 1;
+        if s.find_fails {
+            return Err(ClusterError::OutOfTime("listing hosts: no answer".into()));
+        }
+        Ok(s.hosts
+            .iter()
+            .filter(|(_, (_, state))| how_far_out(state) < 2)
+            .map(|(id, (instance, state))| EnvHost {
+                id: id.clone(),
+                state: state.clone(),
+                instance_id: Some(instance.clone()),
+                group: Some(GROUP.into()),
+                agent: AgentContact::Connected,
+                hostname: None,
+            })
+            .collect())
     }
 
     async fn host(
@@ -332,6 +355,37 @@ impl LifecycleActions for FakeAsg {
             }))
     }
 
+    async fn memberships(
+        &self,
+        instance_ids: &[String],
+    ) -> Result<HashMap<String, GroupMembership>, FakeError> {
+        let mut found = HashMap::new();
+        for id in instance_ids {
+            if let Some(m) = self.membership(id).await? {
+                found.insert(id.clone(), m);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn warm_pool(&self, group: &str) -> Result<Vec<WarmedInstance>, FakeError> {
+        let ids: Vec<String> = lock(&self.0).instances.keys().cloned().collect();
+        let mut pool = Vec::new();
+        for id in ids {
+            let state = self.state(&id);
+            let s = lock(&self.0);
+            let in_group = s.instances.get(&id).is_some_and(|(g, _)| g == group);
+            if in_group && state.as_deref().is_some_and(|st| st.starts_with("Warmed:")) {
+                pool.push(WarmedInstance {
+                    instance_id: id,
+                    lifecycle_state: state,
+                });
+            }
+        }
+        pool.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        Ok(pool)
+    }
+
     async fn hooks(&self, group: &str) -> Result<Vec<LifecycleHook>, FakeError> {
         let mut s = lock(&self.0);
         s.calls += 1;
@@ -358,6 +412,7 @@ impl LifecycleActions for FakeAsg {
             (Some("Pending:Wait"), LifecycleResult::Continue) => "InService",
             (Some("Pending:Wait"), LifecycleResult::Abandon) => "Terminating",
             (Some("Warmed:Pending:Wait"), _) => "Warmed:Stopped",
+            (Some("Warmed:Terminating:Wait"), _) => "Warmed:Terminating:Proceed",
             _ => "",
         };
         if next.is_empty() {
@@ -446,6 +501,7 @@ impl Paging for FakePager {
         let key = match kind {
             IncidentKind::TakeOut => instance_id.to_string(),
             IncidentKind::Boot => format!("boot:{instance_id}"),
+            IncidentKind::Reap => format!("reap:{instance_id}"),
         };
         lock(&self.0).resolves.push(key);
         Ok(())
@@ -1629,4 +1685,202 @@ async fn a_return_to_the_warm_pool_takes_the_host_out_and_lets_the_instance_in()
         bed.completions(),
         [completed(OWN, HOOK, LifecycleResult::Continue)]
     );
+}
+
+// ---- The reaper's work ----
+
+/// What a sweep sends for a host whose instance died: the hosts it saw, the group label.
+fn reaped(instance: &str, hosts: &[&str]) -> Termination {
+    let mut t = Termination::new(instance, Source::Reaper);
+    t.group = Some(GROUP.into());
+    t.hosts = Some(hosts.iter().map(|h| h.to_string()).collect());
+    t
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reaped_host_of_a_gone_instance_is_taken_out_without_listing_again() {
+    let mut bed = Bed::new();
+    // The reaper has a switch of its own: handle_peers does not hold it back.
+    bed.settings.handle_peers = false;
+    lock(&bed.asg.0).instances.remove(PEER);
+    let outcome = bed.terminate(reaped(PEER, &[PEER_HOST])).await;
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(bed.cluster.steps(), all_steps(PEER_HOST));
+    assert_eq!(bed.cluster.state(OWN_HOST).as_deref(), Some("active"));
+    assert!(
+        bed.completions().is_empty(),
+        "no action waits for a gone instance"
+    );
+    assert_eq!(
+        lock(&bed.cluster.0).listings,
+        0,
+        "the sweep's listing serves"
+    );
+    assert_eq!(bed.agent_stops(), 0, "not this host's agent");
+    let record = bed.record(PEER).expect("the same record as any take-out");
+    assert_eq!(record.source, "reaper");
+    assert!(record.finished());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reaped_instance_waiting_in_terminating_wait_is_completed_with_continue() {
+    for state in ["Terminating:Wait", "Terminating"] {
+        let bed = Bed::new();
+        bed.asg.place(PEER, GROUP, state);
+        if state == "Terminating" {
+            // The group holds it at the hook a little later.
+            lock(&bed.asg.0).later.insert(
+                PEER.into(),
+                (
+                    Instant::now() + Duration::from_secs(20),
+                    "Terminating:Wait".into(),
+                ),
+            );
+        }
+        let outcome = bed.terminate(reaped(PEER, &[PEER_HOST])).await;
+        assert_eq!(outcome, Outcome::Done, "{state}");
+        assert_eq!(bed.cluster.state(PEER_HOST).as_deref(), Some("purged"));
+        assert_eq!(
+            bed.completions(),
+            [completed(PEER, HOOK, LifecycleResult::Continue)],
+            "{state}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_workflow_asks_auto_scaling_again_before_reaping() {
+    // Alive after all (the sweep's answer is a moment old): nothing touched.
+    for state in ["InService", "Terminating:Proceed", "Standby"] {
+        let bed = Bed::new();
+        bed.asg.place(PEER, GROUP, state);
+        let outcome = bed.terminate(reaped(PEER, &[PEER_HOST])).await;
+        assert_eq!(outcome, Outcome::NotHere, "{state}");
+        assert!(bed.cluster.steps().is_empty(), "{state}");
+        assert!(bed.completions().is_empty());
+    }
+    // Auto Scaling cannot be asked: nothing touched, and said so.
+    let bed = Bed::new();
+    lock(&bed.asg.0).membership_fails = true;
+    let outcome = bed.terminate(reaped(PEER, &[PEER_HOST])).await;
+    assert_eq!(outcome, Outcome::NotCompleted);
+    assert!(bed.cluster.steps().is_empty());
+    assert!(
+        bed.record(PEER).is_none(),
+        "no record of a take-out not begun"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reaper_never_takes_out_its_own_instance() {
+    let bed = Bed::new();
+    lock(&bed.asg.0).instances.remove(OWN);
+    let outcome = bed.terminate(reaped(OWN, &[OWN_HOST])).await;
+    assert_eq!(outcome, Outcome::NotHere);
+    assert!(bed.cluster.steps().is_empty());
+    assert_eq!(bed.asg.calls(), 0);
+}
+
+/// Two drovers (two consumers, each with its own state dir) reaping the same host at
+/// once, or a reaper racing the host's own late drover: out once, completed once.
+#[tokio::test(start_paused = true)]
+async fn two_drovers_reaping_one_host_take_it_out_once_and_complete_once() {
+    let first = Bed::new();
+    lock(&first.cluster.0).step_time = Duration::from_secs(2);
+    let mut second = Bed::new();
+    second.cluster = first.cluster.clone();
+    second.asg = first.asg.clone();
+    second.settings.own_instance = STRANGER.into();
+    let (a, b) = tokio::join!(
+        first.terminate(reaped(PEER, &[PEER_HOST])),
+        second.terminate(reaped(PEER, &[PEER_HOST]))
+    );
+    assert_eq!((a, b), (Outcome::Done, Outcome::Done));
+    assert_eq!(first.cluster.state(PEER_HOST).as_deref(), Some("purged"));
+    assert_eq!(
+        first.completions(),
+        [completed(PEER, HOOK, LifecycleResult::Continue)],
+        "completed once"
+    );
+
+    // The host's own drover, late, and a reaper.
+    let own = Bed::new();
+    lock(&own.cluster.0).step_time = Duration::from_secs(2);
+    let mut reaper = Bed::new();
+    reaper.cluster = own.cluster.clone();
+    reaper.asg = own.asg.clone();
+    reaper.settings.own_instance = PEER.into();
+    let (a, b) = tokio::join!(
+        own.terminate(Termination::new(OWN, Source::ImdsTargetState)),
+        reaper.terminate(reaped(OWN, &[OWN_HOST]))
+    );
+    assert_eq!((a, b), (Outcome::Done, Outcome::Done));
+    assert_eq!(own.cluster.state(OWN_HOST).as_deref(), Some("purged"));
+    assert_eq!(
+        own.completions(),
+        [completed(OWN, HOOK, LifecycleResult::Continue)]
+    );
+}
+
+// ---- Warmed instances terminated from the pool ----
+
+#[tokio::test(start_paused = true)]
+async fn a_warmed_instance_of_this_group_terminating_without_a_host_is_let_go() {
+    // From a sweep, which saw no host of it.
+    let bed = Bed::new();
+    bed.asg.place(STRANGER, GROUP, "Warmed:Terminating:Wait");
+    let outcome = bed.terminate(reaped(STRANGER, &[])).await;
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(
+        bed.completions(),
+        [completed(STRANGER, HOOK, LifecycleResult::Continue)]
+    );
+    assert!(bed.cluster.steps().is_empty());
+
+    // From the queue: done here instead of handed back, and the message deleted.
+    let bed = Bed::new();
+    bed.asg.place(STRANGER, GROUP, "Warmed:Terminating:Wait");
+    assert_eq!(bed.terminate(message(STRANGER)).await, Outcome::Done);
+    assert_eq!(
+        bed.completions(),
+        [completed(STRANGER, HOOK, LifecycleResult::Continue)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_this_groups_warmed_instances_in_that_state_are_let_go() {
+    for (group, state) in [
+        ("elsewhere", "Warmed:Terminating:Wait"),
+        (GROUP, "Warmed:Stopped"),
+        (GROUP, "Warmed:Pending:Wait"),
+        (GROUP, "Terminating:Wait"),
+    ] {
+        for t in [message(STRANGER), reaped(STRANGER, &[])] {
+            let bed = Bed::new();
+            bed.asg.place(STRANGER, group, state);
+            let mut t = t;
+            if t.source == Source::Sqs {
+                t.group = Some(group.into());
+            }
+            let outcome = bed.terminate(t).await;
+            assert_eq!(outcome, Outcome::NotHere, "{group} {state}");
+            assert!(bed.completions().is_empty(), "{group} {state}");
+        }
+    }
+    // A warmed instance that has a host here is not let go this way: its message is
+    // checked like any other, and the group shows it in no `Terminating` state.
+    let bed = Bed::new();
+    bed.asg.place(PEER, GROUP, "Warmed:Terminating:Wait");
+    assert_eq!(bed.terminate(message(PEER)).await, Outcome::NotCompleted);
+    assert!(bed.cluster.steps().is_empty());
+    assert!(bed.completions().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_own_group_comes_from_auto_scaling_when_the_tags_do_not_say() {
+    let mut bed = Bed::new();
+    bed.settings.own_group = None;
+    bed.asg.place(STRANGER, GROUP, "Warmed:Terminating:Wait");
+    assert_eq!(bed.terminate(message(STRANGER)).await, Outcome::Done);
+    assert_eq!(bed.completions().len(), 1);
 }

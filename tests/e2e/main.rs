@@ -12,6 +12,7 @@ mod faults;
 mod fetch_secret;
 mod launch;
 mod packaging;
+mod reaper;
 mod register;
 mod secrets;
 mod stop;

@@ -235,6 +235,7 @@ fn deb_carries_the_binary_units_config_man_pages_and_completions_with_the_right_
         ("/usr/share/man/man1/drover-register.1", "-rw-r--r--"),
         ("/usr/share/man/man1/drover-deregister.1", "-rw-r--r--"),
         ("/usr/share/man/man1/drover-check.1", "-rw-r--r--"),
+        ("/usr/share/man/man1/drover-reap.1", "-rw-r--r--"),
         (
             "/usr/share/bash-completion/completions/drover",
             "-rw-r--r--",
@@ -441,6 +442,7 @@ fn rpm_carries_the_same_files_with_config_noreplace_and_scriptlets_that_never_st
         "drover-register",
         "drover-deregister",
         "drover-check",
+        "drover-reap",
     ] {
         entry(&format!("/usr/share/man/man1/{page}.1"));
     }
@@ -482,6 +484,7 @@ fn man_pages_render_without_warnings() {
         "drover-register",
         "drover-deregister",
         "drover-check",
+        "drover-reap",
     ] {
         let file = pages.join(format!("{page}.1"));
         let out = Command::new("man")
@@ -519,7 +522,7 @@ fn man_pages_render_without_warnings() {
     ] {
         assert!(main.contains(section), "drover(1) lacks {section}");
     }
-    for sub in ["register", "deregister", "run", "check"] {
+    for sub in ["register", "deregister", "run", "check", "reap"] {
         assert!(
             main.contains(&format!("drover-{sub}(1)")),
             "drover(1) lacks {sub}"
@@ -548,9 +551,11 @@ fn completions_know_every_subcommand_and_flag() {
         "deregister",
         "run",
         "check",
+        "reap",
         "--config",
         "--set",
         "--if-going-away",
+        "--dry-run",
     ] {
         assert!(text.contains(word), "bash completion lacks {word}");
     }

@@ -11,6 +11,12 @@
 //!
 //! Lifecycle states are computed lazily from `Instant`s on every request and every handle
 //! call, so transitions happen on their own, after real time has passed, and deterministically.
+//!
+//! An instance whose termination is over is absent from every answer, as in the service
+//! ([`AutoScalingServer::vanish`] ends one at once, as for an instance terminated through
+//! EC2 itself). The Describe calls page as the service does: at most 50 records a page
+//! (`MaxRecords`, 50 by default), the rest behind a `NextToken`; at most 50 `InstanceIds`
+//! a `DescribeAutoScalingInstances` call.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -231,6 +237,9 @@ impl Instance {
         self.step.as_ref().and_then(|s| s.action.as_ref())
     }
 }
+
+/// The most records a Describe call answers with, and its default `MaxRecords`.
+const MAX_RECORDS: usize = 50;
 
 /// A `Terminated` or `Warmed:Terminated` instance has left its group: it is simply absent,
 /// like any other instance outside every group.
@@ -656,6 +665,16 @@ impl AutoScalingServer {
         token
     }
 
+    /// The instance's termination is over at once, as for one terminated through EC2
+    /// itself (a hardware failure, a kernel panic): the group no longer knows it, and
+    /// `DescribeAutoScalingInstances` returns nothing for it. Completions it had stay
+    /// recorded. `false` for an instance never added.
+    pub fn vanish(&self, instance_id: &str) -> bool {
+        let (mut inner, _) = self.shared.now();
+        inner.order.retain(|id| id != instance_id);
+        inner.instances.remove(instance_id).is_some()
+    }
+
     /// The token of the instance's current lifecycle action (open or ended), for a test
     /// that completes by token an action it did not start itself.
     pub fn action_token(&self, instance_id: &str) -> Option<String> {
@@ -1001,6 +1020,46 @@ fn heartbeat(inner: &mut Inner, now: Instant, params: &Params) -> Result<(), Api
     Ok(())
 }
 
+/// The page of `members` a Describe call asked for (`MaxRecords`, `NextToken`), and the
+/// token of the next page, if there is one.
+fn page<T>(members: Vec<T>, params: &Params) -> Result<(Vec<T>, Option<String>), ApiError> {
+    let max = match params.value("MaxRecords") {
+        None => MAX_RECORDS,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_RECORDS).contains(&n) => n,
+            _ => {
+                return Err(ApiError::validation(format!(
+                    "1 validation error detected: Value '{v}' at 'maxRecords' failed to satisfy constraint: Member must have value less than or equal to {MAX_RECORDS}"
+                )))
+            }
+        },
+    };
+    let start = match params.value("NextToken") {
+        None => 0,
+        Some(token) => token
+            .strip_prefix("page-")
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n <= members.len())
+            .ok_or_else(|| ApiError {
+                status: 400,
+                kind: "Sender",
+                code: "InvalidNextToken".into(),
+                message: format!("The token '{token}' is invalid."),
+            })?,
+    };
+    let end = (start + max).min(members.len());
+    let next = (end < members.len()).then(|| format!("page-{end}"));
+    Ok((
+        members.into_iter().skip(start).take(end - start).collect(),
+        next,
+    ))
+}
+
+fn next_token(next: Option<String>) -> String {
+    next.map(|t| format!("    <NextToken>{}</NextToken>\n", esc(&t)))
+        .unwrap_or_default()
+}
+
 fn describe_instances(inner: &Inner, now: Instant, params: &Params) -> Result<String, ApiError> {
     let ids = params.members("InstanceIds");
     if ids.len() > 50 {
@@ -1013,15 +1072,15 @@ fn describe_instances(inner: &Inner, now: Instant, params: &Params) -> Result<St
     } else {
         ids.iter().collect()
     };
+    let listed: Vec<(&String, &Instance)> = wanted
+        .into_iter()
+        .filter_map(|id| Some((id, inner.instances.get(id)?)))
+        .filter(|(_, inst)| !gone(inst.state(now)))
+        .collect();
+    let (listed, next) = page(listed, params)?;
     let mut members = String::new();
-    for id in wanted {
-        let Some(inst) = inner.instances.get(id) else {
-            continue;
-        };
+    for (id, inst) in listed {
         let state = inst.state(now);
-        if gone(state) {
-            continue;
-        }
         members.push_str(&format!(
             "      <member>\n        <InstanceId>{}</InstanceId>\n        <InstanceType>{}</InstanceType>\n        <AutoScalingGroupName>{}</AutoScalingGroupName>\n        <AvailabilityZone>{}</AvailabilityZone>\n        <LifecycleState>{}</LifecycleState>\n        <HealthStatus>HEALTHY</HealthStatus>\n        <ProtectedFromScaleIn>false</ProtectedFromScaleIn>\n      </member>\n",
             esc(id),
@@ -1032,13 +1091,14 @@ fn describe_instances(inner: &Inner, now: Instant, params: &Params) -> Result<St
         ));
     }
     Ok(format!(
-        "    <AutoScalingInstances>\n{members}    </AutoScalingInstances>\n"
+        "    <AutoScalingInstances>\n{members}    </AutoScalingInstances>\n{}",
+        next_token(next)
     ))
 }
 
 /// The group's warm pool and the instances in it (any `Warmed:*` state but
-/// `Warmed:Terminated`); a group without a warm pool has no `WarmPoolConfiguration` and no
-/// instances. `MaxRecords` and `NextToken` are ignored: a test's pool fits on one page.
+/// `Warmed:Terminated`), a page at a time; a group without a warm pool has no
+/// `WarmPoolConfiguration` and no instances.
 fn describe_warm_pool(inner: &Inner, now: Instant, params: &Params) -> Result<String, ApiError> {
     let group = params
         .value("AutoScalingGroupName")
@@ -1058,15 +1118,19 @@ fn describe_warm_pool(inner: &Inner, now: Instant, params: &Params) -> Result<St
             esc(&pool.pool_state)
         ));
     }
+    let pooled: Vec<(&String, &Instance)> = inner
+        .order
+        .iter()
+        .filter_map(|id| Some((id, inner.instances.get(id).filter(|i| i.group == group)?)))
+        .filter(|(_, inst)| {
+            let state = inst.state(now);
+            state.starts_with("Warmed:") && !gone(state)
+        })
+        .collect();
+    let (pooled, next) = page(pooled, params)?;
     let mut members = String::new();
-    for id in &inner.order {
-        let Some(inst) = inner.instances.get(id).filter(|i| i.group == group) else {
-            continue;
-        };
+    for (id, inst) in pooled {
         let state = inst.state(now);
-        if !state.starts_with("Warmed:") || gone(state) {
-            continue;
-        }
         members.push_str(&format!(
             "      <member>\n        <InstanceId>{}</InstanceId>\n        <InstanceType>{}</InstanceType>\n        <AvailabilityZone>{}</AvailabilityZone>\n        <LifecycleState>{}</LifecycleState>\n        <HealthStatus>Healthy</HealthStatus>\n        <ProtectedFromScaleIn>false</ProtectedFromScaleIn>\n      </member>\n",
             esc(id),
@@ -1076,6 +1140,7 @@ fn describe_warm_pool(inner: &Inner, now: Instant, params: &Params) -> Result<St
         ));
     }
     out.push_str(&format!("    <Instances>\n{members}    </Instances>\n"));
+    out.push_str(&next_token(next));
     Ok(out)
 }
 
@@ -2099,5 +2164,107 @@ mod tests {
             .expect_err("unknown group");
         assert_eq!(err.code(), Some("ValidationError"));
         assert_eq!(asg.requests()[1].status, 400);
+    }
+
+    #[tokio::test]
+    async fn a_vanished_instance_is_known_to_no_call() {
+        let (asg, client) = bed(Duration::from_secs(300)).await;
+        assert!(asg.vanish(ID));
+        assert!(!asg.vanish(ID), "gone already");
+        assert_eq!(asg.lifecycle_state(ID), None);
+        let out = client
+            .describe_auto_scaling_instances()
+            .instance_ids(ID)
+            .send()
+            .await
+            .expect("describe");
+        assert!(out.auto_scaling_instances().is_empty());
+        let err = complete_by_id(&client).await.expect_err("nothing waits");
+        assert_eq!(err.code(), Some("ValidationError"));
+    }
+
+    #[tokio::test]
+    async fn describe_calls_page_fifty_at_most() {
+        let (asg, client) = bed(Duration::from_secs(300)).await;
+        let ids: Vec<String> = (0..60).map(|n| format!("i-{n:017x}")).collect();
+        for id in &ids {
+            asg.add_instance(GROUP, id, "m5.large", "us-east-1b");
+        }
+        // Every instance (no ids given): 61, on two pages of 50 and 11.
+        let first = client
+            .describe_auto_scaling_instances()
+            .send()
+            .await
+            .expect("first page");
+        assert_eq!(first.auto_scaling_instances().len(), 50);
+        let token = first.next_token().expect("a next page").to_string();
+        let second = client
+            .describe_auto_scaling_instances()
+            .next_token(token)
+            .send()
+            .await
+            .expect("second page");
+        assert_eq!(second.auto_scaling_instances().len(), 11);
+        assert_eq!(second.next_token(), None);
+        // A smaller page, as asked.
+        let small = client
+            .describe_auto_scaling_instances()
+            .set_instance_ids(Some(ids[..5].to_vec()))
+            .max_records(2)
+            .send()
+            .await
+            .expect("a page of 2");
+        assert_eq!(small.auto_scaling_instances().len(), 2);
+        assert!(small.next_token().is_some());
+        // More than 50 ids, a page over 50 or a token of nothing: the service's errors.
+        let err = client
+            .describe_auto_scaling_instances()
+            .set_instance_ids(Some(ids[..51].to_vec()))
+            .send()
+            .await
+            .expect_err("51 ids");
+        assert_eq!(err.code(), Some("ValidationError"));
+        let err = client
+            .describe_auto_scaling_instances()
+            .max_records(51)
+            .send()
+            .await
+            .expect_err("51 a page");
+        assert_eq!(err.code(), Some("ValidationError"));
+        let err = client
+            .describe_auto_scaling_instances()
+            .next_token("forged")
+            .send()
+            .await
+            .expect_err("a forged token");
+        assert_eq!(err.code(), Some("InvalidNextToken"));
+
+        // The warm pool pages the same way.
+        for n in 0..55 {
+            asg.warm_instance(
+                GROUP,
+                &format!("i-warm{n:013x}"),
+                "m5.large",
+                "us-east-1b",
+                Duration::ZERO,
+                "Warmed:Stopped",
+            );
+        }
+        let first = client
+            .describe_warm_pool()
+            .auto_scaling_group_name(GROUP)
+            .send()
+            .await
+            .expect("first page");
+        assert_eq!(first.instances().len(), 50);
+        let second = client
+            .describe_warm_pool()
+            .auto_scaling_group_name(GROUP)
+            .next_token(first.next_token().expect("a next page"))
+            .send()
+            .await
+            .expect("second page");
+        assert_eq!(second.instances().len(), 5);
+        assert_eq!(second.next_token(), None);
     }
 }

@@ -27,7 +27,7 @@ pub const HOOK: &str = "drain";
 /// The group's launching hook, when a test asks for one ([`add_launch_hook`]).
 pub const LAUNCH_HOOK: &str = "launching";
 /// Every line `drover check` prints, by name.
-pub const CHECKS: [&str; 9] = [
+pub const CHECKS: [&str; 10] = [
     "config",
     "imds",
     "docker",
@@ -35,6 +35,7 @@ pub const CHECKS: [&str; 9] = [
     "rancher",
     "sqs",
     "autoscaling",
+    "reaper",
     "pager-key",
     "pager",
 ];
@@ -358,6 +359,16 @@ impl Bed {
             .expect("drover runs to its end")
     }
 
+    /// Hosts of this instance that are not removed or purged.
+    pub fn my_hosts(&self) -> Vec<HostSnapshot> {
+        self.rancher
+            .hosts()
+            .into_iter()
+            .filter(|h| h.labels.get("aws.instance_id") == Some(&self.instance_id))
+            .filter(|h| h.state != "removed" && h.state != "purged")
+            .collect()
+    }
+
     /// Registers the host and returns its id.
     pub async fn register(&self) -> String {
         let run = self.drover(&["register"]).await;
@@ -390,14 +401,16 @@ impl Bed {
         Some(serde_json::from_str(&text).expect("registration.json is JSON"))
     }
 
-    /// Hosts of this instance that are not removed or purged.
     /// Peer `n`: another instance of the group (in service), with an active host in this
-    /// environment; its (instance id, host id).
+    /// environment labelled as drover labels it; its (instance id, host id).
     pub fn add_peer(&self, n: u32) -> (String, String) {
-        let instance = format!("i-0000000000000{n:04x}");
+        let instance = peer_instance(n);
         let id = self.rancher.add_host(HostSpec {
             hostname: format!("peer-{n}"),
-            labels: BTreeMap::from([("aws.instance_id".to_string(), instance.clone())]),
+            labels: BTreeMap::from([
+                ("aws.instance_id".to_string(), instance.clone()),
+                ("aws.autoscaling_group".to_string(), GROUP.to_string()),
+            ]),
             state: "active".into(),
             agent_state: None,
             agent_ip: format!("10.0.3.{n}"),
@@ -407,13 +420,105 @@ impl Bed {
         (instance, id)
     }
 
-    pub fn my_hosts(&self) -> Vec<HostSnapshot> {
+    /// Peer `n` whose machine died: its host's agent is `disconnected` at once (see
+    /// [`RancherServer::lose_agent`] for the way there in real time), and Auto Scaling shows
+    /// its instance as `fate` says. Its (instance id, host id).
+    pub fn add_dead_peer(&self, n: u32, fate: Fate) -> (String, String) {
+        let (instance, host) = self.add_peer(n);
         self.rancher
-            .hosts()
-            .into_iter()
-            .filter(|h| h.labels.get("aws.instance_id") == Some(&self.instance_id))
-            .filter(|h| h.state != "removed" && h.state != "purged")
-            .collect()
+            .lose_agent(&host, Duration::ZERO, Duration::ZERO);
+        match fate {
+            Fate::Gone => {
+                self.asg.vanish(&instance);
+            }
+            Fate::InService => {}
+            Fate::Terminating(lag) => {
+                self.asg.begin_termination(&instance, lag);
+            }
+        }
+        (instance, host)
+    }
+
+    /// Another instance of the group, in service, with a drover of its own against the same
+    /// stand-ins: its own IMDS, config and state dir. No host in Rancher.
+    pub async fn other_instance(&self, n: u32) -> OtherInstance {
+        let instance_id = peer_instance(n);
+        let imds = ImdsServer::start(ImdsOptions {
+            instance_id: instance_id.clone(),
+            local_ipv4: format!("10.0.3.{n}"),
+            local_hostname: format!("peer-{n}.ec2.internal"),
+            ..ImdsOptions::default()
+        })
+        .await;
+        self.asg
+            .add_instance(GROUP, &instance_id, "m5.large", "us-east-1b");
+        let dir = self.dir.path().join(format!("other-{n}"));
+        std::fs::create_dir_all(&dir).expect("the other drover's dir");
+        let mut config = self.config.clone();
+        config.state.dir = Some(dir.join("state"));
+        OtherInstance {
+            imds,
+            instance_id,
+            config,
+            dir,
+            runs: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// The instance id of peer `n`.
+pub fn peer_instance(n: u32) -> String {
+    format!("i-0000000000000{n:04x}")
+}
+
+/// What Auto Scaling shows of a dead peer's instance ([`Bed::add_dead_peer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Its termination is over: no group knows it.
+    Gone,
+    /// Still in service (a network partition, not a death).
+    InService,
+    /// Being terminated: `Terminating`, then `Terminating:Wait` after this lag.
+    Terminating(Duration),
+}
+
+/// A second drover of the fleet ([`Bed::other_instance`]).
+pub struct OtherInstance {
+    pub imds: ImdsServer,
+    pub instance_id: String,
+    /// What it runs with; written before every launch.
+    pub config: DroverConfig,
+    dir: PathBuf,
+    runs: AtomicUsize,
+}
+
+impl OtherInstance {
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// drover as this instance, with `args`, against `bed`'s stand-ins.
+    pub fn launcher(&self, bed: &Bed, args: &[&str]) -> Launcher {
+        let config = self.dir.join("drover.toml");
+        self.config.write(&config).expect("writing drover's config");
+        let n = self.runs.fetch_add(1, Ordering::SeqCst);
+        let endpoints = Endpoints {
+            imds: Some(self.imds.url()),
+            ..bed.endpoints()
+        };
+        Launcher::new(&bed.drover, &self.dir, &format!("drover-{n}"))
+            .config(&config)
+            .endpoints(&endpoints)
+            .envs(bed.extra_env.iter().map(|(k, v)| (k, v)))
+            .args(args)
+    }
+
+    /// Runs drover as this instance to completion (bounded).
+    pub async fn drover(&self, bed: &Bed, args: &[&str]) -> Run {
+        self.launcher(bed, args)
+            .run(RUN_LIMIT)
+            .await
+            .expect("drover runs to its end")
     }
 }
 

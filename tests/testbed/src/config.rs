@@ -17,6 +17,7 @@ pub struct DroverConfig {
     pub rancher: RancherSection,
     pub agent: AgentSection,
     pub lifecycle: LifecycleSection,
+    pub reaper: ReaperSection,
     pub pager: PagerSection,
     pub state: StateSection,
     pub log: LogSection,
@@ -67,6 +68,14 @@ pub struct LifecycleSection {
     pub evacuate: Option<bool>,
     pub on_sigterm: Option<OnSigterm>,
     pub handle_peers: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReaperSection {
+    pub enabled: Option<bool>,
+    pub interval: Option<Duration>,
+    pub max_per_sweep: Option<u32>,
+    pub dry_run: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -266,6 +275,13 @@ impl DroverConfig {
         lifecycle.put("on_sigterm", l.on_sigterm.map(|v| quote(v.as_str())));
         lifecycle.put("handle_peers", l.handle_peers.map(|b| b.to_string()));
 
+        let r = &self.reaper;
+        let mut reaper = Lines::default();
+        reaper.put("enabled", r.enabled.map(|b| b.to_string()));
+        reaper.put("interval", r.interval.map(duration));
+        reaper.put("max_per_sweep", r.max_per_sweep.map(|n| n.to_string()));
+        reaper.put("dry_run", r.dry_run.map(|b| b.to_string()));
+
         let p = &self.pager;
         let mut pager = Lines::default();
         pager.secret("pagerduty_routing_key", &p.routing_key);
@@ -284,6 +300,7 @@ impl DroverConfig {
             ("rancher".into(), rancher),
             ("agent".into(), agent),
             ("lifecycle".into(), lifecycle),
+            ("reaper".into(), reaper),
             ("pager".into(), pager),
             ("state".into(), state),
             ("log".into(), log),
@@ -354,6 +371,8 @@ mod tests {
         c.pager.routing_key = Some(Secret::Ssm("/drover/p\nd".into()));
         c.log.format = Some(LogFormat::Json);
         c.raw("agent", "privileged_too = \"sometimes\"");
+        c.reaper.interval = Some(Duration::from_millis(2500));
+        c.reaper.max_per_sweep = Some(3);
         c.raw("reaper", "enabled = false");
         assert_eq!(
             c.render(),
@@ -371,14 +390,16 @@ imds_poll = "0s"
 drain_timeout = "1500ms"
 on_sigterm = "exit"
 
+[reaper]
+interval = "2500ms"
+max_per_sweep = 3
+enabled = false
+
 [pager]
 pagerduty_routing_key_ssm = "/drover/p\nd"
 
 [log]
 format = "json"
-
-[reaper]
-enabled = false
 "#
         );
     }

@@ -210,6 +210,8 @@ struct Host {
     labels: BTreeMap<String, String>,
     state: String,
     agent_state: Option<String>,
+    /// The agent stopped answering pings ([`RancherServer::lose_agent`]).
+    agent_lost: Option<AgentLoss>,
     agent_ip: String,
     uuid: String,
     created_ms: u64,
@@ -299,6 +301,38 @@ struct State {
     /// Host id → the transitioning state it is held in.
     stuck: HashMap<String, String>,
     bootstraps: Vec<BootstrapSeen>,
+}
+
+/// How long the server takes to see a lost agent `reconnecting`: 6 missed pings 5 s apart.
+pub const AGENT_RECONNECTING_AFTER: Duration = Duration::from_secs(30);
+/// How long after that it gives up and shows the agent `disconnected`.
+pub const AGENT_DISCONNECTED_AFTER: Duration = Duration::from_secs(180);
+
+/// When a lost agent's host is seen `reconnecting`, and then `disconnected`.
+#[derive(Debug, Clone, Copy)]
+struct AgentLoss {
+    reconnecting_at: Instant,
+    disconnected_at: Instant,
+}
+
+impl State {
+    /// The agent state of every host whose agent was lost, as far as the time has come.
+    fn land_agent_losses(&mut self) {
+        let now = Instant::now();
+        for host in self.hosts.iter_mut() {
+            let Some(loss) = host.agent_lost else {
+                continue;
+            };
+            let seen = if now >= loss.disconnected_at {
+                "disconnected"
+            } else if now >= loss.reconnecting_at {
+                "reconnecting"
+            } else {
+                continue;
+            };
+            host.agent_state = Some(seen.to_string());
+        }
+    }
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -588,6 +622,7 @@ impl State {
             labels: spec.labels,
             state: String::new(),
             agent_state: spec.agent_state,
+            agent_lost: None,
             agent_ip: spec.agent_ip,
             uuid: random_uuid(),
             created_ms: now_ms(),
@@ -705,6 +740,7 @@ impl RancherServer {
     fn state(&self) -> MutexGuard<'_, State> {
         let mut state = lock(&self.state);
         state.advance();
+        state.land_agent_losses();
         state
     }
 
@@ -751,6 +787,33 @@ impl RancherServer {
         if let Some(host) = guard.host_mut(id) {
             host.enter(state, &opts);
             host.agent_state = agent_state.map(str::to_string);
+            host.agent_lost = None;
+        }
+    }
+
+    /// The host's agent stops answering the server's pings from now on (its machine died,
+    /// or a partition cut it off): `agentState` turns `reconnecting` after
+    /// `reconnecting_after` (the server pings every 5 s and gives up after 6 missed pings:
+    /// [`AGENT_RECONNECTING_AFTER`]), then `disconnected` after `disconnected_after` more
+    /// ([`AGENT_DISCONNECTED_AFTER`]), where it stays. The host's own `state` is unchanged;
+    /// v2-beta shows the agent's state in its place while the host is active, v1 only in
+    /// `agentState`.
+    pub fn lose_agent(&self, id: &str, reconnecting_after: Duration, disconnected_after: Duration) {
+        let now = Instant::now();
+        if let Some(host) = self.state().host_mut(id) {
+            host.agent_lost = Some(AgentLoss {
+                reconnecting_at: now + reconnecting_after,
+                disconnected_at: now + reconnecting_after + disconnected_after,
+            });
+        }
+        self.state().land_agent_losses();
+    }
+
+    /// The host's agent answers again: connected.
+    pub fn agent_back(&self, id: &str) {
+        if let Some(host) = self.state().host_mut(id) {
+            host.agent_lost = None;
+            host.agent_state = None;
         }
     }
 
@@ -1006,6 +1069,7 @@ async fn handle(
     let reply = {
         let mut state = lock(&app.state);
         state.advance();
+        state.land_agent_losses();
         // Rancher builds its links from the Host the client asked for, so that they work
         // through a proxy or a load balancer in front of it.
         let own_base = state.base.clone();
@@ -2583,6 +2647,70 @@ mod tests {
         assert_eq!(ids(&three).len(), 3);
         let (status, body) = call(&r, "GET", "/v2-beta/hosts?marker=zzz").await;
         assert_eq!((status, &body["code"]), (422, &json!("InvalidFormat")));
+    }
+
+    #[tokio::test]
+    async fn a_lost_agent_turns_reconnecting_then_disconnected_as_each_version_says() {
+        let r = RancherServer::start(fast()).await;
+        let id = r.add_host(host_spec("dying", "active", None));
+        let states = |v2: &Value, v1: &Value| {
+            (
+                v2["state"].as_str().map(str::to_string),
+                v2["agentState"].as_str().map(str::to_string),
+                v1["state"].as_str().map(str::to_string),
+                v1["agentState"].as_str().map(str::to_string),
+            )
+        };
+        let look = || async {
+            let v2 = get(&r, &format!("/v2-beta/projects/1a5/hosts/{id}")).await;
+            let v1 = get(&r, &format!("/v1/hosts/{id}")).await;
+            states(&v2, &v1)
+        };
+        let some = |s: &str| Some(s.to_string());
+        r.lose_agent(&id, Duration::from_millis(300), Duration::from_millis(300));
+        assert_eq!(look().await, (some("active"), None, some("active"), None));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            look().await,
+            (
+                some("reconnecting"),
+                some("reconnecting"),
+                some("active"),
+                some("reconnecting")
+            )
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            look().await,
+            (
+                some("disconnected"),
+                some("disconnected"),
+                some("active"),
+                some("disconnected")
+            )
+        );
+        // Listed so too, and filtered on.
+        let list = get(&r, "/v2-beta/projects/1a5/hosts?agentState=disconnected").await;
+        assert_eq!(list["data"][0]["id"], json!(id));
+        // A deactivated host keeps its own state in v2-beta; the agent is still gone.
+        r.set_host_state(&id, "inactive", Some("disconnected"));
+        let v2 = get(&r, &format!("/v2-beta/projects/1a5/hosts/{id}")).await;
+        assert_eq!(
+            (&v2["state"], &v2["agentState"]),
+            (&json!("inactive"), &json!("disconnected"))
+        );
+        r.set_host_state(&id, "active", None);
+        r.lose_agent(&id, Duration::ZERO, Duration::from_secs(3600));
+        assert_eq!(look().await.1, some("reconnecting"));
+        r.agent_back(&id);
+        assert_eq!(look().await, (some("active"), None, some("active"), None));
+        // A manual host: no labels at all.
+        let manual = r.add_host(HostSpec {
+            hostname: "hand-made".into(),
+            ..HostSpec::default()
+        });
+        let v2 = get(&r, &format!("/v2-beta/projects/1a5/hosts/{manual}")).await;
+        assert_eq!(v2["labels"], json!({}));
     }
 
     #[tokio::test(flavor = "multi_thread")]
