@@ -7,6 +7,9 @@ use aws_config::retry::RetryConfig;
 use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 /// Loads the SDK config. `fallback_region` (from IMDS) is used only when the environment
 /// names none.
@@ -40,11 +43,103 @@ pub fn env_region() -> Option<String> {
         .find(|v| !v.trim().is_empty())
 }
 
-/// The error with every source, as one line (`DisplayErrorContext` shows the service's code
-/// and message, which plain `Display` of an SDK error hides).
-pub fn describe<E: std::error::Error>(err: &E) -> String {
-    format!(
-        "{}",
-        aws_smithy_types::error::display::DisplayErrorContext(err)
-    )
+/// The error as one readable line: for a service's answer, its code, message and HTTP
+/// status; for anything else (no answer, a timeout, no credentials), each cause in its own
+/// words, joined by ": ". Never the SDK's `Debug` of the raw response, which
+/// `DisplayErrorContext` appends and which put every header of the answer into `drover
+/// check` and the logs.
+pub fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    if let SdkError::ServiceError(service) = err {
+        let status = service.raw().status().as_u16();
+        let e = service.err();
+        return match (e.code(), e.message()) {
+            (Some(code), Some(message)) => format!("{code}: {message} (HTTP {status})"),
+            (Some(code), None) => format!("{code} (HTTP {status})"),
+            (None, _) => format!("HTTP {status}: {}", causes(e)),
+        };
+    }
+    causes(err)
+}
+
+/// Each error in the chain in its own words, skipping one that repeats what an earlier one
+/// said (SDK errors often wrap a cause whose text they already hold).
+fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut said: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let words = e.to_string();
+        if !words.is_empty() && !said.iter().any(|s| s.contains(&words)) {
+            said.push(words);
+        }
+        next = e.source();
+    }
+    said.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_smithy_runtime_api::http::{Response, StatusCode};
+    use aws_smithy_types::body::SdkBody;
+    use aws_smithy_types::error::ErrorMetadata;
+
+    #[derive(Debug)]
+    struct ServiceSaid(ErrorMetadata);
+
+    impl std::fmt::Display for ServiceSaid {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "service said no")
+        }
+    }
+    impl std::error::Error for ServiceSaid {}
+    impl ProvideErrorMetadata for ServiceSaid {
+        fn meta(&self) -> &ErrorMetadata {
+            &self.0
+        }
+    }
+
+    fn answer(status: u16) -> Response {
+        let mut raw = Response::new(
+            StatusCode::try_from(status).expect("a status"),
+            SdkBody::from("{\"secret-looking\": \"body\"}"),
+        );
+        raw.headers_mut().insert("x-amzn-requestid", "req-1");
+        raw
+    }
+
+    #[test]
+    fn a_service_error_is_its_code_message_and_status_only() {
+        let meta = ErrorMetadata::builder()
+            .code("QueueDoesNotExist")
+            .message("The specified queue does not exist.")
+            .build();
+        let err = SdkError::service_error(ServiceSaid(meta), answer(400));
+        let line = describe(&err);
+        assert_eq!(
+            line,
+            "QueueDoesNotExist: The specified queue does not exist. (HTTP 400)"
+        );
+    }
+
+    #[test]
+    fn a_service_error_without_a_code_says_the_status_and_the_cause() {
+        let err =
+            SdkError::service_error(ServiceSaid(ErrorMetadata::builder().build()), answer(503));
+        assert_eq!(describe(&err), "HTTP 503: service said no");
+    }
+
+    #[test]
+    fn no_answer_is_the_chain_of_causes_on_one_line() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let err: SdkError<ServiceSaid, HttpResponse> = SdkError::timeout_error(io);
+        let line = describe(&err);
+        assert!(line.contains("connection refused"), "{line}");
+        assert!(
+            !line.contains('\n') && !line.contains("Response {"),
+            "{line}"
+        );
+    }
 }

@@ -31,12 +31,13 @@ pub enum Command {
     /// One-shot boot step: read IMDS, get a registration URL, start rancher/agent, wait until
     /// the host is active, record it. Changes nothing on a registered host; skips warm pools.
     Register,
-    /// One-shot: take this host out of Rancher (evacuate if configured, deactivate, remove,
-    /// purge), stop the local agent, complete the lifecycle action, page on failure.
+    /// One-shot: take this host out of Rancher (evacuate if configured, waiting until its
+    /// containers are gone; deactivate, remove, purge), stop the local agent, complete the
+    /// lifecycle action, page on failure.
     Deregister {
         /// Only when the machine is going away: its target lifecycle state is Terminated, a
         /// Spot interruption is pending, or systemd is powering off or halting (not
-        /// rebooting). Otherwise exit 0 and leave the host registered. For ExecStop= lines.
+        /// rebooting). Otherwise exit 0 and leave the host registered. For ExecStop= and ExecStopPost= lines.
         #[arg(long)]
         if_going_away: bool,
     },

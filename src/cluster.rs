@@ -88,7 +88,8 @@ pub enum ClusterError {
 /// One step of taking a host out, in the order they are taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Step {
-    /// Move the host's containers elsewhere first (where the backend can).
+    /// Move the host's containers elsewhere first (where the backend can), and wait until
+    /// they are gone from it.
     Evacuate,
     /// Stop scheduling onto the host.
     Deactivate,
@@ -130,6 +131,10 @@ pub enum Happened {
     Became(String),
     /// The backend no longer knows the host.
     Gone,
+    /// What the backend saw or decided on the way that is none of the above, in its own
+    /// words: an evacuation's event and the containers still on the host, or why a host is
+    /// not evacuated.
+    Noted(String),
 }
 
 impl fmt::Display for Happened {
@@ -138,6 +143,7 @@ impl fmt::Display for Happened {
             Happened::Sent { action, from } => write!(f, "{action} (host {from})"),
             Happened::Became(state) => write!(f, "host {state}"),
             Happened::Gone => f.write_str("host no longer known to Rancher"),
+            Happened::Noted(text) => f.write_str(text),
         }
     }
 }

@@ -21,7 +21,7 @@
 //!   and knowing nothing of the others: [`imds`], [`rancher`] (the Cattle API, and the
 //!   [`cluster::Cluster`] built on it), [`docker`], [`autoscaling`], [`sqs`], [`ssm`],
 //!   [`pager`], [`logging`], [`systemd`]. Leaves they share: [`text`] (log-safe text),
-//!   [`labels`], [`retry`], [`state`], [`secret`] (where a secret is and reading it before
+//!   [`labels`], [`retry`], [`state`], [`memory`], [`secret`] (where a secret is and reading it before
 //!   a deadline, over a parameter-store trait that [`ssm`] implements).
 //! - [`config`] loads and validates everything up front and builds the clients' settings;
 //!   [`commands`] wires a subcommand to its sources, workflow and clients. `main.rs` only
@@ -45,6 +45,7 @@ pub mod imds;
 pub mod labels;
 pub mod lifecycle;
 pub mod logging;
+pub mod memory;
 pub mod message;
 pub mod pager;
 pub mod rancher;

@@ -64,12 +64,8 @@ where
         SdkError::ServiceError(service) => {
             let status = service.raw().status().as_u16();
             let code = service.err().code();
-            // The service's own words; the SDK's full context would add the raw answer.
-            let detail = match (code, service.err().message()) {
-                (Some(code), Some(message)) => format!("{code}: {message}"),
-                (Some(code), None) => code.to_string(),
-                (None, _) => format!("HTTP {status}: {}", describe(&err)),
-            };
+            // The service's own words (`describe` never quotes the raw answer).
+            let detail = describe(&err);
             StoreError {
                 kind: kind_of(code, status),
                 detail: one_line(&detail, 300),
@@ -114,13 +110,15 @@ fn kind_of(code: Option<&str>, status: u16) -> StoreFailure {
     }
 }
 
-/// An SSM client made on first use: region from `AWS_REGION` (or `AWS_DEFAULT_REGION`),
-/// else from IMDS; endpoint from `AWS_ENDPOINT_URL_SSM` or `AWS_ENDPOINT_URL`; credentials
-/// by the standard chain. Cheap to make, so a secret that is never read from SSM costs
-/// nothing.
+/// An SSM client made for each read: region from `AWS_REGION` (or `AWS_DEFAULT_REGION`),
+/// else from IMDS (found once); endpoint from `AWS_ENDPOINT_URL_SSM` or
+/// `AWS_ENDPOINT_URL`; credentials by the standard chain. A secret is read at start and
+/// again only when Rancher refuses the key, so the client is dropped after each read: kept,
+/// its HTTPS client and connection pool stayed resident for the life of the host (about
+/// 0.2 MiB, BENCHMARKS.md 2026-12-02). A secret that is never read from SSM costs nothing.
 #[derive(Debug, Default)]
 pub struct SsmOnDemand {
-    ssm: OnceCell<Ssm>,
+    region: OnceCell<String>,
 }
 
 /// How long finding the region in IMDS may take on one attempt; the next read tries again.
@@ -131,22 +129,23 @@ impl SsmOnDemand {
         SsmOnDemand::default()
     }
 
-    async fn ssm(&self) -> Result<&Ssm, StoreError> {
-        self.ssm
+    async fn ssm(&self) -> Result<Ssm, StoreError> {
+        let region = self
+            .region
             .get_or_try_init(|| async {
-                let region = match crate::aws::env_region() {
-                    Some(region) => region,
+                match crate::aws::env_region() {
+                    Some(region) => Ok(region),
                     None => crate::imds::Imds::from_env()
                         .region(REGION_BUDGET)
                         .await
                         .map_err(|e| StoreError {
                             kind: StoreFailure::Transient,
                             detail: format!("finding the region for SSM in IMDS: {e}"),
-                        })?,
-                };
-                Ok(Ssm::new(&crate::aws::sdk_config(&region).await))
+                        }),
+                }
             })
-            .await
+            .await?;
+        Ok(Ssm::new(&crate::aws::sdk_config(region).await))
     }
 }
 

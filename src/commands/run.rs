@@ -144,6 +144,8 @@ pub async fn run(config: Arc<Config>) -> Result<(), CommandError> {
         }
     }
     crate::systemd::ready();
+    // Start-up is over: what it freed need not stay resident while the host idles.
+    crate::memory::release_freed();
     if !intake.is_cancelled() {
         crate::systemd::status("watching for termination");
         tracing::info!("watching for termination");

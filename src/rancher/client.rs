@@ -74,6 +74,47 @@ pub enum RancherError {
     CaFile { path: String, detail: String },
     #[error("Rancher: {0}")]
     Protocol(String),
+    /// Something only `/v2-beta` has (evacuation), asked of a client speaking `/v1`.
+    #[error("Rancher {what} needs the /v2-beta API; this client speaks /v1")]
+    NeedsV2Beta { what: &'static str },
+    /// An evacuation still under way when its budget ran out: its event as last seen, and
+    /// the non-system containers still on the host (`None`: never listed).
+    #[error(
+        "lifecycle.drain_timeout ran out evacuating host {host_id}: {event}; {}",
+        containers_left(left.as_deref())
+    )]
+    EvacuationUnfinished {
+        host_id: String,
+        event: String,
+        left: Option<Vec<String>>,
+    },
+}
+
+/// The containers an unfinished evacuation left, for its error: a few names, then a count.
+fn containers_left(left: Option<&[String]>) -> String {
+    const SHOWN: usize = 5;
+    match left {
+        None => "its containers were not listed yet".to_string(),
+        Some([]) => "no container left on it".to_string(),
+        Some(names) => {
+            let mut text = format!(
+                "{} non-system container{} still on it ({}",
+                names.len(),
+                if names.len() == 1 { "" } else { "s" },
+                names
+                    .iter()
+                    .take(SHOWN)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if names.len() > SHOWN {
+                text.push_str(&format!(" and {} more", names.len() - SHOWN));
+            }
+            text.push(')');
+            text
+        }
+    }
 }
 
 impl RancherError {
@@ -247,6 +288,62 @@ impl Host {
 
     pub fn offers(&self, action: &str) -> bool {
         self.actions.contains_key(action)
+    }
+}
+
+/// The type of the external host event that evacuates a host (v2-beta).
+pub const EVACUATE_EVENT: &str = "host.evacuate";
+
+/// An external host event (v2-beta): drover creates a `host.evacuate` one to evacuate a host
+/// and watches it to know when the evacuation is done.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostEvent {
+    pub id: String,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub event_type: Option<String>,
+    #[serde(default)]
+    pub host_id: Option<String>,
+}
+
+impl HostEvent {
+    /// Its process is done: for `host.evacuate`, every non-system container is gone.
+    pub fn is_finished(&self) -> bool {
+        self.state == "created"
+    }
+
+    /// Its process is still under way (Cattle's states before `created`).
+    pub fn is_under_way(&self) -> bool {
+        matches!(self.state.as_str(), "requested" | "creating")
+    }
+}
+
+/// A container on a host, as the host's `instances` link lists it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub state: String,
+    /// Rancher's own containers (network agent, health checks): evacuation leaves them.
+    #[serde(default)]
+    pub system: Option<bool>,
+}
+
+impl Instance {
+    /// A container evacuation takes off the host, not gone yet.
+    pub fn is_left(&self) -> bool {
+        self.system != Some(true)
+            && !matches!(self.state.as_str(), "removed" | "purging" | "purged")
+    }
+
+    /// Its name (else its id), short and on one line, for logs.
+    pub fn label(&self) -> String {
+        let name = self.name.as_deref().filter(|n| !n.is_empty());
+        one_line(name.unwrap_or(&self.id), 60)
     }
 }
 
@@ -584,6 +681,74 @@ impl RancherClient {
         instance_id: &str,
     ) -> Result<Vec<Host>, RancherError> {
         Ok(hosts_of_instance(self.hosts().await?, instance_id))
+    }
+
+    /// The containers on host `id` (its `instances` link); `None` when the server does not
+    /// know the host.
+    pub async fn host_instances(&self, id: &str) -> Result<Option<Vec<Instance>>, RancherError> {
+        match self
+            .list(self.project_url(&["hosts", id, "instances"])?)
+            .await
+        {
+            Ok(list) => Ok(Some(list)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn needs_v2beta(&self, what: &'static str) -> Result<(), RancherError> {
+        match self.api {
+            ResolvedApi::V2Beta => Ok(()),
+            ResolvedApi::V1 => Err(RancherError::NeedsV2Beta { what }),
+        }
+    }
+
+    /// Starts evacuating host `id`: `POST .../externalhostevents`
+    /// `{"eventType":"host.evacuate","hostId":id}`, which answers with the event `creating`
+    /// (v2-beta only).
+    pub async fn create_evacuation(&self, id: &str) -> Result<HostEvent, RancherError> {
+        self.needs_v2beta("evacuation")?;
+        let body = serde_json::json!({ "eventType": EVACUATE_EVENT, "hostId": id });
+        self.request(
+            Method::POST,
+            self.project_url(&["externalhostevents"])?,
+            Some(body),
+        )
+        .await
+    }
+
+    /// One external host event by id; `None` when the server does not know it.
+    pub async fn host_event(&self, id: &str) -> Result<Option<HostEvent>, RancherError> {
+        self.needs_v2beta("evacuation")?;
+        match self
+            .request(
+                Method::GET,
+                self.project_url(&["externalhostevents", id])?,
+                None,
+            )
+            .await
+        {
+            Ok(e) => Ok(Some(e)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The `host.evacuate` events of host `id`, oldest first. Filtered on the server and
+    /// again here: a server ignores filter names it does not know.
+    pub async fn evacuations_of(&self, id: &str) -> Result<Vec<HostEvent>, RancherError> {
+        self.needs_v2beta("evacuation")?;
+        let mut url = self.project_url(&["externalhostevents"])?;
+        url.query_pairs_mut()
+            .append_pair("hostId", id)
+            .append_pair("eventType", EVACUATE_EVENT);
+        let events: Vec<HostEvent> = self.list(url).await?;
+        Ok(events
+            .into_iter()
+            .filter(|e| {
+                e.host_id.as_deref() == Some(id) && e.event_type.as_deref() == Some(EVACUATE_EVENT)
+            })
+            .collect())
     }
 
     /// `POST .../hosts/{id}?action={action}`: the host in its transitioning state.

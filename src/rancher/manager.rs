@@ -1,6 +1,9 @@
 //! Rancher 1.x (Cattle) as a [`Cluster`]: hosts found by their instance label,
 //! registration tokens (created in a fresh environment), and each take-out step read off the
 //! host's own state and the actions the server offers, so that what is done is skipped.
+//! Evacuation (v2-beta) is Rancher's `host.evacuate` event, created by drover and watched
+//! until it is `created` or no non-system container is left on the host: the step ends
+//! only once the containers are gone (see `Rancher1::evacuate`).
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -8,7 +11,9 @@ use std::time::{Duration, SystemTime};
 use secrecy::SecretString;
 use tokio::time::Instant;
 
-use super::client::{Host, RancherClient, RancherError, RegistrationToken, ResolvedApi};
+use super::client::{
+    Host, HostEvent, Instance, RancherClient, RancherError, RegistrationToken, ResolvedApi,
+};
 use crate::cluster::{
     AgentRegistration, Cluster, ClusterError, ClusterHost, EnvHost, Happened, Step, StepDone,
     StepEvent, StepFailed, GONE,
@@ -20,6 +25,8 @@ use crate::retry::{self, poll_until, Check, Pace, RetryError};
 const HOST_POLL: Pace = Pace::new(Duration::from_millis(50), Duration::from_secs(3));
 /// A registration token being created is active within a second or two.
 const TOKEN_POLL: Pace = Pace::new(Duration::from_millis(250), Duration::from_secs(2));
+/// Polls of an evacuation: each container takes seconds to stop and go.
+const EVACUATION_POLL: Pace = Pace::new(Duration::from_millis(250), Duration::from_secs(3));
 /// The longest wait between retries of a failed request.
 const RETRY_MAX: Duration = Duration::from_secs(3);
 
@@ -189,69 +196,325 @@ impl Rancher1 {
         }
     }
 
-    /// Evacuates when the server offers it (v2-beta, a host `active` or `inactive`), once.
-    /// The server only records the request and answers with the host unchanged.
+    /// Lists the non-system containers still on host `host_id`, by name; `None` when the
+    /// server no longer knows the host.
+    async fn containers_left(
+        &self,
+        host_id: &str,
+        deadline: Instant,
+    ) -> Result<Option<Vec<String>>, RetryError<RancherError>> {
+        let instances = retry::until(
+            "listing the host's containers",
+            deadline,
+            RETRY_MAX,
+            RancherError::is_transient,
+            || self.client.host_instances(host_id),
+        )
+        .await?;
+        Ok(instances.map(|list| {
+            list.iter()
+                .filter(|i| i.is_left())
+                .map(Instance::label)
+                .collect()
+        }))
+    }
+
+    /// Evacuates the host and waits until that is done: its `host.evacuate` event
+    /// `created`, or no non-system container left on it, before `deadline` (the take-out's).
+    ///
+    /// Rancher's `?action=evacuate` only records such an event and answers with the host
+    /// unchanged, and the event's process deactivates the host before its containers are
+    /// gone; so drover creates the event itself and watches it. An evacuation under way (a
+    /// take-out resumed after a restart) is followed, not started again; an inactive host
+    /// with nothing left on it needs none. A host that cannot be evacuated is taken out
+    /// without: on `/v1` (no evacuation there), or when Rancher does not offer it for the
+    /// host's state; a host out already or gone needs nothing. See [`evacuation`].
     async fn evacuate(&self, host_id: &str, deadline: Instant) -> Result<StepDone, StepFailed> {
-        let mut log = StepLog {
+        let log = Mutex::new(StepLog {
             state: "unknown".into(),
             events: Vec::new(),
+        });
+        let with_log = |f: &dyn Fn(&mut StepLog)| {
+            if let Ok(mut l) = log.lock() {
+                f(&mut l)
+            }
         };
-        let failed = |log: StepLog, error: String| StepFailed {
-            state: log.state,
-            error,
-            events: log.events,
+        let ended = |result: Result<String, String>| {
+            let log = log.lock().map(|mut l| StepLog {
+                state: l.state.clone(),
+                events: std::mem::take(&mut l.events),
+            });
+            let log = log.unwrap_or_else(|_| StepLog {
+                state: "unknown".into(),
+                events: Vec::new(),
+            });
+            match result {
+                Ok(state) => Ok(StepDone {
+                    state,
+                    events: log.events,
+                }),
+                Err(error) => Err(StepFailed {
+                    state: log.state,
+                    error,
+                    events: log.events,
+                }),
+            }
+        };
+        let gone = || {
+            with_log(&|l| l.note(Happened::Gone));
+            ended(Ok(GONE.to_string()))
+        };
+        let skipped = |why: &str| {
+            tracing::warn!("host {host_id} not evacuated: {why}");
+            with_log(&|l| l.note(Happened::Noted(format!("not evacuated: {why}"))));
+            let state = log.lock().map(|l| l.state.clone()).unwrap_or_default();
+            ended(Ok(state))
         };
         if self.client.api() == ResolvedApi::V1 {
-            return Ok(StepDone {
-                state: log.state,
-                events: log.events,
-            });
+            return skipped(
+                "Rancher's /v1 API has no evacuation (lifecycle.evacuate needs /v2-beta)",
+            );
         }
-        let host = match self.read_host(host_id, deadline).await {
-            Ok(Some(h)) => h,
-            Ok(None) => {
-                log.note(Happened::Gone);
-                return Ok(StepDone {
-                    state: GONE.into(),
-                    events: log.events,
-                });
-            }
-            Err(e) => return Err(failed(log, e.to_string())),
-        };
-        log.seen(&host.state);
-        if host.offers("evacuate") {
-            log.note(Happened::Sent {
-                action: "evacuate".into(),
-                from: host.state.clone(),
-            });
-            let sent = retry::until(
-                "evacuate",
-                deadline,
-                RETRY_MAX,
-                RancherError::is_transient,
-                || self.client.host_action(host_id, "evacuate"),
-            )
-            .await;
-            match sent {
-                Ok(after) => log.seen(&after.state),
-                Err(RetryError::Failed(e)) if e.is_not_found() => {
-                    log.note(Happened::Gone);
-                    return Ok(StepDone {
-                        state: GONE.into(),
-                        events: log.events,
-                    });
+
+        // A host settling (deactivating, activating) is waited for: what comes next depends
+        // on where it lands.
+        let settled = poll_until("the host to settle", deadline, HOST_POLL, || async {
+            let host = self.read_host(host_id, deadline).await?;
+            if let Some(h) = &host {
+                with_log(&|l| l.seen(&h.state));
+                if evacuation(h) == Evacuation::Wait {
+                    return Ok(Check::NotYet(h.state.clone()));
                 }
-                // Not valid in the state the host has now: nothing to evacuate from there.
-                Err(RetryError::Failed(e)) if e.status() == Some(422) => {
-                    tracing::info!("evacuate not available now ({e})");
-                }
-                Err(e) => return Err(failed(log, e.to_string())),
             }
-        }
-        Ok(StepDone {
-            state: log.state,
-            events: log.events,
+            Ok(Check::Done(host))
         })
+        .await;
+        let host = match settled {
+            Ok(Some(host)) => host,
+            Ok(None) => return gone(),
+            Err(e) => return ended(Err(poll_error(e, "the host was still settling"))),
+        };
+        match evacuation(&host) {
+            Evacuation::Go => {}
+            Evacuation::Moot | Evacuation::Wait => return ended(Ok(host.state)),
+            Evacuation::Skip(why) => return skipped(&why),
+        }
+
+        let found = retry::until(
+            "listing the host's evacuation events",
+            deadline,
+            RETRY_MAX,
+            RancherError::is_transient,
+            || self.client.evacuations_of(host_id),
+        )
+        .await;
+        let under_way = match found {
+            Ok(events) => events.into_iter().rev().find(HostEvent::is_under_way),
+            Err(e) => return ended(Err(e.to_string())),
+        };
+        let event = match under_way {
+            Some(event) => {
+                with_log(&|l| {
+                    l.note(Happened::Noted(format!(
+                        "evacuation event {} already {}",
+                        event.id, event.state
+                    )))
+                });
+                event
+            }
+            None => {
+                // Nothing is scheduled onto an inactive host: with nothing left on it, there
+                // is nothing to evacuate. An active one is evacuated whatever it runs now, so
+                // that Rancher deactivates it before anything new lands there.
+                if host.state != "active" {
+                    match self.containers_left(host_id, deadline).await {
+                        Ok(None) => return gone(),
+                        Ok(Some(left)) if left.is_empty() => {
+                            with_log(&|l| {
+                                l.note(Happened::Noted("no container left on the host".into()))
+                            });
+                            return ended(Ok(host.state));
+                        }
+                        Ok(Some(_)) => {}
+                        Err(e) => return ended(Err(e.to_string())),
+                    }
+                }
+                with_log(&|l| {
+                    l.note(Happened::Sent {
+                        action: "evacuate".into(),
+                        from: host.state.clone(),
+                    })
+                });
+                let created = retry::until(
+                    "creating the evacuation event",
+                    deadline,
+                    RETRY_MAX,
+                    RancherError::is_transient,
+                    || self.client.create_evacuation(host_id),
+                )
+                .await;
+                match created {
+                    Ok(event) => {
+                        with_log(&|l| {
+                            l.note(Happened::Noted(format!(
+                                "evacuation event {} {}",
+                                event.id, event.state
+                            )))
+                        });
+                        event
+                    }
+                    Err(e) => return ended(Err(e.to_string())),
+                }
+            }
+        };
+
+        // What the watch saw last, for its events and for the error should time run out.
+        let watch = Mutex::new(Watch {
+            event_state: event.state.clone(),
+            left: None,
+        });
+        let watching = |f: &dyn Fn(&mut Watch, &mut StepLog)| {
+            if let (Ok(mut w), Ok(mut l)) = (watch.lock(), log.lock()) {
+                f(&mut w, &mut l)
+            }
+        };
+        let polled: Result<Option<String>, RetryError<RetryError<RancherError>>> =
+            poll_until("the evacuation", deadline, EVACUATION_POLL, || async {
+                let now = retry::until(
+                    "reading the evacuation event",
+                    deadline,
+                    RETRY_MAX,
+                    RancherError::is_transient,
+                    || self.client.host_event(&event.id),
+                )
+                .await?;
+                let state = now.map_or_else(|| "no longer known".to_string(), |e| e.state);
+                watching(&|w, l| {
+                    if w.event_state != state {
+                        l.note(Happened::Noted(format!(
+                            "evacuation event {} {state}",
+                            event.id
+                        )));
+                        w.event_state.clone_from(&state);
+                    }
+                });
+                let Some(host) = self.read_host(host_id, deadline).await? else {
+                    return Ok(Check::Done(None));
+                };
+                with_log(&|l| l.seen(&host.state));
+                if state == "created" {
+                    return Ok(Check::Done(Some(host.state)));
+                }
+                // An event that ended otherwise (or went) leaves the containers as the proof.
+                let Some(left) = self.containers_left(host_id, deadline).await? else {
+                    return Ok(Check::Done(None));
+                };
+                let n = left.len();
+                watching(&|w, l| {
+                    if w.left.as_ref().map(Vec::len) != Some(n) {
+                        l.note(Happened::Noted(containers_on_host(&left)));
+                        w.left = Some(left.clone());
+                    }
+                });
+                if n == 0 {
+                    return Ok(Check::Done(Some(host.state)));
+                }
+                Ok(Check::NotYet(format!(
+                    "event {state}, {n} non-system containers left"
+                )))
+            })
+            .await;
+        match polled {
+            Ok(Some(state)) => {
+                with_log(&|l| l.note(Happened::Noted("evacuation finished".into())));
+                ended(Ok(state))
+            }
+            Ok(None) => gone(),
+            // Out of time between looks, or in the middle of one (a request cut short at
+            // the deadline): the same unfinished evacuation.
+            Err(
+                RetryError::OutOfTime { .. } | RetryError::Failed(RetryError::OutOfTime { .. }),
+            ) => {
+                let (event_state, left) = watch
+                    .lock()
+                    .map(|w| (w.event_state.clone(), w.left.clone()))
+                    .unwrap_or_default();
+                let error = RancherError::EvacuationUnfinished {
+                    host_id: host_id.to_string(),
+                    event: format!("evacuation event {} still {event_state}", event.id),
+                    left,
+                };
+                ended(Err(error.to_string()))
+            }
+            Err(RetryError::Failed(e)) => ended(Err(e.to_string())),
+        }
+    }
+}
+
+/// What an evacuation's watch saw last.
+struct Watch {
+    event_state: String,
+    /// The non-system containers on the host at the last look; `None` before the first.
+    left: Option<Vec<String>>,
+}
+
+/// The containers still on a host, as a timeline line.
+fn containers_on_host(left: &[String]) -> String {
+    match left {
+        [] => "no container left on the host".to_string(),
+        [one] => format!("1 non-system container on the host: {one}"),
+        many => format!(
+            "{} non-system containers on the host: {}",
+            many.len(),
+            many.join(", ")
+        ),
+    }
+}
+
+/// A failed or timed-out wait on the host, as a step's error.
+fn poll_error(e: RetryError<RetryError<RancherError>>, what: &str) -> String {
+    match e {
+        RetryError::Failed(e) => e.to_string(),
+        RetryError::OutOfTime { last, .. } => {
+            format!("lifecycle.drain_timeout ran out while {what} (host {last})")
+        }
+    }
+}
+
+/// What evacuating a host calls for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Evacuation {
+    /// Out of the environment already, or on its way out: nothing to evacuate.
+    Moot,
+    /// Settling (`deactivating`, `activating`): look again.
+    Wait,
+    /// Evacuate, or follow the evacuation under way.
+    Go,
+    /// Not evacuated, and why: the take-out goes on without.
+    Skip(String),
+}
+
+/// What evacuating `host` calls for, from its state and the actions the server offers.
+/// Rancher offers evacuation only for a host `active` or `inactive`; drover does not try it
+/// for a host whose agent is not connected (`reconnecting`, `disconnected`): nobody would
+/// stop its containers, and the wait would only spend the whole budget and leave a ghost.
+fn evacuation(host: &Host) -> Evacuation {
+    let state = host.effective_state();
+    match state {
+        "removing" | "removed" | "purging" | "purged" => Evacuation::Moot,
+        "deactivating" | "activating" => Evacuation::Wait,
+        "reconnecting" | "disconnected" => Evacuation::Skip(format!(
+            "its agent is {state}, so nothing would stop its containers"
+        )),
+        "registering" => {
+            Evacuation::Skip("it is still registering, so nothing runs on it yet".into())
+        }
+        _ if host.offers("evacuate") => Evacuation::Go,
+        // A server that sends no actions map: the table of reference.md.
+        "active" | "inactive" if host.actions.is_empty() => Evacuation::Go,
+        _ => Evacuation::Skip(format!(
+            "Rancher does not offer evacuation for a host {state}"
+        )),
     }
 }
 
@@ -594,6 +857,209 @@ mod tests {
             .expect("gone is done");
         assert_eq!(done.state, GONE);
         assert_eq!(said(&done.events), ["host no longer known to Rancher"]);
+    }
+
+    /// A stand-in whose evacuations take a moment, with one active host running two
+    /// containers of its own and one of Rancher's.
+    async fn server_with_containers(
+        container_delay: Duration,
+        v2beta: bool,
+    ) -> (testbed::rancher::RancherServer, String) {
+        let server = testbed::rancher::RancherServer::start(testbed::rancher::RancherOptions {
+            transition_delay: Duration::from_millis(20),
+            container_delay,
+            v2beta,
+            ..Default::default()
+        })
+        .await;
+        let id = active_host(&server);
+        for (name, system) in [("web-1", false), ("network-agent", true), ("web-2", false)] {
+            server.add_container(
+                &id,
+                testbed::rancher::ContainerSpec {
+                    name: name.into(),
+                    system,
+                },
+            );
+        }
+        (server, id)
+    }
+
+    /// The non-system containers of `host` that are not removed.
+    fn still_there(server: &testbed::rancher::RancherServer, host: &str) -> Vec<String> {
+        server
+            .containers(host)
+            .into_iter()
+            .filter(|c| !c.system && c.state != "removed")
+            .map(|c| c.name)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_evacuation_ends_once_its_event_is_created_and_is_not_done_twice() {
+        let (server, id) = server_with_containers(Duration::from_millis(50), true).await;
+        let rancher = rancher(&server).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let done = rancher
+            .take_step(&id, Step::Evacuate, deadline)
+            .await
+            .expect("evacuated");
+        assert!(still_there(&server, &id).is_empty());
+        let system = server.containers(&id);
+        assert!(
+            system.iter().any(|c| c.system && c.state == "running"),
+            "{system:?}"
+        );
+        assert_eq!(
+            done.state, "inactive",
+            "Rancher deactivates an evacuated host"
+        );
+        let said = said(&done.events);
+        assert_eq!(
+            &said[..2],
+            ["evacuate (host active)", "evacuation event 1ee1 creating"],
+            "{said:?}"
+        );
+        assert_eq!(said.last().map(String::as_str), Some("evacuation finished"));
+        assert!(
+            said.iter().any(|s| s == "evacuation event 1ee1 created"),
+            "{said:?}"
+        );
+        let events = server.host_events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(!events[0].by_action, "drover creates the event itself");
+        assert_eq!(events[0].host_id, id);
+
+        // Done is done: an inactive host with nothing left on it needs no second event.
+        let again = rancher
+            .take_step(&id, Step::Evacuate, deadline)
+            .await
+            .expect("nothing to do");
+        assert_eq!(said_of(&again), ["no container left on the host"]);
+        assert_eq!(server.host_events().len(), 1);
+        rancher
+            .take_step(&id, Step::Remove, deadline)
+            .await
+            .expect("removed");
+        assert!(server.removed_with_containers().is_empty());
+    }
+
+    fn said_of(done: &StepDone) -> Vec<String> {
+        said(&done.events)
+    }
+
+    #[tokio::test]
+    async fn a_resumed_evacuation_follows_the_event_under_way() {
+        let (server, id) = server_with_containers(Duration::from_millis(50), true).await;
+        let rancher = rancher(&server).await;
+        // A take-out that created its event, then stopped (a restart).
+        let first = rancher.client.create_evacuation(&id).await.expect("event");
+        let done = rancher
+            .take_step(
+                &id,
+                Step::Evacuate,
+                Instant::now() + Duration::from_secs(20),
+            )
+            .await
+            .expect("evacuated");
+        let said = said_of(&done);
+        let following = format!("evacuation event {} already creating", first.id);
+        assert!(said.contains(&following), "{said:?}");
+        assert!(
+            !said.iter().any(|s| s.starts_with("evacuate (")),
+            "{said:?}"
+        );
+        assert_eq!(server.host_events().len(), 1, "no second event");
+        assert!(still_there(&server, &id).is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_evacuation_out_of_time_fails_the_step_and_says_what_is_left() {
+        let (server, id) = server_with_containers(Duration::from_secs(30), true).await;
+        let failed = rancher(&server)
+            .await
+            .take_step(&id, Step::Evacuate, Instant::now() + Duration::from_secs(1))
+            .await
+            .expect_err("the containers take longer than the budget");
+        let error = &failed.error;
+        assert!(
+            error.contains("drain_timeout")
+                && error.contains(&format!("evacuating host {id}"))
+                && error.contains("evacuation event 1ee1 still creating")
+                && error.contains("2 non-system containers still on it (web-1, web-2)"),
+            "{error}"
+        );
+        assert_eq!(still_there(&server, &id), ["web-1", "web-2"]);
+        assert!(server.removed_with_containers().is_empty());
+    }
+
+    #[tokio::test]
+    async fn v1_has_no_evacuation_and_the_host_is_left_as_it_is() {
+        let (server, id) = server_with_containers(Duration::from_millis(50), false).await;
+        let done = rancher(&server)
+            .await
+            .take_step(&id, Step::Evacuate, Instant::now() + Duration::from_secs(5))
+            .await
+            .expect("skipped, not failed");
+        assert_eq!(
+            said_of(&done),
+            ["not evacuated: Rancher's /v1 API has no evacuation (lifecycle.evacuate needs /v2-beta)"]
+        );
+        assert_eq!(server.host(&id).expect("host").history, ["active"]);
+        assert_eq!(still_there(&server, &id), ["web-1", "web-2"]);
+        assert!(server.requests().iter().all(|r| r.method == "GET"));
+    }
+
+    #[tokio::test]
+    async fn a_host_whose_agent_is_gone_is_not_evacuated() {
+        let (server, id) = server_with_containers(Duration::from_millis(50), true).await;
+        server.set_host_state(&id, "active", Some("disconnected"));
+        let done = rancher(&server)
+            .await
+            .take_step(&id, Step::Evacuate, Instant::now() + Duration::from_secs(5))
+            .await
+            .expect("skipped");
+        assert_eq!(
+            said_of(&done),
+            ["not evacuated: its agent is disconnected, so nothing would stop its containers"]
+        );
+        assert!(server.host_events().is_empty());
+    }
+
+    #[test]
+    fn what_an_evacuation_calls_for_follows_the_state() {
+        assert_eq!(
+            evacuation(&host("active", &["deactivate", "evacuate"])),
+            Evacuation::Go
+        );
+        assert_eq!(
+            evacuation(&host("inactive", &["activate", "evacuate", "remove"])),
+            Evacuation::Go
+        );
+        assert_eq!(evacuation(&host("active", &[])), Evacuation::Go);
+        for settling in ["deactivating", "activating"] {
+            assert_eq!(
+                evacuation(&host(settling, &[])),
+                Evacuation::Wait,
+                "{settling}"
+            );
+        }
+        for out in ["removing", "removed", "purging", "purged"] {
+            assert_eq!(
+                evacuation(&host(out, &["purge"])),
+                Evacuation::Moot,
+                "{out}"
+            );
+        }
+        for skipped in ["registering", "disconnected", "reconnecting", "error"] {
+            assert!(
+                matches!(
+                    evacuation(&host(skipped, &["deactivate", "remove"])),
+                    Evacuation::Skip(_)
+                ),
+                "{skipped}"
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ pub mod client;
 pub mod manager;
 
 pub use client::{
-    ApiVersion, Host, Project, RancherClient, RancherError, RegistrationToken, ResolvedApi,
-    Settings,
+    ApiVersion, Host, HostEvent, Instance, Project, RancherClient, RancherError, RegistrationToken,
+    ResolvedApi, Settings, EVACUATE_EVENT,
 };
 pub use manager::Rancher1;

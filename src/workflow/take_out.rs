@@ -1,7 +1,9 @@
 //! Taking a host out, as named steps in one place: evacuate (when planned), deactivate,
 //! remove, purge, then stop the local agent (for this instance's own host). Each step is the
 //! backend's to carry out and skips what is done already; this module decides the order,
-//! what counts as out, and reports what happened.
+//! what counts as out, and reports what happened. An evacuation ends only once the host's
+//! containers are gone, within the take-out's deadline; one that does not is a failed step,
+//! and nothing after it is tried, so a host is never removed with its containers on it.
 
 use tokio::time::Instant;
 
@@ -171,7 +173,149 @@ pub async fn stop_agent<A: LocalAgent>(agent: &A) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
     use super::*;
+    use crate::cluster::{AgentRegistration, ClusterError, ClusterHost, EnvHost, StepFailed};
+
+    /// A cluster whose evacuation takes `evacuation` (its containers going) and whose
+    /// other steps are instant; it notes the steps taken, in order.
+    struct Evacuating {
+        evacuation: Duration,
+        steps: Mutex<Vec<Step>>,
+    }
+
+    impl Evacuating {
+        fn new(evacuation: Duration) -> Evacuating {
+            Evacuating {
+                evacuation,
+                steps: Mutex::new(Vec::new()),
+            }
+        }
+
+        fn steps(&self) -> Vec<Step> {
+            self.steps.lock().map(|s| s.clone()).unwrap_or_default()
+        }
+    }
+
+    impl Cluster for Evacuating {
+        fn describe(&self) -> String {
+            "a cluster evacuating slowly".into()
+        }
+
+        async fn hosts(&self, _deadline: Instant) -> Result<Vec<EnvHost>, ClusterError> {
+            Ok(Vec::new())
+        }
+
+        async fn find_hosts(
+            &self,
+            _instance_id: &str,
+            _deadline: Instant,
+        ) -> Result<Vec<ClusterHost>, ClusterError> {
+            Ok(Vec::new())
+        }
+
+        async fn host(
+            &self,
+            _host_id: &str,
+            _deadline: Instant,
+        ) -> Result<Option<ClusterHost>, ClusterError> {
+            Ok(None)
+        }
+
+        async fn registration(
+            &self,
+            _deadline: Instant,
+        ) -> Result<AgentRegistration, ClusterError> {
+            Err(ClusterError::OutOfTime("not in these tests".into()))
+        }
+
+        async fn take_step(
+            &self,
+            _host_id: &str,
+            step: Step,
+            deadline: Instant,
+        ) -> Result<StepDone, StepFailed> {
+            if let Ok(mut s) = self.steps.lock() {
+                s.push(step);
+            }
+            let state = match step {
+                Step::Evacuate => {
+                    if Instant::now() + self.evacuation > deadline {
+                        tokio::time::sleep_until(deadline).await;
+                        return Err(StepFailed {
+                            state: "inactive".into(),
+                            error: "lifecycle.drain_timeout ran out evacuating host 1h1".into(),
+                            events: Vec::new(),
+                        });
+                    }
+                    tokio::time::sleep(self.evacuation).await;
+                    "inactive"
+                }
+                Step::Deactivate => "inactive",
+                Step::Remove => "removed",
+                Step::Purge => "purged",
+            };
+            Ok(StepDone {
+                state: state.into(),
+                events: Vec::new(),
+            })
+        }
+    }
+
+    struct Agent(Mutex<usize>);
+
+    impl LocalAgent for Agent {
+        async fn stop(&self) -> Result<bool, String> {
+            if let Ok(mut n) = self.0.lock() {
+                *n += 1;
+            }
+            Ok(true)
+        }
+    }
+
+    const EVACUATE_AND_STOP: Plan = Plan {
+        evacuate: true,
+        stop_agent: true,
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn the_host_is_removed_once_its_evacuation_has_finished() {
+        let cluster = Evacuating::new(Duration::from_secs(90));
+        let agent = Agent(Mutex::new(0));
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let report = take_out(&cluster, &agent, "1h1", EVACUATE_AND_STOP, deadline).await;
+        assert_eq!(
+            report.ending,
+            Ending::Out {
+                state: "purged".into()
+            }
+        );
+        assert_eq!(cluster.steps(), EVACUATE_AND_STOP.steps());
+        assert_eq!(agent.0.lock().map(|n| *n).unwrap_or_default(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_evacuation_past_the_budget_fails_the_take_out_with_the_host_kept() {
+        let cluster = Evacuating::new(Duration::from_secs(900));
+        let agent = Agent(Mutex::new(0));
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let report = take_out(&cluster, &agent, "1h1", EVACUATE_AND_STOP, deadline).await;
+        match &report.ending {
+            Ending::Failed { step, state, error } => {
+                assert_eq!((*step, state.as_str()), (Step::Evacuate, "inactive"));
+                assert!(error.contains("drain_timeout"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cluster.steps(), [Step::Evacuate], "never removed");
+        assert_eq!(
+            report.agent, None,
+            "the agent keeps running with the host in"
+        );
+        assert_eq!(agent.0.lock().map(|n| *n).unwrap_or_default(), 0);
+    }
 
     #[test]
     fn the_steps_come_in_order_and_evacuation_only_when_planned() {

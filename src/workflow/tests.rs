@@ -47,6 +47,8 @@ struct ClusterState {
     find_fails: bool,
     /// How long each step takes.
     step_time: Duration,
+    /// How long an evacuation takes, when longer than `step_time`: its containers going.
+    evacuation_time: Duration,
     steps: Vec<(String, Step)>,
     /// Host listings asked for.
     listings: usize,
@@ -164,7 +166,13 @@ impl Cluster for FakeCluster {
         step: Step,
         deadline: Instant,
     ) -> Result<StepDone, StepFailed> {
-        let step_time = lock(&self.0).step_time;
+        let step_time = {
+            let s = lock(&self.0);
+            match step {
+                Step::Evacuate => s.step_time.max(s.evacuation_time),
+                _ => s.step_time,
+            }
+        };
         if Instant::now() + step_time > deadline {
             tokio::time::sleep_until(deadline).await;
             let mut s = lock(&self.0);
@@ -1028,6 +1036,33 @@ async fn a_spot_interruption_skips_evacuation_which_others_do_first() {
         peer_steps,
         [Step::Evacuate, Step::Deactivate, Step::Remove, Step::Purge]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_evacuation_that_outlasts_drain_timeout_pages_and_answers_with_on_failure() {
+    let mut bed = Bed::new();
+    bed.settings.evacuate = true;
+    bed.settings.on_failure = LifecycleResult::Abandon;
+    bed.settings.drain_timeout = Duration::from_secs(60);
+    lock(&bed.cluster.0).evacuation_time = Duration::from_secs(120);
+    assert_eq!(
+        bed.terminate(message(OWN)).await,
+        Outcome::FailedButCompleted
+    );
+    // The host keeps its containers and stays: nothing after the evacuation is tried.
+    assert_eq!(
+        bed.cluster.steps(),
+        [(OWN_HOST.to_string(), Step::Evacuate)]
+    );
+    assert_eq!(bed.cluster.state(OWN_HOST).as_deref(), Some("active"));
+    assert_eq!(bed.agent_stops(), 0);
+    assert_eq!(bed.pager.failed_steps(), ["evacuate"]);
+    assert_eq!(
+        bed.completions(),
+        [completed(OWN, HOOK, LifecycleResult::Abandon)]
+    );
+    let record = bed.record(OWN).expect("record");
+    assert!(!record.taken_out && record.paged, "{record:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -67,3 +67,28 @@ async fn wrong_key_and_missing_hook_fail_with_reasons() {
     assert_eq!(mark_of(&run.stdout, "docker"), Some("ok"), "{}", run.stdout);
     assert_eq!(mark_of(&run.stdout, "sqs"), Some("skip"), "{}", run.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aws_error_is_one_readable_line() {
+    let mut bed = Bed::with(BedOptions {
+        queue: true,
+        ..BedOptions::default()
+    })
+    .await;
+    let (_, queue) = bed.queue();
+    let missing = format!("{}-gone", queue);
+    bed.config.lifecycle.queue_url = Some(missing.clone());
+    let run = bed.drover(&["check"]).await;
+    run.assert_code(1);
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("sqs"))
+        .unwrap_or_else(|| panic!("no sqs line in:\n{}", run.stdout));
+    assert!(line.starts_with("FAIL"), "{line}");
+    // The service's own code and message, not the SDK's dump of the raw response.
+    assert!(line.contains("NonExistentQueue"), "{line}");
+    for dump in ["Response {", "SdkBody", "raw:", "headers:", "{ "] {
+        assert!(!line.contains(dump), "{dump:?} in: {line}");
+    }
+}

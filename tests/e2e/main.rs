@@ -7,6 +7,7 @@ mod aws_wiring;
 mod check;
 mod cloud_init;
 mod config;
+mod evacuate;
 mod faults;
 mod fetch_secret;
 mod launch;

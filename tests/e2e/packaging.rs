@@ -709,3 +709,46 @@ fn packer_template_parses_and_bakes_the_deb_with_install_sh() {
             .arg(repo("packaging/bake/drover.pkr.hcl")));
     }
 }
+
+/// The values of `key` in a unit file, in order, across every line that sets it (systemd
+/// adds the words of repeated list settings such as `After=`).
+fn unit_values(unit: &str, key: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(repo("packaging/systemd").join(unit)).expect("the unit");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+        .flat_map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .collect()
+}
+
+#[test]
+fn units_order_after_both_cloud_init_names_and_outlive_containers_under_memory_pressure() {
+    for unit in ["drover.service", "drover-oneshot.service"] {
+        let after = unit_values(unit, "After");
+        for needed in [
+            "docker.service",
+            "cloud-init.service",
+            "cloud-init-network.service",
+        ] {
+            assert!(
+                after.iter().any(|a| a == needed),
+                "{unit}: After= {after:?}"
+            );
+        }
+        let oom = unit_values(unit, "OOMScoreAdjust");
+        let score: i32 = oom.first().and_then(|v| v.parse().ok()).unwrap_or(0);
+        assert!(score < 0, "{unit}: OOMScoreAdjust= {oom:?}");
+    }
+}
+
+#[test]
+fn oneshot_unit_restarts_a_failed_register_and_steps_down_even_after_a_failed_start() {
+    let unit = "drover-oneshot.service";
+    assert_eq!(unit_values(unit, "Restart"), ["on-failure"]);
+    assert_eq!(unit_values(unit, "RestartPreventExitStatus"), ["2"]);
+    // ExecStop= runs only after a start that succeeded; ExecStopPost= after any.
+    assert!(unit_values(unit, "ExecStop").is_empty());
+    assert_eq!(
+        unit_values(unit, "ExecStopPost"),
+        ["/usr/bin/drover", "deregister", "--if-going-away"]
+    );
+}

@@ -562,6 +562,10 @@ async fn spot_interruption_takes_the_host_out_at_once() {
         .iter()
         .any(|r| r.query.contains("action=evacuate"));
     assert!(!evacuated, "no time for evacuation with a Spot notice");
+    assert!(
+        bed.rancher.host_events().is_empty(),
+        "no evacuation event either"
+    );
     // The group has not started terminating it: nothing to complete.
     assert!(bed.asg.completions().is_empty());
     assert_eq!(stop(&mut run).await, Some(0));

@@ -7,6 +7,17 @@
 //! state is read, so they really take their time without timers, and `stick` can hold a
 //! host in a transitioning state.
 //!
+//! Hosts carry containers a test puts on them ([`RancherServer::add_container`]), listed by
+//! the host's `instances` link with their `system` flag. Evacuation is v2-beta's, as in
+//! reference.md: `?action=evacuate` only records a `host.evacuate` external host event (as
+//! does `POST .../externalhostevents`), whose process then deactivates the host and stops
+//! and removes its non-system containers one after the other, each taking
+//! `container_delay` to stop and again to go; the event goes `creating` → `created` once
+//! they are all gone, after the host has turned `inactive`. A host removed or purged while
+//! non-system containers are still on it is recorded
+//! ([`RancherServer::removed_with_containers`]), so that a test sees a take-out that did
+//! not wait for them.
+//!
 //! The watcher ([`RancherServer::watch_docker`]) polls a test's Docker engine; when a
 //! bootstrap container (first argument `<server>/v1/scripts/<token>`) starts, it does what
 //! the real server and agent would: register the engine's host (or give it back), replace
@@ -56,6 +67,9 @@ pub struct RancherOptions {
     pub register_delay: Duration,
     /// Duration of `deactivating`, `activating`, `removing` and `purging`.
     pub transition_delay: Duration,
+    /// How long a container takes to stop, and again to be removed, when an evacuation
+    /// takes it off its host (one after the other, as Cattle waits for each).
+    pub container_delay: Duration,
     /// The image active tokens report.
     pub agent_image: String,
 }
@@ -71,6 +85,7 @@ impl Default for RancherOptions {
             token_create_delay: Duration::from_secs(1),
             register_delay: Duration::from_secs(1),
             transition_delay: Duration::from_millis(500),
+            container_delay: Duration::from_millis(500),
             agent_image: crate::docker::AGENT_IMAGE.to_string(),
         }
     }
@@ -131,6 +146,49 @@ pub struct BootstrapSeen {
     pub rejected: Option<String>,
 }
 
+/// A container put on a host by a test.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub name: String,
+    /// A system container (network agent, health check, ...): evacuation leaves it.
+    pub system: bool,
+}
+
+/// A container as the stand-in holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSnapshot {
+    pub id: String,
+    pub name: String,
+    pub host_id: String,
+    pub system: bool,
+    pub state: String,
+    /// Every state it went through, in order, starting with `running`.
+    pub history: Vec<String>,
+}
+
+/// An external host event, as the stand-in holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEventSnapshot {
+    pub id: String,
+    pub event_type: String,
+    pub host_id: String,
+    pub delete_host: bool,
+    /// `creating`, then `created`.
+    pub state: String,
+    /// Recorded by `?action=evacuate` rather than created on the collection.
+    pub by_action: bool,
+}
+
+/// A host taken out (`remove`, or `purge`) while non-system containers were still on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedWithContainers {
+    pub host_id: String,
+    /// `remove` (also for `DELETE`) or `purge`.
+    pub action: String,
+    /// The containers still there, by name.
+    pub containers: Vec<String>,
+}
+
 /// The Rancher stand-in: serves until dropped; the handle reads and steers its state.
 pub struct RancherServer {
     state: Arc<Mutex<State>>,
@@ -167,6 +225,8 @@ struct Host {
     agent_seen_running: Option<bool>,
     /// When it last turned `active` (a scheduled landing counts from its due time).
     active_at: Option<Instant>,
+    /// Purge once `removed` (an evacuation event with `deleteHost`).
+    purge_when_removed: bool,
 }
 
 struct Token {
@@ -179,14 +239,64 @@ struct Token {
     created_ms: u64,
 }
 
+/// The one external host event type there is.
+const EVACUATE_EVENT: &str = "host.evacuate";
+
+/// When an evacuation takes a container off its host: it is `stopping` from `start`,
+/// `stopped` (and at once `removing`) at `stopped`, `removed` at `removed`.
+#[derive(Clone, Copy)]
+struct Evacuation {
+    start: Instant,
+    stopped: Instant,
+    removed: Instant,
+}
+
+struct Container {
+    num: u64,
+    id: String,
+    uuid: String,
+    name: String,
+    host_id: String,
+    system: bool,
+    state: String,
+    history: Vec<String>,
+    created_ms: u64,
+    removed_ms: Option<u64>,
+    /// When the test put it there.
+    added: Instant,
+    /// Set once an evacuation has planned its stop and removal.
+    evacuation: Option<Evacuation>,
+}
+
+struct HostEvent {
+    num: u64,
+    id: String,
+    uuid: String,
+    event_type: String,
+    host_id: String,
+    delete_host: bool,
+    state: String,
+    created_ms: u64,
+    by_action: bool,
+    /// The process has begun (on the first look after the create answered).
+    started: bool,
+    /// When the process is free to take the next container: the last one's removal.
+    clock: Instant,
+}
+
 struct State {
     opts: RancherOptions,
     /// `http://127.0.0.1:<port>`.
     base: String,
     hosts: Vec<Host>,
     tokens: Vec<Token>,
+    containers: Vec<Container>,
+    events: Vec<HostEvent>,
+    removed_with_containers: Vec<RemovedWithContainers>,
     next_host: u64,
     next_token: u64,
+    next_container: u64,
+    next_event: u64,
     tokens_created: usize,
     /// Host id → the transitioning state it is held in.
     stuck: HashMap<String, String>,
@@ -287,15 +397,75 @@ impl Host {
     }
 }
 
+impl Container {
+    fn enter(&mut self, state: &str) {
+        self.history.push(state.to_string());
+        self.state = state.to_string();
+        if state == "removed" {
+            self.removed_ms = Some(now_ms());
+        }
+    }
+
+    fn snapshot(&self) -> ContainerSnapshot {
+        ContainerSnapshot {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            host_id: self.host_id.clone(),
+            system: self.system,
+            state: self.state.clone(),
+            history: self.history.clone(),
+        }
+    }
+}
+
+/// How far along its way out a container is.
+fn container_stage(state: &str) -> u8 {
+    match state {
+        "stopping" => 1,
+        "stopped" => 2,
+        "removing" => 3,
+        "removed" | "purged" => 4,
+        _ => 0,
+    }
+}
+
+impl HostEvent {
+    fn snapshot(&self) -> HostEventSnapshot {
+        HostEventSnapshot {
+            id: self.id.clone(),
+            event_type: self.event_type.clone(),
+            host_id: self.host_id.clone(),
+            delete_host: self.delete_host,
+            state: self.state.clone(),
+            by_action: self.by_action,
+        }
+    }
+}
+
 impl State {
-    /// Lands every transition whose time has come (unless the host is stuck there).
+    /// Lands every transition whose time has come (unless the host is stuck there), and
+    /// takes every evacuation as far as the time allows: one move can allow another (a
+    /// container removed lets the next one go), so it goes round until nothing moves.
     fn advance(&mut self) {
+        // Each round moves something forward for good, so this bound is never reached; it
+        // only keeps a mistake here from hanging every test.
+        for _ in 0..10_000 {
+            if !self.advance_once() {
+                break;
+            }
+        }
+    }
+
+    fn advance_once(&mut self) -> bool {
         let now = Instant::now();
+        let mut moved = false;
         let State {
             hosts,
             stuck,
             opts,
             tokens,
+            containers,
+            events,
             ..
         } = self;
         for host in hosts.iter_mut() {
@@ -306,8 +476,12 @@ impl State {
                 continue;
             }
             host.enter(&to, opts);
+            moved = true;
             if to == "active" {
                 host.active_at = Some(at);
+            }
+            if to == "removed" && host.purge_when_removed {
+                host.enter("purging", opts);
             }
         }
         for token in tokens.iter_mut() {
@@ -315,6 +489,127 @@ impl State {
                 token.state = "active".to_string();
             }
         }
+        for c in containers.iter_mut() {
+            let Some(plan) = c.evacuation else {
+                continue;
+            };
+            let stages = [
+                ("stopping", plan.start),
+                ("stopped", plan.stopped),
+                ("removing", plan.stopped),
+                ("removed", plan.removed),
+            ];
+            for (state, at) in stages {
+                if now >= at && container_stage(&c.state) < container_stage(state) {
+                    c.enter(state);
+                    moved = true;
+                }
+            }
+        }
+        for e in events.iter_mut().filter(|e| e.state == "creating") {
+            let Some(host) = hosts.iter_mut().find(|h| h.id == e.host_id) else {
+                continue;
+            };
+            if !e.started {
+                // The create (or the action) answered first, with the host unchanged.
+                e.started = true;
+                e.clock = now;
+                moved = true;
+                if matches!(host.state.as_str(), "active" | "activating" | "registering") {
+                    host.enter("deactivating", opts);
+                }
+                continue;
+            }
+            // The host is deactivated first; its containers go once it is inactive.
+            if host.state == "deactivating" {
+                if let Some((_, at)) = &host.pending {
+                    e.clock = e.clock.max(*at);
+                }
+                continue;
+            }
+            let host_id = e.host_id.clone();
+            let left =
+                |c: &Container| c.host_id == host_id && !c.system && container_stage(&c.state) < 4;
+            // One after the other: the next waits for the one under way.
+            if containers.iter().any(|c| left(c) && c.evacuation.is_some()) {
+                continue;
+            }
+            match containers.iter_mut().find(|c| left(c)) {
+                Some(c) => {
+                    let start = e.clock.max(c.added);
+                    let stopped = start + opts.container_delay;
+                    let removed = stopped + opts.container_delay;
+                    c.evacuation = Some(Evacuation {
+                        start,
+                        stopped,
+                        removed,
+                    });
+                    e.clock = removed;
+                    moved = true;
+                }
+                None => {
+                    e.state = "created".to_string();
+                    moved = true;
+                    if e.delete_host && matches!(host.state.as_str(), "inactive" | "error") {
+                        host.enter("removing", opts);
+                        host.purge_when_removed = true;
+                    }
+                }
+            }
+        }
+        moved
+    }
+
+    /// Non-system containers on `host_id` that are not gone yet, by name.
+    fn containers_left(&self, host_id: &str) -> Vec<String> {
+        self.containers
+            .iter()
+            .filter(|c| c.host_id == host_id && !c.system && container_stage(&c.state) < 4)
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    fn new_container(&mut self, host_id: &str, spec: ContainerSpec) -> String {
+        self.next_container += 1;
+        let num = self.next_container;
+        let container = Container {
+            num,
+            id: format!("1i{num}"),
+            uuid: random_uuid(),
+            name: spec.name,
+            host_id: host_id.to_string(),
+            system: spec.system,
+            state: "running".to_string(),
+            history: vec!["running".to_string()],
+            created_ms: now_ms(),
+            removed_ms: None,
+            added: Instant::now(),
+            evacuation: None,
+        };
+        let id = container.id.clone();
+        self.containers.push(container);
+        id
+    }
+
+    fn new_event(&mut self, host_id: &str, delete_host: bool, by_action: bool) -> String {
+        self.next_event += 1;
+        let num = self.next_event;
+        let event = HostEvent {
+            num,
+            id: format!("1ee{num}"),
+            uuid: random_uuid(),
+            event_type: EVACUATE_EVENT.to_string(),
+            host_id: host_id.to_string(),
+            delete_host,
+            state: "creating".to_string(),
+            created_ms: now_ms(),
+            by_action,
+            started: false,
+            clock: Instant::now(),
+        };
+        let id = event.id.clone();
+        self.events.push(event);
+        id
     }
 
     fn new_host(&mut self, spec: HostSpec, engine: Option<String>) -> String {
@@ -337,6 +632,7 @@ impl State {
             engine,
             agent_seen_running: None,
             active_at: None,
+            purge_when_removed: false,
         };
         host.enter(&spec.state, &self.opts);
         let id = host.id.clone();
@@ -383,8 +679,13 @@ impl RancherServer {
             base: String::new(),
             hosts: Vec::new(),
             tokens: Vec::new(),
+            containers: Vec::new(),
+            events: Vec::new(),
+            removed_with_containers: Vec::new(),
             next_host: 0,
             next_token: 0,
+            next_container: 0,
+            next_event: 0,
             tokens_created: 0,
             stuck: HashMap::new(),
             bootstraps: Vec::new(),
@@ -516,7 +817,37 @@ impl RancherServer {
         }
     }
 
-    /// Registration tokens created by `POST` on the collection.
+    /// Puts a running container on host `host_id` (as the scheduler would); returns its id,
+    /// e.g. `1i3`.
+    pub fn add_container(&self, host_id: &str, spec: ContainerSpec) -> String {
+        self.state().new_container(host_id, spec)
+    }
+
+    /// Every container of host `host_id`, removed ones included, in creation order.
+    pub fn containers(&self, host_id: &str) -> Vec<ContainerSnapshot> {
+        self.state()
+            .containers
+            .iter()
+            .filter(|c| c.host_id == host_id)
+            .map(Container::snapshot)
+            .collect()
+    }
+
+    /// Every external host event, in creation order.
+    pub fn host_events(&self) -> Vec<HostEventSnapshot> {
+        self.state()
+            .events
+            .iter()
+            .map(HostEvent::snapshot)
+            .collect()
+    }
+
+    /// Every `remove` (or `DELETE`) and `purge` accepted for a host that still had
+    /// non-system containers on it: empty when every take-out waited for its containers.
+    pub fn removed_with_containers(&self) -> Vec<RemovedWithContainers> {
+        self.state().removed_with_containers.clone()
+    }
+
     /// When host `id` last turned `active`: the moment its registration landed, however
     /// late a request noticed it.
     pub fn active_at(&self, id: &str) -> Option<Instant> {
@@ -529,6 +860,7 @@ impl RancherServer {
             .and_then(|h| h.active_at)
     }
 
+    /// Registration tokens created by `POST` on the collection.
     pub fn tokens_created(&self) -> usize {
         self.state().tokens_created
     }
@@ -762,6 +1094,8 @@ async fn handle(
 enum Kind {
     Hosts,
     Tokens,
+    Events,
+    Instances,
 }
 
 /// One filter condition from the query string.
@@ -797,6 +1131,12 @@ const HOST_FILTERS: &[&str] = &["id", "state", "agentState", "name", "uuid", "ki
 
 /// What registration tokens can be filtered on.
 const TOKEN_FILTERS: &[&str] = &["id", "state", "name", "uuid", "kind"];
+
+/// What external host events can be filtered on.
+const EVENT_FILTERS: &[&str] = &["id", "state", "eventType", "hostId", "uuid", "kind"];
+
+/// What containers can be filtered on.
+const INSTANCE_FILTERS: &[&str] = &["id", "state", "name", "system", "uuid", "kind"];
 
 /// An item of a collection: its number (for order and markers), the values filters look
 /// at, and its JSON.
@@ -1007,10 +1347,86 @@ impl State {
         let (kind, name) = match coll.to_ascii_lowercase().as_str() {
             "hosts" | "host" => (Kind::Hosts, "hosts"),
             "registrationtokens" | "registrationtoken" => (Kind::Tokens, "registrationtokens"),
+            // Evacuation is v2-beta's (reference.md), and so are its events.
+            "externalhostevents" | "externalhostevent" if api == Api::V2Beta => {
+                (Kind::Events, "externalhostevents")
+            }
+            "instances" | "instance" | "containers" | "container" => (Kind::Instances, "instances"),
             _ => return error(404),
         };
         let coll_url = format!("{prefix}/{name}");
         match (kind, rest) {
+            (Kind::Hosts, [id, "instances"]) => {
+                if !self.hosts.iter().any(|h| h.id == *id) {
+                    return error(404);
+                }
+                if *req.method != Method::GET {
+                    return error(405);
+                }
+                let url = format!("{coll_url}/{id}/instances");
+                let items = self.instance_items(prefix, |c| c.host_id == *id);
+                self.collection(req, &url, ("instance", INSTANCE_FILTERS), items, json!({}))
+            }
+            (Kind::Instances, []) => {
+                if *req.method != Method::GET {
+                    return error(405);
+                }
+                let items = self.instance_items(prefix, |_| true);
+                self.collection(
+                    req,
+                    &coll_url,
+                    ("instance", INSTANCE_FILTERS),
+                    items,
+                    json!({}),
+                )
+            }
+            (Kind::Instances, [id]) => {
+                let Some(c) = self.containers.iter().find(|c| c.id == *id) else {
+                    return error(404);
+                };
+                match *req.method {
+                    Method::GET => Reply::json(200, self.container_json(prefix, c)),
+                    _ => error(405),
+                }
+            }
+            (Kind::Events, []) => match *req.method {
+                Method::GET => {
+                    let items = self
+                        .events
+                        .iter()
+                        .map(|e| Item {
+                            num: e.num,
+                            id: e.id.clone(),
+                            fields: vec![
+                                ("id", Some(e.id.clone())),
+                                ("state", Some(e.state.clone())),
+                                ("eventType", Some(e.event_type.clone())),
+                                ("hostId", Some(e.host_id.clone())),
+                                ("uuid", Some(e.uuid.clone())),
+                                ("kind", Some("externalHostEvent".into())),
+                            ],
+                            json: self.event_json(&coll_url, e),
+                        })
+                        .collect();
+                    let create = json!({ "externalHostEvent": coll_url });
+                    let kind = ("externalHostEvent", EVENT_FILTERS);
+                    self.collection(req, &coll_url, kind, items, create)
+                }
+                Method::POST => self.create_event(req, &coll_url),
+                _ => error(405),
+            },
+            (Kind::Events, [id]) => {
+                let Some(event) = self.events.iter().find(|e| e.id == *id) else {
+                    return error(404);
+                };
+                match *req.method {
+                    Method::GET => Reply::json(200, self.event_json(&coll_url, event)),
+                    Method::POST if req.param("action").is_some() => {
+                        error_with(422, "InvalidAction", Value::Null, json!("action"))
+                    }
+                    _ => error(405),
+                }
+            }
             (Kind::Hosts, []) => match *req.method {
                 Method::GET => {
                     let items = self
@@ -1111,10 +1527,15 @@ impl State {
             return error_with(422, "InvalidAction", Value::Null, json!("action"));
         }
         let opts = self.opts.clone();
-        let Some(host) = self.host_mut(id) else {
+        let Some(state) = self
+            .hosts
+            .iter()
+            .find(|h| h.id == id)
+            .map(|h| h.state.clone())
+        else {
             return error(404);
         };
-        if !valid_actions(api, &host.state).contains(&action) {
+        if !valid_actions(api, &state).contains(&action) {
             return error(422);
         }
         let (_, _, via) = HOST_ACTIONS
@@ -1122,21 +1543,145 @@ impl State {
             .find(|(name, _, _)| *name == action)
             .copied()
             .unwrap_or(("", &[], None));
+        if matches!(action, "remove" | "purge") {
+            let containers = self.containers_left(id);
+            if !containers.is_empty() {
+                self.removed_with_containers.push(RemovedWithContainers {
+                    host_id: id.to_string(),
+                    action: action.to_string(),
+                    containers,
+                });
+            }
+        }
         let status = match via {
-            Some(state) => {
-                host.enter(state, &opts);
+            Some(next) => {
+                if let Some(host) = self.host_mut(id) {
+                    host.enter(next, &opts);
+                }
                 if delete {
                     200
                 } else {
                     202
                 }
             }
-            // evacuate: the host stays as it is.
-            None => 200,
+            // evacuate: the host stays as it is; only the event is recorded, and its
+            // process does the rest later.
+            None => {
+                self.new_event(id, false, true);
+                200
+            }
         };
         let host = self.hosts.iter().find(|h| h.id == id);
         let body = host.map(|h| self.host_json(api, coll_url, h));
         Reply::json(status, body.unwrap_or(Value::Null))
+    }
+
+    /// `POST` on `externalhostevents`: `{"eventType":"host.evacuate","hostId":"1h1"}`,
+    /// optionally `"deleteHost": true`; 201 with the event `creating`.
+    fn create_event(&mut self, req: &Req, coll_url: &str) -> Reply {
+        let body = if req.body.iter().all(u8::is_ascii_whitespace) {
+            json!({})
+        } else {
+            match serde_json::from_slice::<Value>(req.body) {
+                Ok(v) if v.is_object() => v,
+                _ => return error_with(422, "InvalidBodyContent", Value::Null, Value::Null),
+            }
+        };
+        match body.get("eventType").and_then(Value::as_str) {
+            None | Some("") => {
+                return error_with(422, "MissingRequired", Value::Null, json!("eventType"))
+            }
+            Some(EVACUATE_EVENT) => {}
+            Some(_) => return error_with(422, "InvalidOption", Value::Null, json!("eventType")),
+        }
+        let host_id = match body.get("hostId").and_then(Value::as_str) {
+            None | Some("") => {
+                return error_with(422, "MissingRequired", Value::Null, json!("hostId"))
+            }
+            Some(h) if self.hosts.iter().any(|x| x.id == h) => h.to_string(),
+            Some(_) => return error_with(422, "InvalidReference", Value::Null, json!("hostId")),
+        };
+        let delete_host = body
+            .get("deleteHost")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let id = self.new_event(&host_id, delete_host, false);
+        let event = self.events.iter().find(|e| e.id == id);
+        let body = event.map(|e| self.event_json(coll_url, e));
+        Reply::json(201, body.unwrap_or(Value::Null))
+    }
+
+    fn event_json(&self, coll_url: &str, e: &HostEvent) -> Value {
+        let url = format!("{coll_url}/{}", e.id);
+        let account = format!("{}/v2-beta/projects/{}", self.base, self.opts.project_id);
+        json!({
+            "id": e.id,
+            "type": "externalHostEvent",
+            "kind": "externalHostEvent",
+            "baseType": "externalEvent",
+            "eventType": e.event_type,
+            "hostId": e.host_id,
+            "hostLabel": null,
+            "deleteHost": e.delete_host,
+            "state": e.state,
+            "accountId": self.opts.project_id,
+            "uuid": e.uuid,
+            "created": rfc3339(e.created_ms),
+            "createdTS": e.created_ms,
+            "removed": null,
+            "transitioning": if e.state == "creating" { "yes" } else { "no" },
+            "transitioningMessage": null,
+            "transitioningProgress": null,
+            "links": { "self": url, "account": account },
+            "actions": {},
+        })
+    }
+
+    /// The containers `which` selects, as collection items; removed ones drop out of lists.
+    fn instance_items(&self, prefix: &str, which: impl Fn(&Container) -> bool) -> Vec<Item> {
+        self.containers
+            .iter()
+            .filter(|c| which(c) && !is_removed(&c.state))
+            .map(|c| Item {
+                num: c.num,
+                id: c.id.clone(),
+                fields: vec![
+                    ("id", Some(c.id.clone())),
+                    ("state", Some(c.state.clone())),
+                    ("name", Some(c.name.clone())),
+                    ("system", Some(c.system.to_string())),
+                    ("uuid", Some(c.uuid.clone())),
+                    ("kind", Some("container".into())),
+                ],
+                json: self.container_json(prefix, c),
+            })
+            .collect()
+    }
+
+    fn container_json(&self, prefix: &str, c: &Container) -> Value {
+        let url = format!("{prefix}/instances/{}", c.id);
+        json!({
+            "id": c.id,
+            "type": "container",
+            "kind": "container",
+            "baseType": "instance",
+            "name": c.name,
+            "state": c.state,
+            "system": c.system,
+            "hostId": c.host_id,
+            "accountId": self.opts.project_id,
+            "uuid": c.uuid,
+            "created": rfc3339(c.created_ms),
+            "createdTS": c.created_ms,
+            "removed": c.removed_ms.map(rfc3339),
+            "transitioning": if matches!(c.state.as_str(), "stopping" | "removing") { "yes" } else { "no" },
+            "transitioningMessage": null,
+            "links": {
+                "self": url,
+                "hosts": format!("{prefix}/hosts/{}", c.host_id),
+            },
+            "actions": {},
+        })
     }
 
     fn host_json(&self, api: Api, coll_url: &str, h: &Host) -> Value {
@@ -2239,8 +2784,7 @@ mod tests {
         assert_eq!((status, &body["code"]), (422, &json!("InvalidAction")));
         let (status, body) = call(&r, "POST", &format!("{v1}?action=evacuate")).await;
         assert_eq!((status, &body["code"]), (422, &json!("InvalidAction")));
-        let (status, body) = call(&r, "POST", &format!("{v2}?action=evacuate")).await;
-        assert_eq!((status, &body["state"]), (200, &json!("active")));
+        // (v2-beta's evacuate, which deactivates the host on its own, has its own tests.)
 
         let (status, body) = call(&r, "POST", &format!("{self_url}/?action=deactivate")).await;
         assert_eq!((status, &body["state"]), (202, &json!("deactivating")));
@@ -2292,6 +2836,184 @@ mod tests {
             ]
         );
         assert_eq!(r.hosts().len(), 1);
+    }
+
+    async fn post_json(r: &RancherServer, path: &str, body: Value) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}{path}", r.url()))
+            .basic_auth(r.access_key(), Some(r.secret_key()))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("json"))
+    }
+
+    fn container(name: &str, system: bool) -> ContainerSpec {
+        ContainerSpec {
+            name: name.to_string(),
+            system,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_evacuation_event_finishes_only_once_the_containers_are_gone() {
+        let r = RancherServer::start(RancherOptions {
+            container_delay: Duration::from_millis(300),
+            ..fast()
+        })
+        .await;
+        let id = r.add_host(host_spec("a", "active", None));
+        r.add_container(&id, container("web-1", false));
+        r.add_container(&id, container("network-agent", true));
+        r.add_container(&id, container("web-2", false));
+        let host = get(&r, &format!("/v2-beta/projects/1a5/hosts/{id}")).await;
+        let instances = host["links"]["instances"].as_str().unwrap().to_string();
+        let listed = get(&r, &instances).await;
+        let flags: Vec<(&str, bool)> = listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["name"].as_str().unwrap(), c["system"].as_bool().unwrap()))
+            .collect();
+        assert_eq!(
+            flags,
+            [("web-1", false), ("network-agent", true), ("web-2", false)]
+        );
+        assert_eq!(
+            ids(&get(&r, &format!("/v1/hosts/{id}/instances")).await),
+            ids(&listed)
+        );
+
+        // Validation, and evacuation is v2-beta's only.
+        let events = "/v2-beta/projects/1a5/externalhostevents";
+        let (status, body) = post_json(&r, events, json!({"hostId": id})).await;
+        assert_eq!(
+            (status, &body["code"], &body["fieldName"]),
+            (422, &json!("MissingRequired"), &json!("eventType"))
+        );
+        let bad_host = json!({"eventType": "host.evacuate", "hostId": "1h999"});
+        let (status, body) = post_json(&r, events, bad_host).await;
+        assert_eq!((status, &body["code"]), (422, &json!("InvalidReference")));
+        let evacuate = json!({"eventType": "host.evacuate", "hostId": id});
+        let (status, _) = post_json(&r, "/v1/externalhostevents", evacuate.clone()).await;
+        assert_eq!(status, 404);
+
+        let (status, event) = post_json(&r, events, evacuate).await;
+        assert_eq!((status, &event["state"]), (201, &json!("creating")));
+        let event_url = event["links"]["self"].as_str().unwrap().to_string();
+        // The host is deactivated first, and is inactive while its containers still go.
+        let mut seen_inactive_with_containers = false;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while get(&r, &event_url).await["state"] != "created" {
+            assert!(Instant::now() < deadline, "the event never finished");
+            let state = r.host(&id).unwrap().state;
+            let left = r.state().containers_left(&id);
+            assert!(
+                left.len() == 2 || state == "inactive",
+                "containers went before the host was inactive: {state}, {left:?}"
+            );
+            seen_inactive_with_containers |= state == "inactive" && !left.is_empty();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(seen_inactive_with_containers);
+        assert_eq!(
+            r.host(&id).unwrap().history,
+            ["active", "deactivating", "inactive"]
+        );
+        for c in r.containers(&id) {
+            let want: &[&str] = if c.system {
+                &["running"]
+            } else {
+                &["running", "stopping", "stopped", "removing", "removed"]
+            };
+            assert_eq!(c.history, want, "{}", c.name);
+        }
+        let names: Vec<Value> = get(&r, &instances).await["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].clone())
+            .collect();
+        assert_eq!(names, [json!("network-agent")]);
+        let filtered = get(
+            &r,
+            &format!("{events}?hostId={id}&eventType=host.evacuate&state=created"),
+        )
+        .await;
+        assert_eq!(ids(&filtered), [event["id"].as_str().unwrap().to_string()]);
+
+        // Removed with only system containers left: nothing recorded.
+        let (status, _) = call(&r, "DELETE", &format!("/v2-beta/hosts/{id}")).await;
+        assert_eq!(status, 200);
+        assert!(r.removed_with_containers().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_evacuate_action_only_records_an_event_and_early_removals_are_recorded() {
+        let r = RancherServer::start(RancherOptions {
+            container_delay: Duration::from_millis(100),
+            ..fast()
+        })
+        .await;
+        let id = r.add_host(host_spec("a", "active", None));
+        r.add_container(&id, container("db", false));
+        let (status, body) =
+            call(&r, "POST", &format!("/v2-beta/hosts/{id}?action=evacuate")).await;
+        assert_eq!((status, &body["state"]), (200, &json!("active")));
+        let events = r.host_events();
+        assert_eq!(events.len(), 1);
+        assert!(events[0].by_action && events[0].event_type == "host.evacuate");
+        wait_until("the host inactive", Duration::from_secs(5), || {
+            r.host(&id).unwrap().state == "inactive"
+        })
+        .await;
+        // Removed at once, without waiting for the evacuation: the record shows it.
+        let host = r.add_host(host_spec("b", "inactive", None));
+        r.add_container(&host, container("cache", false));
+        r.add_container(&host, container("healthcheck", true));
+        let (status, _) = call(&r, "DELETE", &format!("/v2-beta/hosts/{host}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            r.removed_with_containers(),
+            [RemovedWithContainers {
+                host_id: host.clone(),
+                action: "remove".into(),
+                containers: vec!["cache".into()],
+            }]
+        );
+        wait_until("the event created", Duration::from_secs(5), || {
+            r.host_events()[0].state == "created"
+        })
+        .await;
+        assert_eq!(r.containers(&id)[0].state, "removed");
+
+        // deleteHost: the event's process removes and purges the host too.
+        let gone = r.add_host(host_spec("c", "active", None));
+        let (status, _) = post_json(
+            &r,
+            "/v2-beta/externalhostevents",
+            json!({"eventType": "host.evacuate", "hostId": gone, "deleteHost": true}),
+        )
+        .await;
+        assert_eq!(status, 201);
+        wait_until("the host purged", Duration::from_secs(5), || {
+            r.host(&gone).unwrap().state == "purged"
+        })
+        .await;
+        assert_eq!(
+            r.host(&gone).unwrap().history,
+            [
+                "active",
+                "deactivating",
+                "inactive",
+                "removing",
+                "removed",
+                "purging",
+                "purged"
+            ]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
