@@ -1,12 +1,18 @@
 //! The shared AWS SDK configuration: region from `AWS_REGION` or IMDS, credentials by the
-//! standard chain, endpoints overridable by `AWS_ENDPOINT_URL[_<SERVICE>]`.
+//! standard chain, endpoints overridable by `AWS_ENDPOINT_URL[_<SERVICE>]`, and one HTTPS
+//! client for every AWS call of the process.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_smithy_http_client::proxy::ProxyConfig;
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use aws_smithy_http_client::{Builder as HttpClientBuilder, ConnectorBuilder};
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
@@ -17,6 +23,7 @@ pub async fn sdk_config(fallback_region: &str) -> SdkConfig {
     let region = Region::new(env_region().unwrap_or_else(|| fallback_region.to_string()));
     aws_config::defaults(BehaviorVersion::latest())
         .region(region)
+        .http_client(https_client())
         // Every call is bounded; drover's own loops add backoff on top of the SDK's retries.
         .timeout_config(
             TimeoutConfig::builder()
@@ -33,6 +40,30 @@ pub async fn sdk_config(fallback_region: &str) -> SdkConfig {
         .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
         .load()
         .await
+}
+
+/// The process's one HTTPS client for AWS: the same as the SDK's default (rustls with aws-lc,
+/// the system's roots, `HTTPS_PROXY`/`NO_PROXY` from the environment), built once. Left to
+/// itself the SDK builds one per service client and one for the credentials chain, each
+/// loading the system's root certificates into a TLS config of its own and keeping a
+/// connection pool of its own: `run` holds two Auto Scaling clients and an SQS client, and
+/// every SSM read built one more.
+fn https_client() -> SharedHttpClient {
+    static CLIENT: OnceLock<SharedHttpClient> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            HttpClientBuilder::new().build_with_connector_fn(|settings, components| {
+                let mut connector = ConnectorBuilder::default()
+                    .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc));
+                connector.set_connector_settings(settings.cloned());
+                if let Some(components) = components {
+                    connector.set_sleep_impl(components.sleep_impl());
+                }
+                connector.set_proxy_config(Some(ProxyConfig::from_env()));
+                connector.build()
+            })
+        })
+        .clone()
 }
 
 /// The region `AWS_REGION` (or `AWS_DEFAULT_REGION`) names, if any.

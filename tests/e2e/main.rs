@@ -3,6 +3,7 @@
 //! build), and a dozen of them filled the disk of a CI machine and spent a minute linking.
 //! `cargo test --test e2e launch::` runs one subject.
 
+mod aws_proxy;
 mod aws_wiring;
 mod check;
 mod cloud_init;

@@ -1,9 +1,9 @@
 //! Fault proxies in front of the stand-ins: a TCP proxy that resets connections (what a
 //! load balancer restart or a dropped NAT entry looks like to a client), an HTTP proxy in
-//! front of moto with the shared fault layer (SQS errors, latency, the request log), and a
+//! front of moto with the shared fault layer (SQS errors, latency, the request log), a
 //! Unix-socket proxy in front of a Docker engine that can be down for a while (an engine
-//! restart). The TCP and Docker proxies work on connections, below HTTP: they keep their
-//! own controls.
+//! restart), and a plain forward proxy (`HTTP_PROXY`) that logs what went through it. The
+//! TCP and Docker proxies work on connections, below HTTP: they keep their own controls.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -210,12 +210,21 @@ async fn forward(
     body: Bytes,
 ) -> Response {
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut request = shared
-        .client
-        .request(method, format!("{}{path}", shared.target))
-        .body(body);
-    for (name, value) in &headers {
-        if name != "host" && name != "content-length" {
+    let url = format!("{}{path}", shared.target);
+    relay_request(&shared.client, method, url, &headers, body).await
+}
+
+/// Sends one request on to `url` and hands back the answer as it came.
+async fn relay_request(
+    client: &reqwest::Client,
+    method: Method,
+    url: String,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut request = client.request(method, url).body(body);
+    for (name, value) in headers {
+        if name != "host" && name != "content-length" && name != "proxy-connection" {
             request = request.header(name, value);
         }
     }
@@ -235,6 +244,63 @@ async fn forward(
         }
         Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
     }
+}
+
+/// A plain HTTP forward proxy, the kind `HTTP_PROXY` names: it takes requests in absolute
+/// form (`GET http://host:port/path`), sends them on and logs the `host:port` each was for.
+/// It speaks no `CONNECT`: the stand-ins are plain HTTP.
+pub struct ForwardProxy {
+    server: crate::http::Server,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+#[derive(Clone)]
+struct ForwardShared {
+    client: reqwest::Client,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl ForwardProxy {
+    pub async fn start() -> std::io::Result<ForwardProxy> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let shared = ForwardShared {
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .map_err(std::io::Error::other)?,
+            seen: seen.clone(),
+        };
+        let router = Router::new().fallback(forward_absolute).with_state(shared);
+        let server = crate::http::Server::start(router).await?;
+        Ok(ForwardProxy { server, seen })
+    }
+
+    /// `http://127.0.0.1:PORT`, for `HTTP_PROXY`.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// The `host:port` of every request that came through, in order.
+    pub fn authorities(&self) -> Vec<String> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+async fn forward_absolute(
+    State(shared): State<ForwardShared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    // A request in origin form (`GET /path`) was sent to the proxy as if it were the server.
+    let Some(authority) = uri.authority().map(|a| a.to_string()) else {
+        return (StatusCode::BAD_REQUEST, "not a proxy request").into_response();
+    };
+    if let Ok(mut seen) = shared.seen.lock() {
+        seen.push(authority);
+    }
+    relay_request(&shared.client, method, uri.to_string(), &headers, body).await
 }
 
 /// A Unix-socket proxy in front of a Docker engine's socket, which can be taken down (the
