@@ -9,21 +9,23 @@ use aws_config::retry::RetryConfig;
 use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_smithy_http_client::proxy::ProxyConfig;
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-use aws_smithy_http_client::{Builder as HttpClientBuilder, ConnectorBuilder};
+use aws_smithy_runtime::client::defaults::default_http_client_plugin_v2;
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponentsBuilder;
+use aws_smithy_runtime_api::client::runtime_plugin::RuntimePlugin;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 /// Loads the SDK config. `fallback_region` (from IMDS) is used only when the environment
 /// names none.
 pub async fn sdk_config(fallback_region: &str) -> SdkConfig {
     let region = Region::new(env_region().unwrap_or_else(|| fallback_region.to_string()));
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(region)
-        .http_client(https_client())
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(region);
+    if let Some(client) = https_client() {
+        loader = loader.http_client(client);
+    }
+    loader
         // Every call is bounded; drover's own loops add backoff on top of the SDK's retries.
         .timeout_config(
             TimeoutConfig::builder()
@@ -42,26 +44,22 @@ pub async fn sdk_config(fallback_region: &str) -> SdkConfig {
         .await
 }
 
-/// The process's one HTTPS client for AWS: the same as the SDK's default (rustls with aws-lc,
-/// the system's roots, `HTTPS_PROXY`/`NO_PROXY` from the environment), built once. Left to
-/// itself the SDK builds one per service client and one for the credentials chain, each
-/// loading the system's root certificates into a TLS config of its own and keeping a
-/// connection pool of its own: `run` holds two Auto Scaling clients and an SQS client, and
-/// every SSM read built one more.
-fn https_client() -> SharedHttpClient {
-    static CLIENT: OnceLock<SharedHttpClient> = OnceLock::new();
+/// The process's one HTTPS client for AWS: the SDK's own default (rustls with aws-lc, the
+/// system's roots, `HTTPS_PROXY`/`NO_PROXY` from the environment), taken once from the runtime
+/// plugin every SDK client would otherwise build it from. Left to itself the SDK builds one
+/// per service client and one for the credentials chain, each loading the system's root
+/// certificates into a TLS config of its own and keeping a connection pool of its own:
+/// `run` holds two Auto Scaling clients and an SQS client, and every SSM read built one
+/// more. Taken from the plugin rather than built here, so that the binary holds one copy of
+/// the client's code, not a second one for a builder of our own.
+fn https_client() -> Option<SharedHttpClient> {
+    static CLIENT: OnceLock<Option<SharedHttpClient>> = OnceLock::new();
     CLIENT
         .get_or_init(|| {
-            HttpClientBuilder::new().build_with_connector_fn(|settings, components| {
-                let mut connector = ConnectorBuilder::default()
-                    .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc));
-                connector.set_connector_settings(settings.cloned());
-                if let Some(components) = components {
-                    connector.set_sleep_impl(components.sleep_impl());
-                }
-                connector.set_proxy_config(Some(ProxyConfig::from_env()));
-                connector.build()
-            })
+            let plugin = default_http_client_plugin_v2(BehaviorVersion::latest())?;
+            plugin
+                .runtime_components(&RuntimeComponentsBuilder::new("drover"))
+                .http_client()
         })
         .clone()
 }
