@@ -17,3 +17,4 @@ mod register;
 mod secrets;
 mod stop;
 mod terminate;
+mod versions;
