@@ -16,6 +16,12 @@ what=${1:-all}
 case $what in all | deb | rpm) ;; *) echo "usage: $0 [deb|rpm]" >&2; exit 2 ;; esac
 
 export PATH="$PWD/.testbed/cargo/bin:$PATH"
+# The packages' versions, from Cargo's workspace version (CHANGELOG.md, Versions); an
+# unusable version stops here, before the build. cargo-deb makes the same .deb version by
+# itself (0.2.0-rc.1 becomes 0.2.0~rc.1-1; tests/e2e/versions.rs checks they agree);
+# cargo-generate-rpm copies Cargo's version as it is, and an rpm Version has no '-'.
+packaging/package-version deb >/dev/null
+rpm_version=$(packaging/package-version rpm)
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
 cargo build --release --locked -p drover
@@ -28,6 +34,6 @@ if [ "$what" != rpm ]; then
     cargo deb -p drover --no-build --locked
 fi
 if [ "$what" != deb ]; then
-    cargo generate-rpm -p .
+    cargo generate-rpm -p . --set-metadata "version = \"$rpm_version\""
 fi
 ls -l "$target"/debian/*.deb "$target"/generate-rpm/*.rpm 2>/dev/null || true

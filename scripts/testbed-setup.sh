@@ -2,8 +2,8 @@
 # Installs what the test bed needs on a fresh Debian machine (as root), and nothing that is
 # already there: Docker's engine (the tests start private ones), busybox-static (the stand-in
 # rancher/agent image is built from it), moto in a venv (a real SQS), and the real tools the
-# packaging tests run: systemd-analyze, cloud-init, rpm, debootstrap, python-hcl2, cargo-deb
-# and cargo-generate-rpm, the AWS CLI.
+# packaging tests run: systemd-analyze, cloud-init, rpm, debootstrap, python-hcl2, parliament,
+# cargo-deb and cargo-generate-rpm, the AWS CLI.
 #
 #   scripts/testbed-setup.sh            everything
 #   scripts/testbed-setup.sh base       packages and venvs (quick)
@@ -46,6 +46,11 @@ fi
 if ! "$venv/bin/python" -c 'import hcl2' 2>/dev/null; then
     echo "testbed-setup: adding python-hcl2 to $venv"
     "$venv/bin/pip" install -q --disable-pip-version-check 'python-hcl2>=7,<9'
+fi
+# The IAM policy linter the AWS wiring tests run on every policy, filled.
+if [ ! -x "$venv/bin/parliament" ]; then
+    echo "testbed-setup: adding parliament to $venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check 'parliament>=1.6,<2'
 fi
 
 # The AWS CLI that packaging/fetch-secret calls, in a venv of its own: v1 pins botocore,

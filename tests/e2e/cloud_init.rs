@@ -24,7 +24,7 @@ const EXAMPLES: [&str; 4] = [
     "asg-warm-pool.yaml",
 ];
 
-/// The example `packaging/aws/terraform` renders; it uses every placeholder.
+/// The userdata `packaging/aws/terraform` renders in its `queue` mode; it uses every placeholder.
 const TERRAFORM_EXAMPLE: &str = "asg-sqs.yaml";
 
 /// The Terraform placeholders the examples may use, each with a sample value that keeps

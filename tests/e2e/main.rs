@@ -18,3 +18,4 @@ mod register;
 mod secrets;
 mod stop;
 mod terminate;
+mod versions;

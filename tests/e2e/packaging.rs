@@ -46,16 +46,16 @@ fn stdout(cmd: &mut Command) -> String {
 }
 
 /// The packages, built once per test run.
-struct Packages {
-    deb: PathBuf,
+pub(crate) struct Packages {
+    pub(crate) deb: PathBuf,
     /// The same package with a higher revision, for the upgrade.
     deb_next: PathBuf,
-    rpm: PathBuf,
+    pub(crate) rpm: PathBuf,
     /// The same package with a higher release, for the upgrade.
     rpm_next: PathBuf,
 }
 
-fn packages() -> &'static Packages {
+pub(crate) fn packages() -> &'static Packages {
     static BUILT: OnceLock<Packages> = OnceLock::new();
     BUILT.get_or_init(build_packages)
 }
@@ -110,7 +110,19 @@ fn build_packages() -> Packages {
     );
     // Uncompressed: compression is cargo-generate-rpm's business, not what is checked here,
     // and the unoptimised test build of the tool takes most of a minute for it.
-    let rpm = ["-p", ".", "--payload-compress", "none"];
+    // The rpm Version as packaging/build.sh sets it (CHANGELOG.md, Versions).
+    let rpm_version = format!(
+        "version = \"{}\"",
+        stdout(Command::new(repo("packaging/package-version")).arg("rpm")).trim()
+    );
+    let rpm = [
+        "-p",
+        ".",
+        "--payload-compress",
+        "none",
+        "--set-metadata",
+        rpm_version.as_str(),
+    ];
     package(&cargo_rpm, &[&rpm[..], &["-o"]].concat(), &rpm_out);
     package(
         &cargo_rpm,
