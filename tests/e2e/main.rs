@@ -16,5 +16,6 @@ mod packaging;
 mod reaper;
 mod register;
 mod secrets;
+mod status;
 mod stop;
 mod terminate;
