@@ -555,10 +555,12 @@ fn completions_know_every_subcommand_and_flag() {
         "run",
         "check",
         "reap",
+        "status",
         "--config",
         "--set",
         "--if-going-away",
         "--dry-run",
+        "--json",
     ] {
         assert!(text.contains(word), "bash completion lacks {word}");
     }
