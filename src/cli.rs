@@ -62,6 +62,25 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// What drover knows about this host, now; reads only, changes nothing anywhere.
+    ///
+    /// One block per part: the instance (IMDS identity and target lifecycle state), the
+    /// registration record of the state dir, the host as Rancher shows it now (every host
+    /// labelled aws.instance_id with this instance), the rancher-agent container (Docker),
+    /// the termination sources drover run watches (from the config), the last take-out of
+    /// this instance with its timeline, a failed boot if one is recorded, and the last
+    /// reaper sweep. Each remote read is bounded (IMDS 4s, Rancher 6s, Docker 4s, read at
+    /// once), so a status answers within seconds whatever hangs: a part that cannot be read
+    /// says unreachable and why, and the others go on. Exit 1 ("cannot tell") only when IMDS
+    /// gives no identity (then nothing can be tied to this host) or a record in the state
+    /// dir cannot be read; Rancher or Docker unreachable still exits 0.
+    Status {
+        /// One JSON object instead, stable to script against: its "schema" field (1) is
+        /// raised only when a field changes meaning or goes. Every field is listed under
+        /// JSON FIELDS.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[cfg(test)]

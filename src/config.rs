@@ -187,6 +187,17 @@ pub enum OnSigterm {
     Exit,
 }
 
+impl OnSigterm {
+    /// The config's own word for it (`lifecycle.on_sigterm`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnSigterm::Auto => "auto",
+            OnSigterm::Deregister => "deregister",
+            OnSigterm::Exit => "exit",
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -1,5 +1,5 @@
 //! The subcommands, each in a module of its own: `register`, `deregister`, `run`, `check`,
-//! `reap`.
+//! `reap`, `status`.
 //! Each builds the clients it needs from the config, wires them to a workflow, and maps
 //! the result to an exit code; this module holds the entry point and the shared wiring.
 
@@ -9,6 +9,7 @@ mod deregister;
 mod reap;
 mod register;
 mod run;
+mod status;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -52,6 +53,8 @@ pub enum CommandError {
     Deregister(String),
     #[error("reaping: {0}")]
     Reap(String),
+    #[error("cannot tell: {0}")]
+    CannotTell(String),
     #[error("{0}")]
     Setup(String),
 }
@@ -104,6 +107,7 @@ pub fn main() -> ExitCode {
             Command::Run => run::run(config.clone()).await,
             Command::Check => check::check(&config).await,
             Command::Reap { dry_run } => reap::reap(config.clone(), dry_run).await,
+            Command::Status { json } => status::status(&config, json).await,
         }
     });
     match result {

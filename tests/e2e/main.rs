@@ -16,6 +16,7 @@ mod packaging;
 mod reaper;
 mod register;
 mod secrets;
+mod status;
 mod stop;
 mod terminate;
 mod versions;

@@ -248,6 +248,7 @@ fn deb_carries_the_binary_units_config_man_pages_and_completions_with_the_right_
         ("/usr/share/man/man1/drover-deregister.1", "-rw-r--r--"),
         ("/usr/share/man/man1/drover-check.1", "-rw-r--r--"),
         ("/usr/share/man/man1/drover-reap.1", "-rw-r--r--"),
+        ("/usr/share/man/man1/drover-status.1", "-rw-r--r--"),
         (
             "/usr/share/bash-completion/completions/drover",
             "-rw-r--r--",
@@ -455,6 +456,7 @@ fn rpm_carries_the_same_files_with_config_noreplace_and_scriptlets_that_never_st
         "drover-deregister",
         "drover-check",
         "drover-reap",
+        "drover-status",
     ] {
         entry(&format!("/usr/share/man/man1/{page}.1"));
     }
@@ -497,6 +499,7 @@ fn man_pages_render_without_warnings() {
         "drover-deregister",
         "drover-check",
         "drover-reap",
+        "drover-status",
     ] {
         let file = pages.join(format!("{page}.1"));
         let out = Command::new("man")
@@ -564,10 +567,12 @@ fn completions_know_every_subcommand_and_flag() {
         "run",
         "check",
         "reap",
+        "status",
         "--config",
         "--set",
         "--if-going-away",
         "--dry-run",
+        "--json",
     ] {
         assert!(text.contains(word), "bash completion lacks {word}");
     }

@@ -19,6 +19,17 @@ use clap_complete::Shell;
 /// Sections of drover(1) that clap knows nothing of: configuration, environment, files,
 /// exit status, signals. Hand-written roff; `src/config.rs` tests that every key is here.
 const MANUAL: &str = include_str!("manual.roff");
+/// Sections of drover-status(1) beyond clap's: its exit status and every field of its JSON.
+/// `src/commands/status` tests that the JSON has exactly these fields.
+const STATUS_MANUAL: &str = include_str!("status.roff");
+
+/// The hand-written sections of a subcommand's page, when it has some.
+fn manual_of(subcommand: &str) -> Option<&'static str> {
+    match subcommand {
+        "status" => Some(STATUS_MANUAL),
+        _ => None,
+    }
+}
 
 fn main() -> ExitCode {
     let Some(out) = std::env::args_os().nth(1).map(PathBuf::from) else {
@@ -51,14 +62,26 @@ fn write_all(out: &Path) -> io::Result<()> {
     for sub in cmd.get_subcommands() {
         // clap wants 'static names; this program runs once and exits.
         let name: &'static str = Box::leak(format!("drover-{}", sub.get_name()).into_boxed_str());
+        let manual = manual_of(sub.get_name());
         let sub = sub.clone().name(name).version(env!("CARGO_PKG_VERSION"));
         let mut buf = Vec::new();
-        clap_mangen::Man::new(sub)
+        let page = clap_mangen::Man::new(sub)
             .title(name.to_uppercase())
             .section("1")
             .source(format!("drover {}", env!("CARGO_PKG_VERSION")))
-            .manual("drover manual")
-            .render(&mut buf)?;
+            .manual("drover manual");
+        match manual {
+            None => page.render(&mut buf)?,
+            Some(sections) => {
+                page.render_title(&mut buf)?;
+                page.render_name_section(&mut buf)?;
+                page.render_synopsis_section(&mut buf)?;
+                page.render_description_section(&mut buf)?;
+                page.render_options_section(&mut buf)?;
+                buf.write_all(sections.as_bytes())?;
+                page.render_version_section(&mut buf)?;
+            }
+        }
         buf.write_all(b".SH \"SEE ALSO\"\n\\fBdrover\\fR(1)\n")?;
         fs::write(man.join(format!("{name}.1")), buf)?;
     }
