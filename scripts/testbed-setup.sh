@@ -3,7 +3,8 @@
 # already there: Docker's engine (the tests start private ones), busybox-static (the stand-in
 # rancher/agent image is built from it), moto in a venv (a real SQS), and the real tools the
 # packaging tests run: systemd-analyze, cloud-init, rpm, debootstrap, python-hcl2, parliament,
-# cargo-deb and cargo-generate-rpm, the AWS CLI.
+# cargo-deb and cargo-generate-rpm, the AWS CLI; promtool (Debian's prometheus), which reads
+# the metrics textfile.
 #
 #   scripts/testbed-setup.sh            everything
 #   scripts/testbed-setup.sh base       packages and venvs (quick)
@@ -31,6 +32,8 @@ command -v rpm >/dev/null 2>&1 || need+=(rpm)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v man >/dev/null 2>&1 || need+=(man-db)
 command -v strip >/dev/null 2>&1 || need+=(binutils)
+# promtool: Prometheus's own text parser reads the metrics textfile in the tests.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
     echo "testbed-setup: installing ${need[*]}"
     apt-get update -qq

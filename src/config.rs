@@ -19,6 +19,7 @@ use url::Url;
 use crate::labels::HostLabels;
 use crate::lifecycle::{LaunchHook, LifecycleResult};
 use crate::logging::LogFormat;
+use crate::pager::WebhookEvents;
 use crate::rancher::ApiVersion;
 use crate::secret::{loose_mode_warning, Secret, Source};
 
@@ -70,6 +71,8 @@ const KEYS: &[(&str, &str, KeyKind)] = &[
     ("pager", "pagerduty_routing_key_ssm", KeyKind::Str),
     ("pager", "pagerduty_url", KeyKind::Str),
     ("pager", "webhook_url", KeyKind::Str),
+    ("pager", "webhook_events", KeyKind::Str),
+    ("metrics", "textfile", KeyKind::Str),
     ("state", "dir", KeyKind::Str),
     ("log", "format", KeyKind::Str),
     ("log", "level", KeyKind::Str),
@@ -80,6 +83,7 @@ const SECTIONS: &[&str] = &[
     "agent",
     "lifecycle",
     "reaper",
+    "metrics",
     "pager",
     "state",
     "log",
@@ -207,6 +211,7 @@ pub struct Config {
     pub agent: AgentConfig,
     pub lifecycle: LifecycleConfig,
     pub reaper: ReaperConfig,
+    pub metrics: MetricsConfig,
     pub pager: crate::pager::Settings,
     pub state: StateConfig,
     pub log: crate::logging::Settings,
@@ -247,6 +252,13 @@ pub struct ReaperConfig {
     pub dry_run: bool,
 }
 
+/// `[metrics]`: the node_exporter textfile.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MetricsConfig {
+    /// Where the textfile goes; `None`: no metrics.
+    pub textfile: Option<PathBuf>,
+}
+
 /// The most take-outs `reaper.max_per_sweep` allows: a bound on the work one sweep starts.
 const MAX_PER_SWEEP_LIMIT: u32 = 1000;
 
@@ -269,6 +281,8 @@ struct RawConfig {
     lifecycle: RawLifecycle,
     #[serde(default)]
     reaper: RawReaper,
+    #[serde(default)]
+    metrics: RawMetrics,
     #[serde(default)]
     pager: RawPager,
     #[serde(default)]
@@ -337,6 +351,13 @@ struct RawPager {
     pagerduty_routing_key_ssm: Option<String>,
     pagerduty_url: Option<String>,
     webhook_url: Option<String>,
+    webhook_events: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    textfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -792,6 +813,23 @@ fn validate(
         None => None,
     };
 
+    let webhook_events = match p.webhook_events.as_deref().unwrap_or("failures") {
+        "failures" => WebhookEvents::Failures,
+        "all" => WebhookEvents::All,
+        other => {
+            return Err(key_error(
+                "pager.webhook_events",
+                format!("{other:?} is not \"failures\" or \"all\""),
+            ))
+        }
+    };
+    if webhook_events == WebhookEvents::All && webhook_url.is_none() {
+        warnings.push(
+            "pager.webhook_events = \"all\" tells nobody: pager.webhook_url is not set".into(),
+        );
+    }
+    let metrics = metrics_config(raw.metrics)?;
+
     let dir = raw
         .state
         .dir
@@ -843,15 +881,44 @@ fn validate(
             launch_hook: launch_hook(l.launch_hook_name),
         },
         reaper,
+        metrics,
         pager: crate::pager::Settings {
             pagerduty_routing_key,
             pagerduty_url,
             webhook_url,
+            webhook_events,
             parameter_store: None,
         },
         state: StateConfig { dir },
         log: crate::logging::Settings { format, level },
         warnings,
+    })
+}
+
+/// `[metrics]`: an empty `textfile` is off. The path must be absolute and end in `.prom`
+/// (the textfile collector reads nothing else); its directory need not exist yet
+/// (node_exporter may come later): `drover check` warns, and drover writes once it exists.
+fn metrics_config(m: RawMetrics) -> Result<MetricsConfig, ConfigError> {
+    let Some(path) = m.textfile.filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(MetricsConfig::default());
+    };
+    if !path.is_absolute() {
+        return Err(key_error(
+            "metrics.textfile",
+            format!("{} is not an absolute path", path.display()),
+        ));
+    }
+    if path.extension().is_none_or(|e| e != "prom") || path.file_stem().is_none() {
+        return Err(key_error(
+            "metrics.textfile",
+            format!(
+                "{} does not end in .prom (node_exporter's textfile collector reads only *.prom files)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(MetricsConfig {
+        textfile: Some(path),
     })
 }
 
@@ -1507,6 +1574,40 @@ secret_key = "s3cr3t-value"
     }
 
     #[test]
+    fn metrics_are_off_unless_a_textfile_is_named() {
+        let c = load(MINIMAL, &[], &[]).expect("minimal");
+        assert_eq!(c.metrics.textfile, None);
+        assert_eq!(c.pager.webhook_events, WebhookEvents::Failures);
+        let c = load(
+            &format!("{MINIMAL}\n[metrics]\ntextfile = \"\"\n"),
+            &[],
+            &[],
+        )
+        .expect("empty is off");
+        assert_eq!(c.metrics.textfile, None);
+        // The directory need not exist yet: node_exporter may be installed later.
+        let c = load(
+            MINIMAL,
+            &[(
+                "DROVER_METRICS_TEXTFILE",
+                "/nonexistent/collector/drover.prom",
+            )],
+            &["pager.webhook_events=all"],
+        )
+        .expect("textfile from the environment");
+        assert_eq!(
+            c.metrics.textfile.as_deref(),
+            Some(Path::new("/nonexistent/collector/drover.prom"))
+        );
+        assert_eq!(c.pager.webhook_events, WebhookEvents::All);
+        assert!(
+            c.warnings.iter().any(|w| w.contains("pager.webhook_url")),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
     fn enumerations_and_urls_are_checked() {
         let cases = [
             (
@@ -1527,6 +1628,12 @@ secret_key = "s3cr3t-value"
             ("[pager]\nwebhook_url = \"not a url\"", "pager.webhook_url"),
             ("[lifecycle]\nimds_poll = \"10ms\"", "lifecycle.imds_poll"),
             ("[log]\nlevel = \"loud\"", "log.level"),
+            ("[pager]\nwebhook_events = \"some\"", "pager.webhook_events"),
+            ("[metrics]\ntextfile = \"drover.prom\"", "metrics.textfile"),
+            (
+                "[metrics]\ntextfile = \"/var/lib/node_exporter/drover.txt\"",
+                "metrics.textfile",
+            ),
         ];
         for (extra, key) in cases {
             let e = err(&format!("{MINIMAL}\n{extra}\n"), &[]);

@@ -27,6 +27,10 @@
 //!   [`commands`] wires a subcommand to its sources, workflow and clients. `main.rs` only
 //!   calls [`commands::main`].
 //!
+//! - [`metrics`]: the textfile the workflow, the queue source, the reaper and the pager
+//!   report [`metrics::Event`]s to, through a handle passed down (a no-op when off);
+//!   nothing reads it back.
+//!
 //! Shutdown is one cancellation token passed down (a child of it closes the door); work
 //! under way runs on a `TaskTracker`, so that a stop waits for it, bounded.
 
@@ -47,6 +51,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod memory;
 pub mod message;
+pub mod metrics;
 pub mod pager;
 pub mod rancher;
 pub mod retry;

@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 use url::Url;
 
+use crate::metrics::{Event, Metrics};
 use crate::retry::{self, RetryError};
 use crate::secret::{Secret, SecretReader, SharedStore, Source};
 use crate::text::{cut_bytes, error_chain, one_line};
@@ -31,9 +32,46 @@ pub struct Settings {
     /// A Slack-style webhook URL carries its secret in its path: a secret, shown by its
     /// origin only ([`webhook_origin`]).
     pub webhook_url: Option<SecretString>,
+    /// What the webhook hears of: failures only (pages), or every take-out.
+    pub webhook_events: WebhookEvents,
     /// What reads a routing key kept in SSM. The config leaves it `None`; the commands set
     /// it when `pagerduty_routing_key_ssm` is used.
     pub parameter_store: Option<SharedStore>,
+}
+
+/// What the webhook is told about (`pager.webhook_events`). PagerDuty hears of failures only,
+/// whatever this says: it wakes people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WebhookEvents {
+    /// Pages only: a take-out or registration that failed, and its resolution.
+    #[default]
+    Failures,
+    /// Pages, and every take-out (a reap's too) that went well, with its timeline.
+    All,
+}
+
+impl WebhookEvents {
+    /// The word the config takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookEvents::Failures => "failures",
+            WebhookEvents::All => "all",
+        }
+    }
+}
+
+/// A take-out that went well, for a webhook that hears of every one.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub instance_id: String,
+    pub host_id: Option<String>,
+    pub group: Option<String>,
+    /// Where the termination came from (`sqs`, `reaper`, ...).
+    pub source: String,
+    /// Its lifecycle action was completed (or there was none).
+    pub hook_completed: bool,
+    /// What drover did, in order: (RFC 3339 time, event).
+    pub timeline: Vec<(String, String)>,
 }
 
 /// What PagerDuty takes as a routing key, for the error when a key is not that.
@@ -74,6 +112,17 @@ pub trait Paging: Send + Sync + 'static {
         summary: &str,
         deadline: Instant,
     ) -> impl Future<Output = Result<(), PagerError>> + Send;
+
+    /// Tells of a take-out that went well, where someone asked to hear of every one
+    /// (`pager.webhook_events = "all"`); nowhere by default.
+    fn report(
+        &self,
+        report: &Report,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<(), PagerError>> + Send {
+        let _ = (report, deadline);
+        std::future::ready(Ok(()))
+    }
 }
 
 /// Bound on one attempt; the caller's deadline bounds them all.
@@ -248,6 +297,9 @@ pub struct Pager {
     http: reqwest::Client,
     pagerduty: Option<PagerDuty>,
     webhook: Option<Target>,
+    webhook_events: WebhookEvents,
+    /// Where pages sent and failed are counted.
+    metrics: Metrics,
 }
 
 impl Pager {
@@ -291,7 +343,15 @@ impl Pager {
             http,
             pagerduty,
             webhook,
+            webhook_events: config.webhook_events,
+            metrics: Metrics::off(),
         })
+    }
+
+    /// Counts the pages sent and failed in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Pager {
+        self.metrics = metrics;
+        self
     }
 
     /// Posts `body` until the target accepts, refuses for good, or `deadline` passes.
@@ -413,7 +473,11 @@ impl Paging for Pager {
             Some(self.send(target, "webhook trigger", &body, deadline).await)
         };
         let (pagerduty, webhook) = tokio::join!(pagerduty, webhook);
-        finish("page", instance, [pagerduty, webhook])
+        let paged = finish("page", instance, [pagerduty, webhook]);
+        self.metrics.record(Event::Page {
+            delivered: paged.is_ok(),
+        });
+        paged
     }
 
     /// Resolves the incident of `instance_id` (a later attempt succeeded) on PagerDuty, and
@@ -472,6 +536,61 @@ impl Paging for Pager {
         let (pagerduty, webhook) = tokio::join!(pagerduty, webhook);
         finish("resolve the page", instance_id, [pagerduty, webhook])
     }
+
+    /// Posts the take-out and its timeline to the webhook when `webhook_events` is `all`.
+    async fn report(&self, report: &Report, deadline: Instant) -> Result<(), PagerError> {
+        let Some(target) = self
+            .webhook
+            .as_ref()
+            .filter(|_| self.webhook_events == WebhookEvents::All)
+        else {
+            return Ok(());
+        };
+        let text = report_text(report);
+        let body = json!({
+            "text": text,
+            "drover": {
+                "event": "take-out",
+                "summary": text,
+                "timestamp": now_rfc3339(),
+                "instance_id": report.instance_id,
+                "host_id": report.host_id,
+                "group": report.group,
+                "source": report.source,
+                "hook_completed": report.hook_completed,
+                "timeline": report
+                    .timeline
+                    .iter()
+                    .map(|(at, event)| json!({"at": at, "event": event}))
+                    .collect::<Vec<_>>(),
+            },
+        });
+        let sent = self.send(target, "webhook report", &body, deadline).await;
+        match &sent {
+            Ok(()) => tracing::info!(
+                instance_id = %report.instance_id,
+                "told the webhook of the take-out"
+            ),
+            Err(e) => tracing::warn!(
+                instance_id = %report.instance_id,
+                "could not tell the webhook of the take-out: {e}"
+            ),
+        }
+        sent
+    }
+}
+
+/// The one line a webhook shows first for a take-out that went well.
+fn report_text(report: &Report) -> String {
+    let host = non_blank(&report.host_id).unwrap_or("no host");
+    let group = non_blank(&report.group)
+        .map(|g| format!(", group {g}"))
+        .unwrap_or_default();
+    let text = format!(
+        "drover: {} ({host}{group}) taken out of Rancher (source {})",
+        report.instance_id, report.source
+    );
+    cut_bytes(&one_line(&text, usize::MAX), MAX_SUMMARY, "…")
 }
 
 /// Logs every target that failed, loudly, and folds the outcomes into one result.
@@ -699,6 +818,7 @@ mod tests {
             pagerduty_routing_key: key.map(|k| Secret::new("pager.pagerduty_routing_key", k)),
             pagerduty_url: Url::parse(&server.enqueue_url()).expect("enqueue URL"),
             webhook_url: webhook.then(|| SecretString::from(server.webhook_url())),
+            webhook_events: WebhookEvents::Failures,
             parameter_store: None,
         }
     }
@@ -834,6 +954,64 @@ mod tests {
             .expect("accepted");
         assert_eq!(server.webhooks().len(), 2);
         assert_eq!(server.events().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_take_out_is_reported_to_the_webhook_only_when_it_asked_for_all() {
+        let server = PagerServer::start().await;
+        let report = Report {
+            instance_id: "i-0a1b2c3d4e5f60718".into(),
+            host_id: Some("1h42".into()),
+            group: Some("web-asg".into()),
+            source: "sqs".into(),
+            hook_completed: true,
+            timeline: vec![("2026-01-01T00:00:00.000Z".into(), "host 1h42 out".into())],
+        };
+        let failures_only = pager(&server, Some(KEY), true);
+        failures_only
+            .report(&report, in_secs(10))
+            .await
+            .expect("nothing to send");
+        assert!(server.webhooks().is_empty());
+
+        let mut settings = config(&server, Some(KEY), true);
+        settings.webhook_events = WebhookEvents::All;
+        let all = Pager::new(&settings).expect("pager");
+        all.report(&report, in_secs(10)).await.expect("accepted");
+        let hooks = server.webhooks();
+        assert_eq!(hooks.len(), 1);
+        let d = &hooks[0]["drover"];
+        assert_eq!(d["event"], "take-out");
+        assert_eq!(d["instance_id"], "i-0a1b2c3d4e5f60718");
+        assert_eq!(d["host_id"], "1h42");
+        assert_eq!(d["source"], "sqs");
+        assert_eq!(d["timeline"][0]["event"], "host 1h42 out");
+        assert!(hooks[0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("taken out")));
+        // PagerDuty hears of failures only.
+        assert!(server.events().is_empty());
+    }
+
+    #[tokio::test]
+    async fn pages_sent_and_failed_are_counted() {
+        let server = PagerServer::start().await;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("drover.prom");
+        let metrics = Metrics::to_textfile(Some(&path));
+        let pager = pager(&server, Some(KEY), false).with_metrics(metrics.clone());
+        pager.trigger(&incident(), in_secs(10)).await.expect("sent");
+        let refused = self::pager(&server, Some(SHORT_KEY), false).with_metrics(metrics);
+        assert!(refused.trigger(&incident(), in_secs(10)).await.is_err());
+        let text = std::fs::read_to_string(&path).expect("textfile");
+        assert!(
+            text.contains("drover_pages_total{outcome=\"sent\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("drover_pages_total{outcome=\"failed\"} 1"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 //! `drover check`: one line per dependency the config names, every check bounded.
 
+use std::path::Path;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -13,7 +14,7 @@ use crate::imds::{Imds, InstanceIdentity};
 use crate::lifecycle::{
     LaunchHook, LifecycleActions, LAUNCHING_TRANSITION, TERMINATING_TRANSITION,
 };
-use crate::pager::{routing_key_is_valid, webhook_origin, ROUTING_KEY_SHAPE};
+use crate::pager::{routing_key_is_valid, webhook_origin, WebhookEvents, ROUTING_KEY_SHAPE};
 use crate::rancher::{RancherClient, RancherError};
 use crate::secret::{Secret, SecretReader};
 use crate::sqs::Sqs;
@@ -175,17 +176,74 @@ pub async fn check(config: &Config) -> Result<(), CommandError> {
                     "not set".into()
                 },
                 hook.as_ref()
-                    .map(|u| format!("to {}", webhook_origin(u)))
+                    .map(|u| format!(
+                        "to {} ({})",
+                        webhook_origin(u),
+                        match pager.webhook_events {
+                            WebhookEvents::Failures => "failures",
+                            WebhookEvents::All => "failures and every take-out",
+                        }
+                    ))
                     .unwrap_or_else(|| "not set".into())
             ),
         ),
     });
+
+    marks.push(check_metrics(config.metrics.textfile.as_deref()));
 
     let failed = marks.iter().filter(|m| **m == Mark::Fail).count();
     if failed > 0 {
         Err(CommandError::ChecksFailed(failed))
     } else {
         Ok(())
+    }
+}
+
+/// The textfile's directory: there and writable, or not there yet (a warning: node_exporter
+/// may be installed later, and drover writes the file once the directory exists). A file
+/// is created there and removed again; the textfile itself is left alone.
+fn check_metrics(textfile: Option<&Path>) -> Mark {
+    let Some(path) = textfile else {
+        return line(Mark::Skip, "metrics", "metrics.textfile not set");
+    };
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    if path.is_dir() {
+        return line(
+            Mark::Fail,
+            "metrics",
+            format!("metrics.textfile {} is a directory", path.display()),
+        );
+    }
+    if !dir.is_dir() {
+        return line(
+            Mark::Warn,
+            "metrics",
+            format!(
+                "{} does not exist (yet): drover run writes {} once it does",
+                dir.display(),
+                path.display()
+            ),
+        );
+    }
+    let probe = dir.join(format!(".drover-check.{}.tmp", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            line(
+                Mark::Ok,
+                "metrics",
+                format!(
+                    "{} writable; drover run writes {}",
+                    dir.display(),
+                    path.display()
+                ),
+            )
+        }
+        Err(e) => line(
+            Mark::Fail,
+            "metrics",
+            format!("cannot write in {} (metrics.textfile): {e}", dir.display()),
+        ),
     }
 }
 

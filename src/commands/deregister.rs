@@ -12,6 +12,7 @@ use super::{build_workflow, CommandError};
 use crate::autoscaling::AutoScaling;
 use crate::config::Config;
 use crate::imds::Imds;
+use crate::metrics::Metrics;
 use crate::sources::signal::machine_going_away;
 use crate::work::{Outcome, Source, Termination, Work};
 
@@ -35,7 +36,13 @@ pub async fn deregister(config: Arc<Config>, if_going_away: bool) -> Result<(), 
     // Connected by the take-out's first step, within its budget; a Rancher that cannot be
     // reached is a failed take-out, paged, with the lifecycle action still answered.
     let cluster = LazyRancher::new(config.clone());
-    let workflow = build_workflow(&config, &identity, cluster, AutoScaling::new(&sdk))?;
+    let workflow = build_workflow(
+        &config,
+        &identity,
+        cluster,
+        AutoScaling::new(&sdk),
+        &Metrics::off(),
+    )?;
 
     let stop = CancellationToken::new();
     let intake = stop.child_token();

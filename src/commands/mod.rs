@@ -25,6 +25,7 @@ use crate::config::{Config, Sources, DEFAULT_CONFIG_PATH};
 use crate::docker::{DockerAgent, Settings as DockerSettings};
 use crate::imds::{ImdsError, InstanceIdentity};
 use crate::lifecycle::LifecycleActions;
+use crate::metrics::Metrics;
 use crate::pager::Pager;
 use crate::rancher::{RancherClient, RancherError};
 use crate::retry;
@@ -218,8 +219,11 @@ fn build_reaper(
     cluster: cluster::LazyRancher,
     asg: AutoScaling,
     dry_run: bool,
+    metrics: &Metrics,
 ) -> Result<RealReaper, CommandError> {
-    let pager = Pager::new(&config.pager).map_err(|e| CommandError::Setup(e.to_string()))?;
+    let pager = Pager::new(&config.pager)
+        .map_err(|e| CommandError::Setup(e.to_string()))?
+        .with_metrics(metrics.clone());
     let r = &config.reaper;
     let settings = crate::sources::reaper::Settings {
         own_instance: identity.instance_id.clone(),
@@ -234,17 +238,22 @@ fn build_reaper(
         asg,
         pager,
         Records::new(StateDir::new(&config.state.dir)),
-    ))
+    )
+    .with_metrics(metrics.clone()))
 }
 
-/// Builds the workflow shared by `register`, `run` and `deregister`.
+/// Builds the workflow shared by `register`, `run` and `deregister`. `metrics` counts
+/// what it does (and what its pager sends).
 fn build_workflow(
     config: &Config,
     identity: &InstanceIdentity,
     cluster: cluster::LazyRancher,
     asg: AutoScaling,
+    metrics: &Metrics,
 ) -> Result<RealWorkflow, CommandError> {
-    let pager = Pager::new(&config.pager).map_err(|e| CommandError::Setup(e.to_string()))?;
+    let pager = Pager::new(&config.pager)
+        .map_err(|e| CommandError::Setup(e.to_string()))?
+        .with_metrics(metrics.clone());
     let l = &config.lifecycle;
     let settings = workflow::Settings {
         own_instance: identity.instance_id.clone(),
@@ -264,5 +273,6 @@ fn build_workflow(
         DockerAgent::new(DockerSettings::from_env()),
         pager,
         Records::new(StateDir::new(&config.state.dir)),
-    ))
+    )
+    .with_metrics(metrics.clone()))
 }

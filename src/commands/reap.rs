@@ -12,6 +12,7 @@ use super::{build_reaper, build_workflow, CommandError};
 use crate::autoscaling::AutoScaling;
 use crate::config::Config;
 use crate::imds::Imds;
+use crate::metrics::Metrics;
 use crate::sources::reaper::{Decision, HostVerdict, SweepReport, WarmVerdict};
 
 /// `drover reap [--dry-run]`: sweep once, print, exit 1 when refused or a take-out failed.
@@ -20,8 +21,14 @@ pub async fn reap(config: Arc<Config>, dry_run: bool) -> Result<(), CommandError
     let sdk = crate::aws::sdk_config(&identity.region).await;
     let cluster = LazyRancher::new(config.clone());
     let asg = AutoScaling::new(&sdk);
-    let workflow = build_workflow(&config, &identity, cluster.clone(), asg.clone())?;
-    let reaper = build_reaper(&config, &identity, cluster, asg, dry_run)?;
+    let workflow = build_workflow(
+        &config,
+        &identity,
+        cluster.clone(),
+        asg.clone(),
+        &Metrics::off(),
+    )?;
+    let reaper = build_reaper(&config, &identity, cluster, asg, dry_run, &Metrics::off())?;
 
     let stop = CancellationToken::new();
     let intake = stop.child_token();

@@ -17,6 +17,7 @@ use crate::boot::{register as boot, RegisterError, RegisterOutcome};
 use crate::config::Config;
 use crate::imds::{Imds, InstanceIdentity};
 use crate::lifecycle::is_warm_pool_state;
+use crate::metrics::Metrics;
 use crate::work::{Join, JoinFailed, Joined, LaunchOutcome, Work};
 
 fn left(deadline: Instant) -> Duration {
@@ -35,7 +36,13 @@ pub async fn register(config: Arc<Config>) -> Result<(), CommandError> {
     );
     let sdk = crate::aws::sdk_config(&identity.region).await;
     let cluster = LazyRancher::new(config.clone());
-    let workflow = build_workflow(&config, &identity, cluster.clone(), AutoScaling::new(&sdk))?;
+    let workflow = build_workflow(
+        &config,
+        &identity,
+        cluster.clone(),
+        AutoScaling::new(&sdk),
+        &Metrics::off(),
+    )?;
     let stop = CancellationToken::new();
     let intake = stop.child_token();
     let tracker = TaskTracker::new();

@@ -21,6 +21,7 @@ use crate::autoscaling::AutoScaling;
 use crate::config::Config;
 use crate::imds::{Imds, InstanceIdentity};
 use crate::lifecycle::is_warm_pool_state;
+use crate::metrics::Metrics;
 use crate::sources::signal::{self, StopSignals};
 use crate::sources::{imds_poll, queue, reaper, startup};
 use crate::sqs::Sqs;
@@ -64,7 +65,16 @@ pub async fn run(config: Arc<Config>) -> Result<(), CommandError> {
     let stop = CancellationToken::new();
     let intake = stop.child_token();
     let tracker = TaskTracker::new();
-    let workflow = build_workflow(&config, &identity, cluster.clone(), AutoScaling::new(&sdk))?;
+    // Only the daemon writes the textfile: a one-shot run by hand next to it (register,
+    // deregister, reap) would replace its counters with its own.
+    let metrics = Metrics::to_textfile(config.metrics.textfile.as_deref());
+    let workflow = build_workflow(
+        &config,
+        &identity,
+        cluster.clone(),
+        AutoScaling::new(&sdk),
+        &metrics,
+    )?;
     let door = workflow.start(intake.clone(), stop.clone(), &tracker);
 
     // Every source from the first second: a termination while registering cuts the
@@ -83,6 +93,7 @@ pub async fn run(config: Arc<Config>) -> Result<(), CommandError> {
         let queue = queue::Queue {
             sqs: Sqs::new(&sdk),
             url: url.clone(),
+            metrics: metrics.clone(),
         };
         tracker.spawn(queue::watch(
             queue,
@@ -136,7 +147,14 @@ pub async fn run(config: Arc<Config>) -> Result<(), CommandError> {
     // Out of the warm pool (or never in one), and not on its way out: the reaper sweeps
     // from here on, its first sweep an interval or more from now.
     if in_service && config.reaper.enabled && !intake.is_cancelled() {
-        match build_reaper(&config, &identity, cluster, AutoScaling::new(&sdk), false) {
+        match build_reaper(
+            &config,
+            &identity,
+            cluster,
+            AutoScaling::new(&sdk),
+            false,
+            &metrics,
+        ) {
             Ok(sweeper) => {
                 tracker.spawn(reaper::watch(sweeper, door.clone(), intake.clone()));
             }

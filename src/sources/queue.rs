@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::message::{self, LifecycleMessage};
+use crate::metrics::{Event, Metrics};
 use crate::retry;
 use crate::sqs::{ReceivedMessage, Sqs, SqsError};
 use crate::work::{Outcome, Source, Termination, Work};
@@ -37,6 +38,8 @@ const SETTLE_BUDGET: Duration = Duration::from_secs(10);
 pub struct Queue {
     pub sqs: Sqs,
     pub url: String,
+    /// Where messages received, deleted and handed back are counted.
+    pub metrics: Metrics,
 }
 
 /// Polls the queue until `intake` is cancelled. Each message is settled in a task of its
@@ -61,6 +64,7 @@ pub async fn watch(
             Ok(messages) => {
                 backoff = pace.build();
                 for m in messages {
+                    queue.metrics.record(Event::QueueReceived);
                     tracker.spawn(settle(queue.clone(), m, tx.clone(), stop.clone()));
                 }
             }
@@ -178,17 +182,21 @@ async fn delete(queue: &Queue, m: &ReceivedMessage) {
     match deleted {
         // The receive count says how often the fleet saw the message before it was
         // settled: 1 is the norm, a count near the redrive limit needs a look.
-        Ok(()) => tracing::info!(
-            message_id = %m.message_id,
-            receive_count = m.receive_count,
-            "deleted the lifecycle message"
-        ),
+        Ok(()) => {
+            queue.metrics.record(Event::QueueDeleted);
+            tracing::info!(
+                message_id = %m.message_id,
+                receive_count = m.receive_count,
+                "deleted the lifecycle message"
+            )
+        }
         Err(e) => tracing::warn!("deleting message {} failed: {e}", m.message_id),
     }
 }
 
 async fn hand_back(queue: &Queue, m: &ReceivedMessage) {
-    if let Err(e) = set_visibility(queue, m, 0).await {
-        tracing::warn!("handing message {} back failed: {e}", m.message_id);
+    match set_visibility(queue, m, 0).await {
+        Ok(()) => queue.metrics.record(Event::QueueHandedBack),
+        Err(e) => tracing::warn!("handing message {} back failed: {e}", m.message_id),
     }
 }

@@ -38,7 +38,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -48,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{AgentContact, Cluster, EnvHost};
 use crate::lifecycle::{GroupMembership, LifecycleActions, WARMED_TERMINATING_WAIT};
+use crate::metrics::{Event, Metrics, ReapOutcome};
 use crate::pager::{Incident, IncidentKind, Paging, Severity};
 use crate::state::{now_rfc3339, HostVerdictRecord, Records, SweepRecord};
 use crate::work::{Outcome, Source, Termination, Work};
@@ -83,6 +84,8 @@ pub struct Reaper<C, L, P> {
     asg: L,
     pager: P,
     records: Records,
+    /// Where sweeps and reaps are counted; off unless [`Reaper::with_metrics`].
+    metrics: Metrics,
 }
 
 /// What a sweep decided about a host (or a warmed instance), and, once the work ended, how.
@@ -263,7 +266,14 @@ where
             asg,
             pager,
             records,
+            metrics: Metrics::off(),
         }
+    }
+
+    /// Counts sweeps and reaps in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// One sweep: decide, page when there are too many, send the work through `door` and
@@ -301,7 +311,33 @@ where
         }
         self.log(&report);
         self.records.save_sweep(&self.record(&report, started_at));
+        self.count(&report);
         report
+    }
+
+    /// Every decision that was not "leave it", and the sweep itself.
+    fn count(&self, report: &SweepReport) {
+        let decisions = report
+            .hosts
+            .iter()
+            .map(|h| &h.decision)
+            .chain(report.warm.iter().map(|w| &w.decision));
+        for decision in decisions {
+            let outcome = match decision {
+                Decision::Leave(_) | Decision::Reap => continue,
+                Decision::Reaped => ReapOutcome::Reaped,
+                Decision::Failed(_) => ReapOutcome::Failed,
+                Decision::NotConfirmed => ReapOutcome::NotConfirmed,
+                Decision::Interrupted => ReapOutcome::Interrupted,
+                Decision::Deferred => ReapOutcome::Deferred,
+                Decision::WouldReap => ReapOutcome::WouldReap,
+            };
+            self.metrics.record(Event::Reap { outcome });
+        }
+        self.metrics.record(Event::Sweep {
+            refused: report.refused.is_some(),
+            at: SystemTime::now(),
+        });
     }
 
     /// Everything a sweep decides before it acts: the report, this instance's group, and

@@ -23,6 +23,7 @@ use super::terminate::FIND_BUDGET;
 use super::Workflow;
 use crate::cluster::{Cluster, LocalAgent};
 use crate::lifecycle::{LaunchHook, LifecycleActions, LifecycleResult, Transition};
+use crate::metrics::Event;
 use crate::pager::{Incident, IncidentKind, Paging, Severity};
 use crate::state::{now_rfc3339, BootFailure};
 use crate::work::{Join, JoinFailed, Joined, LaunchOutcome};
@@ -51,7 +52,8 @@ where
             "launch",
             instance_id = %self.settings.own_instance,
         );
-        async {
+        let started = Instant::now();
+        let outcome = async {
             tokio::select! {
                 outcome = self.launch_in(join, deadline) => outcome,
                 () = cancel.cancelled() => {
@@ -61,7 +63,20 @@ where
             }
         }
         .instrument(span)
-        .await
+        .await;
+        // Only a registration that ended counts: one cut short or never due says nothing.
+        let registered = match &outcome {
+            LaunchOutcome::Registered { .. } => Some(true),
+            LaunchOutcome::Failed(_) => Some(false),
+            LaunchOutcome::NotRegistered | LaunchOutcome::Interrupted => None,
+        };
+        if let Some(registered) = registered {
+            self.metrics.record(Event::Registration {
+                registered,
+                took: started.elapsed(),
+            });
+        }
+        outcome
     }
 
     async fn launch_in(&self, join: Option<Join>, deadline: Instant) -> LaunchOutcome {

@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::{Cluster, LocalAgent};
 use crate::lifecycle::{LaunchHook, LifecycleActions, LifecycleResult};
+use crate::metrics::Metrics;
 use crate::pager::Paging;
 use crate::state::Records;
 use crate::work::{LaunchOutcome, Outcome, Termination, Work};
@@ -70,6 +71,8 @@ pub struct Workflow<C, L, A, P> {
     agent: A,
     pager: P,
     records: Records,
+    /// Where registrations and take-outs are counted; off unless [`Workflow::with_metrics`].
+    metrics: Metrics,
 }
 
 impl<C, L, A, P> Workflow<C, L, A, P>
@@ -94,7 +97,14 @@ where
             agent,
             pager,
             records,
+            metrics: Metrics::off(),
         }
+    }
+
+    /// Counts registrations and take-outs in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Starts the consumer on `tracker` and returns the one door into it. Start it before

@@ -1,5 +1,6 @@
 //! Paging about a take-out that failed, and resolving the incident once a later attempt
-//! succeeds: the incident is built from the record and its timeline.
+//! succeeds: the incident is built from the record and its timeline. A take-out that went
+//! well is reported too, to a webhook that asked to hear of every one.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use tokio::time::Instant;
 
 use super::record::Timeline;
 use super::Settings;
-use crate::pager::{Incident, IncidentKind, Paging, Severity};
+use crate::pager::{Incident, IncidentKind, Paging, Report, Severity};
 use crate::state::TakeOutRecord;
 
 /// Budget for paging, so that paging never holds the hook for long.
@@ -84,5 +85,25 @@ pub async fn resolve<P: Paging>(pager: &P, record: &mut TakeOutRecord, timeline:
     {
         timeline.push("resolved the earlier incident");
         record.paged = false;
+    }
+}
+
+/// Tells the pager how a take-out that needed no page went, with its timeline; the pager
+/// passes it on only where it was asked to (`pager.webhook_events = "all"`). A failure is
+/// logged: the take-out is done whatever the webhook says.
+pub async fn report<P: Paging>(pager: &P, record: &TakeOutRecord) {
+    let report = Report {
+        instance_id: record.instance_id.clone(),
+        host_id: record.host_id.clone(),
+        group: record.group.clone(),
+        source: record.source.clone(),
+        hook_completed: record.hook_completed,
+        timeline: record.timeline.clone(),
+    };
+    if let Err(e) = pager.report(&report, Instant::now() + PAGE_BUDGET).await {
+        tracing::warn!(
+            "telling the webhook that {} was taken out failed: {e}",
+            record.instance_id
+        );
     }
 }

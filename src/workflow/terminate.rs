@@ -16,6 +16,7 @@ use crate::cluster::{Cluster, LocalAgent};
 use crate::lifecycle::{
     GroupMembership, LifecycleActions, LifecycleResult, Transition, WARMED_TERMINATING_WAIT,
 };
+use crate::metrics::Event;
 use crate::pager::Paging;
 use crate::state::{now_rfc3339, TakeOutRecord};
 use crate::work::{Outcome, Source, Termination};
@@ -99,9 +100,16 @@ where
             record.hook = t.hook.clone();
         }
 
+        let started = Instant::now();
         let hosts = match self.which_hosts(&t, own, &mut record, &mut timeline).await {
             Ok(hosts) => hosts,
-            Err(Refusal(outcome)) => return outcome,
+            Err(Refusal(outcome)) => {
+                // Not a peer's handed back: this instance's take-out, failed at the lookup.
+                if outcome != Outcome::NotHere {
+                    self.count_take_out(&t, outcome, started);
+                }
+                return outcome;
+            }
         };
         let host_id = hosts.first().cloned();
         if let Some(id) = &host_id {
@@ -162,7 +170,7 @@ where
         self.records.save(&record);
         let answered = record.hook_completed;
         let work = self.take_out_and_answer(&t, own, hosts, &mut record, &mut timeline, &lookup);
-        match (&lookup, answered) {
+        let outcome = match (&lookup, answered) {
             // Heartbeats for as long as the work goes on; dropped with it.
             (HookLookup::Found(target), false) => {
                 tokio::select! {
@@ -171,7 +179,22 @@ where
                 }
             }
             _ => work.await,
+        };
+        self.count_take_out(&t, outcome, started);
+        if outcome == Outcome::Done {
+            // A failure was paged already, with its timeline; a success is told only to a
+            // webhook that asked to hear of every take-out (`pager.webhook_events`).
+            page::report(&self.pager, &record).await;
         }
+        outcome
+    }
+
+    fn count_take_out(&self, t: &Termination, outcome: Outcome, started: Instant) {
+        self.metrics.record(Event::TakeOut {
+            source: t.source,
+            outcome,
+            took: started.elapsed(),
+        });
     }
 
     /// A reaper's claim, checked with Auto Scaling itself just before acting: the instance

@@ -20,7 +20,8 @@ use crate::lifecycle::{
     ActionRef, CallFailure, GroupMembership, LaunchHook, LifecycleActions, LifecycleHook,
     LifecycleResult, WarmedInstance, LAUNCHING_TRANSITION, TERMINATING_TRANSITION,
 };
-use crate::pager::{Incident, IncidentKind, PagerError, Paging};
+use crate::metrics::Metrics;
+use crate::pager::{Incident, IncidentKind, PagerError, Paging, Report};
 use crate::state::{record_file, Records, StateDir, TakeOutRecord};
 use crate::work::{Join, JoinFailed, Joined, LaunchOutcome, Outcome, Source, Termination, Work};
 
@@ -462,6 +463,7 @@ impl LocalAgent for FakeAgent {
 struct PagerState {
     triggers: Vec<Incident>,
     resolves: Vec<String>,
+    reports: Vec<Report>,
 }
 
 #[derive(Clone, Default)]
@@ -478,6 +480,10 @@ impl FakePager {
 
     fn resolves(&self) -> Vec<String> {
         lock(&self.0).resolves.clone()
+    }
+
+    fn reports(&self) -> Vec<Report> {
+        lock(&self.0).reports.clone()
     }
 }
 
@@ -506,6 +512,11 @@ impl Paging for FakePager {
         lock(&self.0).resolves.push(key);
         Ok(())
     }
+
+    async fn report(&self, report: &Report, _deadline: Instant) -> Result<(), PagerError> {
+        lock(&self.0).reports.push(report.clone());
+        Ok(())
+    }
 }
 
 // ---- The bed ----
@@ -519,6 +530,7 @@ struct Bed {
     pager: FakePager,
     dir: tempfile::TempDir,
     settings: Settings,
+    metrics: Metrics,
 }
 
 /// A consumer running on a tracker, with its door and its two tokens.
@@ -548,6 +560,7 @@ impl Bed {
                 launch_hook: LaunchHook::FromGroup,
                 cluster_url: "https://rancher.example.com/".into(),
             },
+            metrics: Metrics::off(),
         };
         bed.asg.set_hooks(
             GROUP,
@@ -590,7 +603,8 @@ impl Bed {
             self.agent.clone(),
             self.pager.clone(),
             self.records(),
-        );
+        )
+        .with_metrics(self.metrics.clone());
         let stop = CancellationToken::new();
         let intake = stop.child_token();
         let tracker = TaskTracker::new();
@@ -667,6 +681,74 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 // ---- Own host and a peer's ----
+
+#[tokio::test(start_paused = true)]
+async fn a_take_out_that_went_well_is_reported_with_its_timeline_a_failed_one_is_paged() {
+    let bed = Bed::new();
+    assert_eq!(bed.terminate(message(PEER)).await, Outcome::Done);
+    let reports = bed.pager.reports();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let report = &reports[0];
+    assert_eq!(report.instance_id, PEER);
+    assert_eq!(report.host_id.as_deref(), Some(PEER_HOST));
+    assert_eq!(report.source, "sqs");
+    assert!(report.hook_completed);
+    let events: Vec<&str> = report.timeline.iter().map(|(_, e)| e.as_str()).collect();
+    assert!(
+        events.contains(&"completed lifecycle action crawlers/drain with CONTINUE"),
+        "{events:?}"
+    );
+    assert!(bed.pager.failed_steps().is_empty());
+
+    // The same instance again: already handled, nothing new to tell.
+    assert_eq!(bed.terminate(message(PEER)).await, Outcome::Done);
+    assert_eq!(bed.pager.reports().len(), 1);
+
+    let bed = Bed::new();
+    bed.cluster.fail(Step::Deactivate, "boom");
+    assert_eq!(
+        bed.terminate(message(OWN)).await,
+        Outcome::FailedButCompleted
+    );
+    assert_eq!(bed.pager.failed_steps(), ["deactivate"]);
+    assert!(
+        bed.pager.reports().is_empty(),
+        "a failure is paged, not reported"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn take_outs_are_counted_by_source_and_outcome() {
+    let dir = tempfile::tempdir().expect("metrics dir");
+    let path = dir.path().join("drover.prom");
+    let mut bed = Bed::new();
+    bed.metrics = Metrics::to_textfile(Some(&path));
+    assert_eq!(bed.terminate(message(PEER)).await, Outcome::Done);
+    bed.cluster.fail(Step::Deactivate, "boom");
+    assert_eq!(
+        bed.terminate(Termination::new(OWN, Source::Signal)).await,
+        Outcome::FailedButCompleted
+    );
+    // A peer that has no host here is not a take-out.
+    assert_eq!(
+        bed.terminate(message("i-0000000000000000f")).await,
+        Outcome::NotHere
+    );
+    let text = std::fs::read_to_string(&path).expect("textfile");
+    let lines: Vec<&str> = text.lines().collect();
+    for line in [
+        "drover_take_outs_total{outcome=\"done\",source=\"sqs\"} 1",
+        "drover_take_outs_total{outcome=\"failed\",source=\"signal\"} 1",
+        "drover_pages_total{outcome=\"sent\"} 0",
+    ] {
+        assert!(lines.contains(&line), "{line} not in:\n{text}");
+    }
+    assert!(!text.contains("not_here"), "{text}");
+    assert!(
+        text.contains("drover_take_out_duration_seconds{outcome=\"done\",source=\"sqs\"}"),
+        "{text}"
+    );
+}
 
 #[tokio::test(start_paused = true)]
 async fn own_host_is_taken_out_its_agent_stopped_and_its_hook_completed() {

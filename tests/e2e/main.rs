@@ -12,6 +12,7 @@ mod evacuate;
 mod faults;
 mod fetch_secret;
 mod launch;
+mod metrics;
 mod packaging;
 mod reaper;
 mod register;

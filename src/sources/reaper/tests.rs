@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::cluster::{AgentRegistration, ClusterError, ClusterHost, Step, StepDone, StepFailed};
 use crate::lifecycle::{ActionRef, CallFailure, LifecycleHook, LifecycleResult, WarmedInstance};
+use crate::metrics::Metrics;
 use crate::pager::PagerError;
 use crate::state::StateDir;
 
@@ -501,6 +502,43 @@ async fn each_termination_carries_its_hosts_and_group_and_comes_from_the_reaper(
         t.hosts.as_deref(),
         Some(&["1h2".to_string(), "1h3".to_string()][..])
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn reaps_and_sweeps_are_counted() {
+    let bed = Bed::new();
+    bed.dead("1h2", "i-gone", None);
+    bed.dead("1h4", "i-waiting", Some("Terminating:Wait"));
+    bed.dead("1h3", "i-partitioned", Some("InService"));
+    bed.answer("i-waiting", Outcome::FailedButCompleted);
+    let dir = tempfile::tempdir().expect("metrics dir");
+    let path = dir.path().join("drover.prom");
+    let reaper = bed.reaper().with_metrics(Metrics::to_textfile(Some(&path)));
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    reaper.sweep(&bed.door(), &CancellationToken::new()).await;
+    lock(&bed.asg.0).instances.remove(OWN);
+    reaper.sweep(&bed.door(), &CancellationToken::new()).await;
+    let text = std::fs::read_to_string(&path).expect("textfile");
+    for line in [
+        "drover_reaps_total{outcome=\"reaped\"} 1",
+        "drover_reaps_total{outcome=\"failed\"} 1",
+        "drover_reaper_sweeps_total{outcome=\"swept\"} 1",
+        "drover_reaper_sweeps_total{outcome=\"refused\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+    }
+    // The host left alone is no reap.
+    assert_eq!(text.matches("drover_reaps_total{").count(), 2, "{text}");
+    let last: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("drover_reaper_last_sweep_timestamp_seconds "))
+        .expect("the gauge")
+        .parse()
+        .expect("a number");
+    assert!(last >= before.floor(), "{last} < {before}");
 }
 
 // ---- Safety ----

@@ -18,6 +18,7 @@ pub struct DroverConfig {
     pub agent: AgentSection,
     pub lifecycle: LifecycleSection,
     pub reaper: ReaperSection,
+    pub metrics: MetricsSection,
     pub pager: PagerSection,
     pub state: StateSection,
     pub log: LogSection,
@@ -84,6 +85,13 @@ pub struct PagerSection {
     pub routing_key: Option<Secret>,
     pub pagerduty_url: Option<String>,
     pub webhook_url: Option<String>,
+    /// `"failures"` or `"all"` (any text, to test refusals).
+    pub webhook_events: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MetricsSection {
+    pub textfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -287,6 +295,10 @@ impl DroverConfig {
         pager.secret("pagerduty_routing_key", &p.routing_key);
         pager.text("pagerduty_url", &p.pagerduty_url);
         pager.text("webhook_url", &p.webhook_url);
+        pager.text("webhook_events", &p.webhook_events);
+
+        let mut metrics = Lines::default();
+        metrics.put("textfile", self.metrics.textfile.as_deref().map(path));
 
         let mut state = Lines::default();
         state.put("dir", self.state.dir.as_deref().map(path));
@@ -301,6 +313,7 @@ impl DroverConfig {
             ("agent".into(), agent),
             ("lifecycle".into(), lifecycle),
             ("reaper".into(), reaper),
+            ("metrics".into(), metrics),
             ("pager".into(), pager),
             ("state".into(), state),
             ("log".into(), log),
