@@ -696,6 +696,8 @@ fn validate(
     if image.trim().is_empty() {
         return Err(key_error("agent.image", "is empty"));
     }
+    // `name[:tag][@sha256:...]`: a bad digest would only show at the pull, on every host.
+    crate::docker::ImageRef::parse(&image).map_err(|e| key_error("agent.image", e))?;
     let register_timeout = nonzero(
         a.register_timeout.unwrap_or(Duration::from_secs(300)),
         "agent.register_timeout",
@@ -1377,6 +1379,29 @@ secret_key = "s3cr3t-value"
             let e = err(&format!("{MINIMAL}\n[agent]\nlabels = {labels}\n"), &[]);
             assert!(e.contains("agent.labels"), "{labels}: {e}");
         }
+    }
+
+    #[test]
+    fn agent_image_may_be_pinned_by_digest_and_a_bad_digest_is_a_config_error() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        for image in [
+            format!("rancher/agent@{digest}"),
+            format!("rancher/agent:v1.2.11@{digest}"),
+            format!("reg.local:5000/rancher/agent@{digest}"),
+        ] {
+            let c = load(
+                &format!("{MINIMAL}\n[agent]\nimage = \"{image}\"\n"),
+                &[],
+                &[],
+            )
+            .expect(&image);
+            assert_eq!(c.agent.image, image);
+        }
+        let e = err(
+            &format!("{MINIMAL}\n[agent]\nimage = \"rancher/agent@sha256:abc\"\n"),
+            &[],
+        );
+        assert!(e.contains("agent.image") && e.contains("64 hex"), "{e}");
     }
 
     #[test]

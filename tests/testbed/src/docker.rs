@@ -32,6 +32,9 @@ sleep 15 & wait $!
 exit 0
 "#;
 
+/// The stand-in agent image's entrypoint.
+pub const AGENT_ENTRYPOINT: [&str; 1] = ["/bin/agent"];
+
 /// Busybox applets linked into the stand-in image, enough for the script and for poking
 /// around with `docker exec`.
 const APPLETS: &[&str] = &[
@@ -173,6 +176,28 @@ impl DockerEngine {
     /// Builds the stand-in agent image (busybox and the script at `/bin/agent` as entrypoint)
     /// and imports it as `tag`. About a tenth of a second.
     pub async fn import_agent_image(&self, tag: &str) -> std::io::Result<()> {
+        let tar = self.agent_image_tar().await?;
+        let (repo, image_tag) = split_tag(tag);
+        let options = CreateImageOptions {
+            from_src: Some("-".to_string()),
+            repo: Some(repo.to_string()),
+            tag: Some(image_tag.to_string()),
+            changes: vec![format!("ENTRYPOINT {AGENT_ENTRYPOINT:?}")],
+            ..Default::default()
+        };
+        let docker = self.client().await.map_err(|e| other("connecting", e))?;
+        let mut progress =
+            docker.create_image(Some(options), Some(bollard::body_full(tar.into())), None);
+        while let Some(step) = progress.next().await {
+            step.map_err(|e| other("importing the agent image", e))?;
+        }
+        Ok(())
+    }
+
+    /// The stand-in agent image's root as a tar (run it with [`AGENT_ENTRYPOINT`]): what
+    /// [`import_agent_image`](Self::import_agent_image) imports and the registry stand-in
+    /// serves.
+    pub async fn agent_image_tar(&self) -> std::io::Result<Vec<u8>> {
         let build = tempfile::Builder::new()
             .prefix("image-")
             .tempdir_in(&self.root)?;
@@ -203,25 +228,7 @@ impl DockerEngine {
                 String::from_utf8_lossy(&tar.stderr)
             )));
         }
-
-        let (repo, image_tag) = split_tag(tag);
-        let options = CreateImageOptions {
-            from_src: Some("-".to_string()),
-            repo: Some(repo.to_string()),
-            tag: Some(image_tag.to_string()),
-            changes: vec![r#"ENTRYPOINT ["/bin/agent"]"#.to_string()],
-            ..Default::default()
-        };
-        let docker = self.client().await.map_err(|e| other("connecting", e))?;
-        let mut progress = docker.create_image(
-            Some(options),
-            Some(bollard::body_full(tar.stdout.into())),
-            None,
-        );
-        while let Some(step) = progress.next().await {
-            step.map_err(|e| other("importing the agent image", e))?;
-        }
-        Ok(())
+        Ok(tar.stdout)
     }
 
     /// The engine's unix socket (it exists only while `dockerd` runs).

@@ -27,3 +27,4 @@ pub mod notify;
 pub mod pager;
 pub mod proxy;
 pub mod rancher;
+pub mod registry;
