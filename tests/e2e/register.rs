@@ -24,6 +24,8 @@ fn env_of(seen: &testbed::rancher::BootstrapSeen, name: &str) -> Option<String> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_environment_gets_a_token_and_the_host_joins() {
+    // Whether the machine had the agent's state folder before: a bed must not make one.
+    let had_rancher_dir = std::path::Path::new("/var/lib/rancher").exists();
     let bed = Bed::start().await;
     let run = bed.drover(&["register"]).await;
     run.assert_code(0);
@@ -96,6 +98,18 @@ async fn fresh_environment_gets_a_token_and_the_host_joins() {
         .await
         .expect("rancher-agent exists");
     assert_eq!(agent.state.and_then(|s| s.running), Some(true));
+
+    // The bind of /var/lib/rancher landed in the engine's private layer, not on the machine.
+    assert!(
+        bed.docker.private_var_lib().join("rancher").is_dir(),
+        "the engine made /var/lib/rancher in its own layer"
+    );
+    if !had_rancher_dir {
+        assert!(
+            !std::path::Path::new("/var/lib/rancher").exists(),
+            "the bed created /var/lib/rancher on the machine"
+        );
+    }
 
     // The registration is recorded with host and instance.
     let rec = bed.registration().expect("registration.json written");

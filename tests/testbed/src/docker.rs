@@ -1,6 +1,8 @@
 //! A private Docker engine per test, with a stand-in `rancher/agent` image.
 //!
-//! Each engine is its own `dockerd` with socket, data root and identity under `/tmp/tb-*`.
+//! Each engine is its own `dockerd` with socket, data root and identity under `/tmp/tb-*`,
+//! in a mount namespace of its own whose /var/lib is overlaid by the engine's directory, so
+//! that what the agent binds there (`/var/lib/rancher`) never reaches the machine.
 //! No image can be pulled on these machines, so the agent image is built from busybox and
 //! imported.
 
@@ -31,6 +33,13 @@ fi
 sleep 15 & wait $!
 exit 0
 "#;
+
+/// Run under `unshare --mount`: lays the bed's layer (`$1`, work dir `$2`) over /var/lib,
+/// then becomes the command that follows.
+const PRIVATE_VAR_LIB: &str = r#"set -e
+mount -t overlay overlay -o "lowerdir=/var/lib,upperdir=$1,workdir=$2" /var/lib
+shift 2
+exec "$@""#;
 
 /// The stand-in agent image's entrypoint.
 pub const AGENT_ENTRYPOINT: [&str; 1] = ["/bin/agent"];
@@ -112,7 +121,21 @@ impl DockerEngine {
             .create(true)
             .append(true)
             .open(self.root.join("dockerd.log"))?;
-        let child = Command::new("dockerd")
+        // The engine gets a mount namespace of its own with /var/lib over a layer of the
+        // bed's: the agent's bind of /var/lib/rancher (and anything else the engine creates
+        // there) lands under our directory and never on the machine. Plain `exec` keeps
+        // the child's pid the daemon's.
+        let upper = self.root.join("var-lib");
+        let work = self.root.join("var-lib.work");
+        std::fs::create_dir_all(&upper)?;
+        std::fs::create_dir_all(&work)?;
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(PRIVATE_VAR_LIB)
+            .arg("sh")
+            .arg(&upper)
+            .arg(&work)
+            .arg("dockerd")
             .arg("--config-file")
             .arg(self.root.join("daemon.json"))
             .arg("--host")
@@ -131,7 +154,7 @@ impl DockerEngine {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .map_err(|e| other("spawning dockerd", e))?;
+            .map_err(|e| other("spawning dockerd (under unshare)", e))?;
         self.child = Some(child);
 
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -234,6 +257,12 @@ impl DockerEngine {
     /// The engine's unix socket (it exists only while `dockerd` runs).
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// What the engine wrote under /var/lib (its private layer): `rancher/` once a bootstrap
+    /// container bound `/var/lib/rancher`.
+    pub fn private_var_lib(&self) -> PathBuf {
+        self.root.join("var-lib")
     }
 
     /// The engine's directory: `dockerd.log`, data and exec roots.
