@@ -14,6 +14,7 @@ mod launch;
 mod packaging;
 mod reaper;
 mod register;
+mod scripts;
 mod secrets;
 mod stop;
 mod terminate;

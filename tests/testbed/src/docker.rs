@@ -80,6 +80,8 @@ pub struct DockerEngine {
     root: PathBuf,
     socket: PathBuf,
     child: Option<Child>,
+    /// The running daemon's record (see [`crate::pids`]), with `child`.
+    recorded: Option<crate::pids::Recorded>,
 }
 
 fn other<E: std::fmt::Display>(what: &str, e: E) -> std::io::Error {
@@ -103,6 +105,7 @@ impl DockerEngine {
             root,
             socket,
             child: None,
+            recorded: None,
         })
     }
 
@@ -155,6 +158,7 @@ impl DockerEngine {
             .stderr(log)
             .spawn()
             .map_err(|e| other("spawning dockerd (under unshare)", e))?;
+        self.recorded = Some(crate::pids::record(child.id(), "dockerd", &self.root));
         self.child = Some(child);
 
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -350,6 +354,8 @@ impl DockerEngine {
     /// Stops `dockerd`: SIGTERM (it stops its containers, which trap TERM), up to 10 s, then
     /// SIGKILL. The directory stays, so [`start`](Self::start) brings the same engine back.
     pub fn stop(&mut self) {
+        // Removed once the daemon is gone, whichever way this returns.
+        let _recorded = self.recorded.take();
         let Some(mut child) = self.child.take() else {
             return;
         };
