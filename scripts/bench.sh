@@ -20,5 +20,6 @@ trap beds_stop EXIT
 cargo build --release --locked -p drover -p testbed
 export DROVER_MOTO_SERVER="$PWD/.testbed/venv/bin/moto_server"
 out=BENCHMARKS.md
-case " $* " in *" --only "*) out=target/bench-partial.md ;; esac
-target/release/drover-testbed bench --drover target/release/drover --out "$out" "$@"
+target=${CARGO_TARGET_DIR:-target}
+case " $* " in *" --only "*) out=$target/bench-partial.md ;; esac
+"$target/release/drover-testbed" bench --drover "$target/release/drover" --out "$out" "$@"

@@ -17,7 +17,8 @@ export DROVER_MOTO_SERVER="$PWD/.testbed/venv/bin/moto_server"
 trap beds_stop EXIT
 # In the background so that a signal to this script is handled at once: it is passed on to
 # the demo, which takes its bed down; then the EXIT trap stops whatever is left.
-target/debug/drover-testbed demo --drover target/debug/drover &
+target=${CARGO_TARGET_DIR:-target}
+"$target/debug/drover-testbed" demo --drover "$target/debug/drover" &
 demo=$!
 stop_demo() {
     kill -"$1" "$demo" 2>/dev/null || true

@@ -49,6 +49,11 @@ command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v man >/dev/null 2>&1 || need+=(man-db)
 command -v strip >/dev/null 2>&1 || need+=(binutils)
 fi
+# DROVER_SETUP_DRY_RUN=1: say what would be installed, and stop there.
+if [ -n "${DROVER_SETUP_DRY_RUN:-}" ]; then
+    echo "testbed-setup: would install: ${need[*]}"
+    exit 0
+fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "testbed-setup: installing ${need[*]}"
     apt-get update -qq

@@ -206,3 +206,85 @@ fn the_demo_takes_its_bed_down_on_ctrl_c() {
     }
     assert!(records(&pids_dir).is_empty(), "records left");
 }
+
+/// What `testbed-setup.sh PART` would install on a machine whose PATH has only bash and
+/// dirname: no compiler, no pkg-config, no curl, no python3, no Docker.
+fn would_install(part: &str) -> Vec<String> {
+    let bin = tempfile::tempdir().expect("bin dir");
+    for tool in ["bash", "dirname"] {
+        let real = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{tool} on this machine"));
+        std::os::unix::fs::symlink(real, bin.path().join(tool)).expect("symlink");
+    }
+    let out = Command::new(bin.path().join("bash"))
+        .arg(repo("scripts/testbed-setup.sh"))
+        .arg(part)
+        .env_clear()
+        .env("PATH", bin.path())
+        .env("DROVER_SETUP_DRY_RUN", "1")
+        .output()
+        .expect("testbed-setup.sh");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said.lines()
+        .find_map(|l| l.strip_prefix("testbed-setup: would install:"))
+        .unwrap_or_else(|| panic!("no list in: {said}"))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn setup_installs_what_a_fresh_debian_lacks_and_the_demo_only_what_it_uses() {
+    let demo = would_install("demo");
+    for needed in [
+        "gcc",
+        "g++",
+        "pkg-config",
+        "python3",
+        "python3-venv",
+        "docker.io",
+        "tar",
+        "util-linux",
+    ] {
+        assert!(
+            demo.iter().any(|p| p == needed),
+            "demo lacks {needed}: {demo:?}"
+        );
+    }
+    for packaging_only in [
+        "curl",
+        "systemd",
+        "cloud-init",
+        "rpm",
+        "debootstrap",
+        "man-db",
+    ] {
+        assert!(
+            !demo.iter().any(|p| p == packaging_only),
+            "the demo installs {packaging_only}: {demo:?}"
+        );
+    }
+    let base = would_install("base");
+    for needed in [
+        "gcc",
+        "g++",
+        "pkg-config",
+        "python3-venv",
+        "curl",
+        "cloud-init",
+        "rpm",
+    ] {
+        assert!(
+            base.iter().any(|p| p == needed),
+            "base lacks {needed}: {base:?}"
+        );
+    }
+}
