@@ -12,15 +12,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/testbed-setup.sh base
-cleanup() {
-    pkill -TERM -f 'dockerd --host unix:///tmp/tb-' 2>/dev/null || true
-    pkill -TERM -f 'moto_server -H 127.0.0.1' 2>/dev/null || true
-}
-trap cleanup EXIT
+scripts/testbed-setup.sh demo
+# What the bench's beds left running, should it die hard: only this run's (scripts/beds.sh).
+. scripts/beds.sh
+trap beds_stop EXIT
 
 cargo build --release --locked -p drover -p testbed
 export DROVER_MOTO_SERVER="$PWD/.testbed/venv/bin/moto_server"
 out=BENCHMARKS.md
-case " $* " in *" --only "*) out=target/bench-partial.md ;; esac
-target/release/drover-testbed bench --drover target/release/drover --out "$out" "$@"
+target=${CARGO_TARGET_DIR:-target}
+case " $* " in *" --only "*) out=$target/bench-partial.md ;; esac
+"$target/release/drover-testbed" bench --drover "$target/release/drover" --out "$out" "$@"

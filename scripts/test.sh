@@ -10,15 +10,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Each test starts its own private dockerd under /tmp/tb-*; they stop when the test ends.
-# Should a test process die hard, stop whatever it left running, and a setup still going.
+# Should a test process die hard, stop what this run's beds left running (scripts/beds.sh:
+# recorded by pid, never matched by name, so other checkouts' beds go on), and a setup
+# still going.
+. scripts/beds.sh
 rootfs_setup=
 cleanup() {
     if [ -n "$rootfs_setup" ] && kill -0 "$rootfs_setup" 2>/dev/null; then
         pkill -TERM -P "$rootfs_setup" 2>/dev/null || true
         kill "$rootfs_setup" 2>/dev/null || true
     fi
-    pkill -TERM -f 'dockerd --host unix:///tmp/tb-' 2>/dev/null || true
-    pkill -TERM -f 'moto_server -H 127.0.0.1' 2>/dev/null || true
+    beds_stop
 }
 trap cleanup EXIT
 

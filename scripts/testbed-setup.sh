@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Installs what the test bed needs on a fresh Debian machine (as root), and nothing that is
-# already there: Docker's engine (the tests start private ones), busybox-static (the stand-in
-# rancher/agent image is built from it), moto in a venv (a real SQS), and the real tools the
-# packaging tests run: systemd-analyze, cloud-init, rpm, debootstrap, python-hcl2, parliament,
+# Installs what the test bed needs on a fresh Debian machine (as root, with rustup's
+# toolchain), and nothing that is already there: what cargo needs to build (a C and C++
+# compiler with the C library's headers, pkg-config), Docker's engine (the tests start
+# private ones), busybox-static (the stand-in rancher/agent image is built from it),
+# python3-venv and moto in a venv (a real SQS), and the real tools the packaging tests run:
+# systemd-analyze, cloud-init, rpm, debootstrap, curl, python-hcl2, parliament,
 # cargo-deb and cargo-generate-rpm, the AWS CLI; promtool (Debian's prometheus), which reads
 # the metrics textfile.
 #
 #   scripts/testbed-setup.sh            everything
-#   scripts/testbed-setup.sh base       packages and venvs (quick)
+#   scripts/testbed-setup.sh demo       only what scripts/demo.sh and bench.sh need: the
+#                                       build tools, the engine, busybox, moto
+#   scripts/testbed-setup.sh base       demo's, and the packaging tests' packages and venvs
 #   scripts/testbed-setup.sh rootfs     the scratch root (debootstrap: waits on the network,
 #                                       so scripts/test.sh runs it beside the build)
 #   scripts/testbed-setup.sh tools      cargo-deb and cargo-generate-rpm (a large build, which
@@ -17,15 +21,28 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 part=${1:-all}
-case $part in all | base | rootfs | tools | packaging) ;; *) echo "usage: $0 [base|rootfs|tools|packaging]" >&2; exit 2 ;; esac
+case $part in all | demo | base | rootfs | tools | packaging) ;; *) echo "usage: $0 [demo|base|rootfs|tools|packaging]" >&2; exit 2 ;; esac
 
-if [ "$part" = all ] || [ "$part" = base ]; then
+if [ "$part" = all ] || [ "$part" = base ] || [ "$part" = demo ]; then
 
 need=()
+# The build: the C parts of the TLS and crypto crates (ring, aws-lc-sys) and their probes.
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+command -v c++ >/dev/null 2>&1 || need+=(g++)
+[ -e /usr/include/stdio.h ] || need+=(libc6-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+command -v make >/dev/null 2>&1 || need+=(make)
+# The bed: the engine, the stand-in agent image, moto's venv.
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v docker >/dev/null 2>&1 || need+=(docker.io)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v tar >/dev/null 2>&1 || need+=(tar)
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+# Debian's python3 has no venv module (ensurepip) without python3-venv.
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+if [ "$part" != demo ]; then
+command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v cloud-init >/dev/null 2>&1 || need+=(cloud-init)
 command -v rpm >/dev/null 2>&1 || need+=(rpm)
@@ -34,6 +51,12 @@ command -v man >/dev/null 2>&1 || need+=(man-db)
 command -v strip >/dev/null 2>&1 || need+=(binutils)
 # promtool: Prometheus's own text parser reads the metrics textfile in the tests.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+fi
+# DROVER_SETUP_DRY_RUN=1: say what would be installed, and stop there.
+if [ -n "${DROVER_SETUP_DRY_RUN:-}" ]; then
+    echo "testbed-setup: would install: ${need[*]}"
+    exit 0
+fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "testbed-setup: installing ${need[*]}"
     apt-get update -qq
@@ -46,6 +69,9 @@ if [ ! -x "$venv/bin/moto_server" ]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5,<6'
 fi
+fi
+
+if [ "$part" = all ] || [ "$part" = base ]; then
 if ! "$venv/bin/python" -c 'import hcl2' 2>/dev/null; then
     echo "testbed-setup: adding python-hcl2 to $venv"
     "$venv/bin/pip" install -q --disable-pip-version-check 'python-hcl2>=7,<9'

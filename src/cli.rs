@@ -45,6 +45,16 @@ pub enum Command {
     /// the host out on the first one, stay up until SIGTERM.
     Run,
     /// Check the config and every dependency it names; one line per check.
+    ///
+    /// Each line is ok, FAIL, skip or warn, with the check's name and what it found. A warn
+    /// line never changes the exit code; the config's warnings are: an http:// URL to
+    /// anything but loopback for rancher.url, pager.pagerduty_url or pager.webhook_url (the
+    /// keys and the webhook's URL would cross the network in the clear);
+    /// lifecycle.handle_peers = false with a lifecycle.queue_url (peers' messages on the
+    /// shared queue are handed back, count toward its redrive, and a dead peer's termination
+    /// waits out its hook); a secret file (*_file, or a config file holding a secret) that
+    /// group or others may read or write, or that belongs to neither root nor drover's user.
+    /// Exit 0 when no check failed, 1 when one did.
     Check,
     /// One reaper sweep of the environment, now: take out the hosts whose instance died.
     ///

@@ -728,6 +728,8 @@ fn validate(
     if image.trim().is_empty() {
         return Err(key_error("agent.image", "is empty"));
     }
+    // `name[:tag][@sha256:...]`: a bad digest would only show at the pull, on every host.
+    crate::docker::ImageRef::parse(&image).map_err(|e| key_error("agent.image", e))?;
     let register_timeout = nonzero(
         a.register_timeout.unwrap_or(Duration::from_secs(300)),
         "agent.register_timeout",
@@ -851,7 +853,7 @@ fn validate(
     let level = raw.log.level.unwrap_or_else(|| "info".into());
     crate::logging::filter_for(&level).map_err(|e| key_error("log.level", e))?;
 
-    Ok(Config {
+    let mut config = Config {
         path,
         rancher: crate::rancher::Settings {
             url,
@@ -892,7 +894,79 @@ fn validate(
         state: StateConfig { dir },
         log: crate::logging::Settings { format, level },
         warnings,
-    })
+    };
+    config.warnings.extend(setting_warnings(&config));
+    Ok(config)
+}
+
+/// Settings that work but that an operator most likely does not want: logged at start-up
+/// and shown by `drover check` as `warn` lines, never an error.
+fn setting_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    // Each of these carries a secret: the Rancher keys (Basic auth) and the registration
+    // URL, the PagerDuty routing key, the webhook's own URL and the timelines it is sent.
+    // A loopback address never leaves the machine (a local proxy, a test bed): no warning.
+    let plain = [
+        (
+            "rancher.url",
+            Some(config.rancher.url.clone()),
+            "the API keys and the registration token",
+        ),
+        (
+            "pager.pagerduty_url",
+            config
+                .pager
+                .pagerduty_routing_key
+                .as_ref()
+                .map(|_| config.pager.pagerduty_url.clone()),
+            "the routing key",
+        ),
+        (
+            "pager.webhook_url",
+            config
+                .pager
+                .webhook_url
+                .as_ref()
+                .and_then(|u| Url::parse(u.expose_secret()).ok()),
+            "the webhook's URL (its secret) and every timeline",
+        ),
+    ];
+    for (key, url, what) in plain {
+        if let Some(url) = url.filter(is_plain_http_off_machine) {
+            warnings.push(format!(
+                "{key} is plain http:// to {}: {what} cross the network unencrypted; use https://",
+                url.host_str().unwrap_or("?")
+            ));
+        }
+    }
+    if config.lifecycle.queue_url.is_some() && !config.lifecycle.handle_peers {
+        warnings.push(
+            "lifecycle.handle_peers is false while lifecycle.queue_url is set: the queue is \
+             shared by every host of the environment, so a peer's termination message that \
+             reaches this host is handed back for another receive, each wrong receive counts \
+             toward the queue's redrive to its dead-letter queue, and the termination of a \
+             hung or dead peer waits out its hook's timeout; turn handle_peers on, or give \
+             each instance a queue of its own"
+                .to_string(),
+        );
+    }
+    warnings
+}
+
+/// `http://` to anything but a loopback address or `localhost`.
+fn is_plain_http_off_machine(url: &Url) -> bool {
+    if url.scheme() != "http" {
+        return false;
+    }
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => !ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => !ip.is_loopback(),
+        Some(url::Host::Domain(name)) => {
+            !(name.eq_ignore_ascii_case("localhost")
+                || name.to_ascii_lowercase().ends_with(".localhost"))
+        }
+        None => true,
+    }
 }
 
 /// `[metrics]`: an empty `textfile` is off. The path must be absolute and end in `.prom`
@@ -1383,6 +1457,80 @@ secret_key = "s3cr3t-value"
             let e = err(&format!("{MINIMAL}\n[agent]\nlabels = {labels}\n"), &[]);
             assert!(e.contains("agent.labels"), "{labels}: {e}");
         }
+    }
+
+    #[test]
+    fn agent_image_may_be_pinned_by_digest_and_a_bad_digest_is_a_config_error() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        for image in [
+            format!("rancher/agent@{digest}"),
+            format!("rancher/agent:v1.2.11@{digest}"),
+            format!("reg.local:5000/rancher/agent@{digest}"),
+        ] {
+            let c = load(
+                &format!("{MINIMAL}\n[agent]\nimage = \"{image}\"\n"),
+                &[],
+                &[],
+            )
+            .expect(&image);
+            assert_eq!(c.agent.image, image);
+        }
+        let e = err(
+            &format!("{MINIMAL}\n[agent]\nimage = \"rancher/agent@sha256:abc\"\n"),
+            &[],
+        );
+        assert!(e.contains("agent.image") && e.contains("64 hex"), "{e}");
+    }
+
+    #[test]
+    fn plain_http_off_the_machine_and_handle_peers_off_with_a_queue_are_warned_about() {
+        let c = load(MINIMAL, &[], &[]).expect("valid");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+        let webhook = "http://hooks.example.net/services/T0/B0/SECRETPATH";
+        let text = format!(
+            "{}\n[pager]\npagerduty_routing_key = \"{}\"\npagerduty_url = \"http://events.example.com/v2/enqueue\"\nwebhook_url = \"{webhook}\"\n[lifecycle]\nqueue_url = \"https://sqs.us-east-1.amazonaws.com/1/q\"\nhandle_peers = false\n",
+            MINIMAL.replace("https://rancher.example.com", "http://rancher.example.com"),
+            "0123456789abcdef0123456789abcdef",
+        );
+        let c = load(&text, &[], &[]).expect("warnings are not errors");
+        let find = |key: &str| {
+            c.warnings
+                .iter()
+                .find(|w| w.starts_with(key))
+                .unwrap_or_else(|| panic!("no warning about {key}: {:?}", c.warnings))
+                .clone()
+        };
+        assert!(find("rancher.url").contains("rancher.example.com"));
+        assert!(find("pager.pagerduty_url").contains("routing key"));
+        let hook = find("pager.webhook_url");
+        assert!(hook.contains("hooks.example.net"), "{hook}");
+        assert!(
+            !hook.contains("SECRETPATH"),
+            "the webhook's path is its secret: {hook}"
+        );
+        let peers = find("lifecycle.handle_peers");
+        assert!(
+            peers.contains("shared") && peers.contains("dead-letter"),
+            "{peers}"
+        );
+
+        // Loopback never leaves the machine; without a routing key nothing goes to PagerDuty.
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://[::1]:80",
+            "http://localhost:8080",
+        ] {
+            let text = format!(
+                "{}\n[pager]\npagerduty_url = \"http://events.example.com/v2/enqueue\"\n",
+                MINIMAL.replace("https://rancher.example.com", url)
+            );
+            let c = load(&text, &[], &[]).expect("valid");
+            assert!(c.warnings.is_empty(), "{url}: {:?}", c.warnings);
+        }
+        // A queue with handle_peers on (the default) is the shared queue as meant.
+        let text = format!("{MINIMAL}\n[lifecycle]\nqueue_url = \"https://q/1/q\"\n");
+        assert!(load(&text, &[], &[]).expect("valid").warnings.is_empty());
     }
 
     #[test]

@@ -238,10 +238,13 @@ impl AgentDocker {
             Err(e) => return Err(call_err(&format!("inspecting image {image}"), e)),
         }
         tracing::info!("pulling {image}");
-        let (name, tag) = split_image(image);
+        let reference = ImageRef::parse(image).map_err(|detail| DockerError::Pull {
+            image: image.to_string(),
+            detail,
+        })?;
         let options = CreateImageOptionsBuilder::default()
-            .from_image(name)
-            .tag(tag)
+            .from_image(reference.repository)
+            .tag(reference.pull_tag())
             .build();
         let mut stream = self.docker.create_image(Some(options), None, None);
         while let Some(item) = stream.next().await {
@@ -382,12 +385,61 @@ impl LocalAgent for DockerAgent {
     }
 }
 
-/// `repo[:tag]` with registry ports kept: `reg:5000/rancher/agent:v1` → (`reg:5000/rancher/agent`, `v1`).
-fn split_image(image: &str) -> (&str, &str) {
-    let slash = image.rfind('/').map(|i| i + 1).unwrap_or(0);
-    match image[slash..].rfind(':') {
-        Some(i) => (&image[..slash + i], &image[slash + i + 1..]),
-        None => (image, "latest"),
+/// An image reference as the engine's pull takes it: `[registry[:port]/]repo[:tag][@digest]`.
+///
+/// Written out rather than taken from a crate: the split is all drover needs (the engine
+/// validates the names), and the reference crates bring a registry client with them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef<'a> {
+    /// Registry and repository: `reg.local:5000/rancher/agent`.
+    pub repository: &'a str,
+    pub tag: Option<&'a str>,
+    /// `sha256:` and 64 hex digits.
+    pub digest: Option<&'a str>,
+}
+
+impl<'a> ImageRef<'a> {
+    /// Splits `image`; refuses a malformed digest or an empty part, naming what is wrong.
+    pub fn parse(image: &'a str) -> Result<ImageRef<'a>, String> {
+        let (name, digest) = match image.split_once('@') {
+            Some((name, digest)) => {
+                let hex = digest
+                    .strip_prefix("sha256:")
+                    .ok_or_else(|| format!("digest {digest:?} is not sha256:<64 hex digits>"))?;
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!("digest {digest:?} is not sha256:<64 hex digits>"));
+                }
+                (name, Some(digest))
+            }
+            None => (image, None),
+        };
+        // A colon after the last slash starts the tag; one before it is a registry's port.
+        let slash = name.rfind('/').map(|i| i + 1).unwrap_or(0);
+        let (repository, tag) = match name[slash..].rfind(':') {
+            Some(i) => (&name[..slash + i], Some(&name[slash + i + 1..])),
+            None => (name, None),
+        };
+        if repository.is_empty() || repository.ends_with('/') {
+            return Err(format!("{image:?} names no repository"));
+        }
+        if tag == Some("") {
+            return Err(format!("{image:?} has an empty tag"));
+        }
+        if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("{image:?} holds a space or a control character"));
+        }
+        Ok(ImageRef {
+            repository,
+            tag,
+            digest,
+        })
+    }
+
+    /// The pull's `tag` parameter: the digest when there is one (the engine then pulls
+    /// exactly that manifest and a tag beside it is only a name), else the tag, else
+    /// `latest`, as `docker pull` does.
+    pub fn pull_tag(&self) -> &'a str {
+        self.digest.or(self.tag).unwrap_or("latest")
     }
 }
 
@@ -395,20 +447,71 @@ fn split_image(image: &str) -> (&str, &str) {
 mod tests {
     use super::*;
 
+    const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn parts(image: &str) -> (&str, Option<&str>, Option<&str>, &str) {
+        let r = ImageRef::parse(image).expect(image);
+        (r.repository, r.tag, r.digest, r.pull_tag())
+    }
+
     #[test]
-    fn image_names_split_at_the_tag() {
+    fn image_references_split_into_repository_tag_and_digest() {
         assert_eq!(
-            split_image("rancher/agent:v1.2.11"),
-            ("rancher/agent", "v1.2.11")
-        );
-        assert_eq!(split_image("rancher/agent"), ("rancher/agent", "latest"));
-        assert_eq!(
-            split_image("reg.local:5000/rancher/agent:v1"),
-            ("reg.local:5000/rancher/agent", "v1")
+            parts("rancher/agent:v1.2.11"),
+            ("rancher/agent", Some("v1.2.11"), None, "v1.2.11")
         );
         assert_eq!(
-            split_image("reg.local:5000/agent"),
-            ("reg.local:5000/agent", "latest")
+            parts("rancher/agent"),
+            ("rancher/agent", None, None, "latest")
         );
+        assert_eq!(
+            parts("reg.local:5000/rancher/agent:v1"),
+            ("reg.local:5000/rancher/agent", Some("v1"), None, "v1")
+        );
+        assert_eq!(
+            parts("reg.local:5000/agent"),
+            ("reg.local:5000/agent", None, None, "latest")
+        );
+        let by_digest = format!("rancher/agent@{DIGEST}");
+        assert_eq!(
+            parts(&by_digest),
+            ("rancher/agent", None, Some(DIGEST), DIGEST)
+        );
+        let both = format!("rancher/agent:v1.2.11@{DIGEST}");
+        assert_eq!(
+            parts(&both),
+            ("rancher/agent", Some("v1.2.11"), Some(DIGEST), DIGEST)
+        );
+        let port_and_digest = format!("127.0.0.1:5000/rancher/agent@{DIGEST}");
+        assert_eq!(
+            parts(&port_and_digest),
+            ("127.0.0.1:5000/rancher/agent", None, Some(DIGEST), DIGEST)
+        );
+        let all = format!("reg.local:5000/rancher/agent:v1@{DIGEST}");
+        assert_eq!(
+            parts(&all),
+            (
+                "reg.local:5000/rancher/agent",
+                Some("v1"),
+                Some(DIGEST),
+                DIGEST
+            )
+        );
+    }
+
+    #[test]
+    fn malformed_image_references_say_why() {
+        for (image, why) in [
+            ("rancher/agent@sha256:abc", "64 hex"),
+            ("rancher/agent@md5:0123", "sha256"),
+            ("rancher/agent@", "sha256"),
+            ("rancher/agent:", "empty tag"),
+            (":v1", "no repository"),
+            ("reg.local:5000/:v1", "no repository"),
+            ("rancher/agent:v1 extra", "space"),
+        ] {
+            let e = ImageRef::parse(image).expect_err(image);
+            assert!(e.contains(why), "{image}: {e}");
+        }
     }
 }

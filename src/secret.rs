@@ -236,17 +236,43 @@ fn look_at(path: &Path) -> std::io::Result<FileLook> {
     }
 }
 
-/// A warning when the file holding a secret can be read by group or others.
+/// A warning when the file holding a secret is open to more than its owner (group or others
+/// may read or write it), or belongs to someone other than root or the user drover runs as
+/// (that user can rewrite the secret, or read it, whatever the mode).
 pub fn loose_mode_warning(path: &Path, what: &str) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (mode & 0o077 != 0).then(|| {
-        format!(
-            "{what} {} holds a secret and is readable by group or others (mode {:o}); chmod 600 it",
-            path.display(),
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    loose_mode(meta.mode(), meta.uid(), euid)
+        .map(|why| format!("{what} {} holds a secret and {why}", path.display()))
+}
+
+/// Why a secret file's mode or owner is loose, if it is.
+fn loose_mode(mode: u32, owner: u32, euid: u32) -> Option<String> {
+    let mut why = Vec::new();
+    if mode & 0o077 != 0 {
+        let whom = match (mode & 0o070 != 0, mode & 0o007 != 0) {
+            (true, true) => "group and others",
+            (true, false) => "its group",
+            _ => "others",
+        };
+        let how = match (mode & 0o044 != 0, mode & 0o022 != 0) {
+            (true, true) => "read and write",
+            (false, true) => "write",
+            _ => "read",
+        };
+        why.push(format!(
+            "{whom} may {how} it (mode {:o}); chmod 600 it",
             mode & 0o777
-        )
-    })
+        ));
+    }
+    if owner != 0 && owner != euid {
+        why.push(format!(
+            "belongs to uid {owner}, neither root nor drover's uid {euid}; chown it"
+        ));
+    }
+    (!why.is_empty()).then(|| why.join("; it "))
 }
 
 /// Why a secret could not be had. Names the key and the place, never the value.
@@ -367,6 +393,50 @@ mod tests {
 
     fn file_secret(path: &Path) -> Secret {
         Secret::new("rancher.secret_key", Source::File(path.to_path_buf()))
+    }
+
+    #[test]
+    fn a_secret_file_open_to_others_or_owned_by_a_stranger_is_loose() {
+        // Owner-only, by root or by drover's own user: fine.
+        assert_eq!(loose_mode(0o100600, 0, 1000), None);
+        assert_eq!(loose_mode(0o100400, 1000, 1000), None);
+        let group = loose_mode(0o100640, 0, 0).expect("group-readable");
+        assert!(
+            group.contains("its group may read it (mode 640); chmod 600"),
+            "{group}"
+        );
+        let world = loose_mode(0o100602, 0, 0).expect("world-writable");
+        assert!(world.contains("others may write it (mode 602)"), "{world}");
+        let both = loose_mode(0o100666, 0, 0).expect("open to all");
+        assert!(
+            both.contains("group and others may read and write it"),
+            "{both}"
+        );
+        let stranger = loose_mode(0o100600, 1234, 0).expect("someone else's");
+        assert!(
+            stranger.contains("uid 1234") && stranger.contains("chown"),
+            "{stranger}"
+        );
+        let both = loose_mode(0o100644, 1234, 0).expect("loose twice");
+        assert!(
+            both.contains("chmod 600") && both.contains("chown"),
+            "{both}"
+        );
+    }
+
+    #[test]
+    fn loose_mode_warning_names_the_file_and_never_the_value() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("secret");
+        std::fs::write(&path, VALUE).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(loose_mode_warning(&path, "rancher.secret_key_file"), None);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let w = loose_mode_warning(&path, "rancher.secret_key_file").expect("loose");
+        assert!(w.starts_with("rancher.secret_key_file "), "{w}");
+        assert!(w.contains(&path.display().to_string()), "{w}");
+        assert!(!w.contains(VALUE), "{w}");
     }
 
     fn in_secs(secs: u64) -> Instant {

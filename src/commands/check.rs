@@ -59,6 +59,11 @@ pub async fn check(config: &Config) -> Result<(), CommandError> {
         "config",
         format!("{} is valid", config.path.display()),
     )];
+    // Findings that do not stop drover (plain http, peers' messages handed back, a secret
+    // file open to others): shown here, never counted as failures.
+    for warning in &config.warnings {
+        marks.push(line(Mark::Warn, "config", warning));
+    }
 
     let imds = Imds::from_env();
     let identity = match bounded(imds.identity(Duration::from_secs(10))).await {

@@ -83,8 +83,11 @@ pub fn main() -> ExitCode {
         }
     };
     crate::logging::init(&config.log);
-    for warning in &config.warnings {
-        tracing::warn!("{warning}");
+    // `check` prints them as its own `warn` lines: once is enough.
+    if cli.command != Command::Check {
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
     }
 
     // One thread is plenty for a host agent and keeps its footprint small.

@@ -92,3 +92,60 @@ async fn an_aws_error_is_one_readable_line() {
         assert!(!line.contains(dump), "{dump:?} in: {line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warnings_are_shown_and_leave_the_exit_code_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut bed = Bed::with(BedOptions {
+        queue: true,
+        ..BedOptions::default()
+    })
+    .await;
+    bed.config.pager.routing_key = Some(Secret::Inline(ROUTING_KEY.into()));
+    bed.config.lifecycle.hook_name = Some(HOOK.into());
+    bed.config.lifecycle.handle_peers = Some(false);
+    // Never called by check; a name that resolves nowhere all the same.
+    bed.config.pager.webhook_url = Some("http://hooks.example.invalid/T0/B0/HOOKSECRET".into());
+    // The bed's secret file, opened to the group as a careless copy would leave it.
+    let secret_file = bed.dir.path().join("rancher.secret");
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o640))
+        .expect("chmod the secret file");
+    let run = bed.drover(&["check"]).await;
+    run.assert_code(0);
+    let warns: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("warn") && l.split_whitespace().nth(1) == Some("config"))
+        .collect();
+    let about = |what: &str| {
+        warns
+            .iter()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no warn line about {what}:\n{}", run.stdout))
+    };
+    assert!(about("pager.webhook_url").contains("hooks.example.invalid"));
+    assert!(about("lifecycle.handle_peers").contains("handed back"));
+    let mode = about("rancher.secret_key_file");
+    assert!(
+        mode.contains("mode 640") && mode.contains("chmod 600"),
+        "{mode}"
+    );
+    assert!(!run.stdout.contains("HOOKSECRET"), "{}", run.stdout);
+    assert!(!run.stderr.contains("HOOKSECRET"), "{}", run.stderr);
+    // The rest passes: the loopback Rancher of the bed is not plain http off the machine.
+    for name in CHECKS {
+        assert_ne!(
+            mark_of(&run.stdout, name),
+            Some("FAIL"),
+            "{name}:\n{}",
+            run.stdout
+        );
+    }
+    assert!(
+        !warns.iter().any(|l| l.contains("rancher.url")),
+        "{}",
+        run.stdout
+    );
+    // Said once: check does not log the same warnings on stderr too.
+    assert!(!run.stderr.contains("handed back"), "{}", run.stderr);
+}

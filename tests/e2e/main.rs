@@ -16,6 +16,7 @@ mod metrics;
 mod packaging;
 mod reaper;
 mod register;
+mod scripts;
 mod secrets;
 mod status;
 mod stop;

@@ -667,6 +667,7 @@ fn bake_script_leaves_drover_enabled_not_running_and_no_state_of_the_build_vm() 
         .arg(root)
         .args(["sh", "-eu", "/tmp/install.sh"])
         .env("DROVER_DEB", "/tmp/drover.deb")
+        .env("DROVER_VERSION", VERSION)
         .env("DROVER_SKIP_DEPS", "1"));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -692,6 +693,35 @@ fn bake_script_leaves_drover_enabled_not_running_and_no_state_of_the_build_vm() 
         .expect("install.sh");
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/tmp/nope.deb not found"));
+
+    // A package of another version than the AMI is to be tagged with is refused.
+    let other = Command::new("chroot")
+        .arg(root)
+        .args(["sh", "-eu", "/tmp/install.sh"])
+        .env("DROVER_DEB", "/tmp/drover.deb")
+        .env("DROVER_VERSION", "9.9.9")
+        .env("DROVER_SKIP_DEPS", "1")
+        .output()
+        .expect("install.sh");
+    assert!(!other.status.success());
+    let said = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        said.contains(&format!("is drover {VERSION}, not 9.9.9")),
+        "{said}"
+    );
+
+    // The agent image is pulled into the machine image, by the reference given, once
+    // Docker runs; a failed pull fails the bake (set -eu).
+    let script = std::fs::read_to_string(repo("packaging/bake/install.sh")).expect("install.sh");
+    let pull = script
+        .lines()
+        .position(|l| l.trim() == "docker pull \"$DROVER_AGENT_IMAGE\"")
+        .expect("install.sh pulls DROVER_AGENT_IMAGE");
+    let start = script
+        .lines()
+        .position(|l| l.trim() == "systemctl start docker.service")
+        .expect("install.sh starts Docker");
+    assert!(start < pull, "Docker is started before the pull");
 }
 
 #[test]
@@ -714,6 +744,16 @@ fn packer_template_parses_and_bakes_the_deb_with_install_sh() {
         "DROVER_DEB=/tmp/drover.deb",
         "\"http_tokens\":\"required\"",
         "debian-12-amd64-*",
+        // Named and tagged with drover's version, which install.sh checks, and the agent
+        // image pulled in.
+        "\"ami_name\":\"drover-host-${var.drover_version}-{{timestamp}}\"",
+        "\"drover:version\":\"${var.drover_version}\"",
+        "\"drover:agent-image\":\"${var.agent_image}\"",
+        "\"tags\":\"${local.tags}\"",
+        "\"snapshot_tags\":\"${local.tags}\"",
+        "DROVER_VERSION=${var.drover_version}",
+        "DROVER_AGENT_IMAGE=${var.agent_image}",
+        "drover_${var.drover_version}-1_amd64.deb",
     ] {
         assert!(
             text.contains(needle),
@@ -724,6 +764,12 @@ fn packer_template_parses_and_bakes_the_deb_with_install_sh() {
         run(Command::new("packer")
             .args(["fmt", "-check"])
             .arg(repo("packaging/bake/drover.pkr.hcl")));
+    } else if Command::new("terraform").arg("version").output().is_ok() {
+        // The same HCL formatter, which takes only .tf files.
+        let dir = tempfile::tempdir().expect("dir");
+        let copy = dir.path().join("drover.pkr.tf");
+        std::fs::copy(repo("packaging/bake/drover.pkr.hcl"), &copy).expect("copy");
+        run(Command::new("terraform").args(["fmt", "-check"]).arg(&copy));
     }
 }
 

@@ -7,10 +7,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use testbed::bed::{all_files_text, Bed, BedOptions, DockerMode, ACCESS, SECRET};
 use testbed::config::LogFormat;
+use testbed::docker::AGENT_ENTRYPOINT;
 use testbed::http::{Fault, Match};
 use testbed::imds::ImdsOptions;
 use testbed::notify::Notice;
 use testbed::rancher::{HostSpec, RancherOptions};
+use testbed::registry::RegistryServer;
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -22,6 +24,8 @@ fn env_of(seen: &testbed::rancher::BootstrapSeen, name: &str) -> Option<String> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_environment_gets_a_token_and_the_host_joins() {
+    // Whether the machine had the agent's state folder before: a bed must not make one.
+    let had_rancher_dir = std::path::Path::new("/var/lib/rancher").exists();
     let bed = Bed::start().await;
     let run = bed.drover(&["register"]).await;
     run.assert_code(0);
@@ -94,6 +98,19 @@ async fn fresh_environment_gets_a_token_and_the_host_joins() {
         .await
         .expect("rancher-agent exists");
     assert_eq!(agent.state.and_then(|s| s.running), Some(true));
+
+    // The bind of /var/lib/rancher landed in the engine's private layer, not on the machine
+    // (where the machine has one already, the layer shows it and the engine made nothing).
+    if !had_rancher_dir {
+        assert!(
+            bed.docker.private_var_lib().join("rancher").is_dir(),
+            "the engine made /var/lib/rancher in its own layer"
+        );
+        assert!(
+            !std::path::Path::new("/var/lib/rancher").exists(),
+            "the bed created /var/lib/rancher on the machine"
+        );
+    }
 
     // The registration is recorded with host and instance.
     let rec = bed.registration().expect("registration.json written");
@@ -455,4 +472,80 @@ async fn json_logs_and_no_secret_anywhere() {
         }
     }
     assert!(saw_host_id, "{}", run.stderr);
+}
+
+/// Registers with `agent.image` pinned by digest to an image that only a registry stand-in
+/// has: the real engine pulls it by digest, and the agent runs from it.
+async fn registers_with_an_image_pinned_by_digest(pinned: impl Fn(&RegistryServer) -> String) {
+    let mut bed = Bed::start().await;
+    let layer = bed
+        .docker
+        .agent_image_tar()
+        .await
+        .expect("the agent image's root");
+    let registry = RegistryServer::start("rancher/agent", "v1.2.11", layer, &AGENT_ENTRYPOINT)
+        .await
+        .expect("registry stand-in");
+    let image = pinned(&registry);
+    bed.config.agent.image = Some(image.clone());
+    let run = bed.drover(&["register"]).await;
+    run.assert_code(0);
+
+    // Pulled from the registry by the digest, whatever tag stands beside it.
+    let manifests: Vec<String> = registry
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/manifests/") && r.status == 200)
+        .map(|r| r.path)
+        .collect();
+    assert!(
+        !manifests.is_empty()
+            && manifests
+                .iter()
+                .all(|p| p == &format!("/v2/rancher/agent/manifests/{}", registry.digest())),
+        "{manifests:?}\n{}",
+        run.stderr
+    );
+    let docker = bed.docker.client().await.expect("docker client");
+    let pulled = docker
+        .inspect_image(&image)
+        .await
+        .expect("the pinned image");
+    let repo_digest = format!("{}/rancher/agent@{}", registry.host(), registry.digest());
+    assert!(
+        pulled
+            .repo_digests
+            .unwrap_or_default()
+            .contains(&repo_digest),
+        "{repo_digest}"
+    );
+
+    // The bootstrap ran the pinned image as given, and the host joined.
+    let seen = bed.rancher.bootstraps_seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].image, image);
+    assert_eq!(bed.my_hosts().len(), 1);
+
+    // A second register finds the image there and pulls nothing.
+    let pulls = manifests.len();
+    bed.drover(&["register"]).await.assert_code(0);
+    assert_eq!(
+        registry
+            .requests()
+            .iter()
+            .filter(|r| r.path.contains("/manifests/") && r.status == 200)
+            .count(),
+        pulls,
+        "pulled again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_image_by_digest_is_pulled_by_digest() {
+    registers_with_an_image_pinned_by_digest(RegistryServer::by_digest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_image_by_tag_and_digest_is_pulled_by_the_digest() {
+    registers_with_an_image_pinned_by_digest(RegistryServer::by_tag_and_digest).await;
 }

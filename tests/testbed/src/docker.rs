@@ -1,6 +1,8 @@
 //! A private Docker engine per test, with a stand-in `rancher/agent` image.
 //!
-//! Each engine is its own `dockerd` with socket, data root and identity under `/tmp/tb-*`.
+//! Each engine is its own `dockerd` with socket, data root and identity under `/tmp/tb-*`,
+//! in a mount namespace of its own whose /var/lib is overlaid by the engine's directory, so
+//! that what the agent binds there (`/var/lib/rancher`) never reaches the machine.
 //! No image can be pulled on these machines, so the agent image is built from busybox and
 //! imported.
 
@@ -31,6 +33,16 @@ fi
 sleep 15 & wait $!
 exit 0
 "#;
+
+/// Run under `unshare --mount`: lays the bed's layer (`$1`, work dir `$2`) over /var/lib,
+/// then becomes the command that follows.
+const PRIVATE_VAR_LIB: &str = r#"set -e
+mount -t overlay overlay -o "lowerdir=/var/lib,upperdir=$1,workdir=$2" /var/lib
+shift 2
+exec "$@""#;
+
+/// The stand-in agent image's entrypoint.
+pub const AGENT_ENTRYPOINT: [&str; 1] = ["/bin/agent"];
 
 /// Busybox applets linked into the stand-in image, enough for the script and for poking
 /// around with `docker exec`.
@@ -68,6 +80,8 @@ pub struct DockerEngine {
     root: PathBuf,
     socket: PathBuf,
     child: Option<Child>,
+    /// The running daemon's record (see [`crate::pids`]), with `child`.
+    recorded: Option<crate::pids::Recorded>,
 }
 
 fn other<E: std::fmt::Display>(what: &str, e: E) -> std::io::Error {
@@ -91,6 +105,7 @@ impl DockerEngine {
             root,
             socket,
             child: None,
+            recorded: None,
         })
     }
 
@@ -109,7 +124,21 @@ impl DockerEngine {
             .create(true)
             .append(true)
             .open(self.root.join("dockerd.log"))?;
-        let child = Command::new("dockerd")
+        // The engine gets a mount namespace of its own with /var/lib over a layer of the
+        // bed's: the agent's bind of /var/lib/rancher (and anything else the engine creates
+        // there) lands under our directory and never on the machine. Plain `exec` keeps
+        // the child's pid the daemon's.
+        let upper = self.root.join("var-lib");
+        let work = self.root.join("var-lib.work");
+        std::fs::create_dir_all(&upper)?;
+        std::fs::create_dir_all(&work)?;
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(PRIVATE_VAR_LIB)
+            .arg("sh")
+            .arg(&upper)
+            .arg(&work)
+            .arg("dockerd")
             .arg("--config-file")
             .arg(self.root.join("daemon.json"))
             .arg("--host")
@@ -128,7 +157,8 @@ impl DockerEngine {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .map_err(|e| other("spawning dockerd", e))?;
+            .map_err(|e| other("spawning dockerd (under unshare)", e))?;
+        self.recorded = Some(crate::pids::record(child.id(), "dockerd", &self.root));
         self.child = Some(child);
 
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -173,6 +203,28 @@ impl DockerEngine {
     /// Builds the stand-in agent image (busybox and the script at `/bin/agent` as entrypoint)
     /// and imports it as `tag`. About a tenth of a second.
     pub async fn import_agent_image(&self, tag: &str) -> std::io::Result<()> {
+        let tar = self.agent_image_tar().await?;
+        let (repo, image_tag) = split_tag(tag);
+        let options = CreateImageOptions {
+            from_src: Some("-".to_string()),
+            repo: Some(repo.to_string()),
+            tag: Some(image_tag.to_string()),
+            changes: vec![format!("ENTRYPOINT {AGENT_ENTRYPOINT:?}")],
+            ..Default::default()
+        };
+        let docker = self.client().await.map_err(|e| other("connecting", e))?;
+        let mut progress =
+            docker.create_image(Some(options), Some(bollard::body_full(tar.into())), None);
+        while let Some(step) = progress.next().await {
+            step.map_err(|e| other("importing the agent image", e))?;
+        }
+        Ok(())
+    }
+
+    /// The stand-in agent image's root as a tar (run it with [`AGENT_ENTRYPOINT`]): what
+    /// [`import_agent_image`](Self::import_agent_image) imports and the registry stand-in
+    /// serves.
+    pub async fn agent_image_tar(&self) -> std::io::Result<Vec<u8>> {
         let build = tempfile::Builder::new()
             .prefix("image-")
             .tempdir_in(&self.root)?;
@@ -203,30 +255,18 @@ impl DockerEngine {
                 String::from_utf8_lossy(&tar.stderr)
             )));
         }
-
-        let (repo, image_tag) = split_tag(tag);
-        let options = CreateImageOptions {
-            from_src: Some("-".to_string()),
-            repo: Some(repo.to_string()),
-            tag: Some(image_tag.to_string()),
-            changes: vec![r#"ENTRYPOINT ["/bin/agent"]"#.to_string()],
-            ..Default::default()
-        };
-        let docker = self.client().await.map_err(|e| other("connecting", e))?;
-        let mut progress = docker.create_image(
-            Some(options),
-            Some(bollard::body_full(tar.stdout.into())),
-            None,
-        );
-        while let Some(step) = progress.next().await {
-            step.map_err(|e| other("importing the agent image", e))?;
-        }
-        Ok(())
+        Ok(tar.stdout)
     }
 
     /// The engine's unix socket (it exists only while `dockerd` runs).
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// What the engine wrote under /var/lib (its private layer): `rancher/` once a bootstrap
+    /// container bound `/var/lib/rancher`.
+    pub fn private_var_lib(&self) -> PathBuf {
+        self.root.join("var-lib")
     }
 
     /// The engine's directory: `dockerd.log`, data and exec roots.
@@ -314,6 +354,8 @@ impl DockerEngine {
     /// Stops `dockerd`: SIGTERM (it stops its containers, which trap TERM), up to 10 s, then
     /// SIGKILL. The directory stays, so [`start`](Self::start) brings the same engine back.
     pub fn stop(&mut self) {
+        // Removed once the daemon is gone, whichever way this returns.
+        let _recorded = self.recorded.take();
         let Some(mut child) = self.child.take() else {
             return;
         };

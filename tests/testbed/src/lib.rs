@@ -25,5 +25,7 @@ pub mod launch;
 pub mod moto;
 pub mod notify;
 pub mod pager;
+pub mod pids;
 pub mod proxy;
 pub mod rancher;
+pub mod registry;

@@ -64,9 +64,31 @@ async fn main() {
             }
         }
     }
-    if let Err(e) = demo(drover).await {
-        eprintln!("demo failed: {e}");
-        std::process::exit(1);
+    // Ctrl-C or a TERM (scripts/demo.sh passes either on) drops the demo where it is: every
+    // part of the bed stops and removes its folder as it is dropped.
+    let outcome = tokio::select! {
+        result = demo(drover) => result.map_err(|e| (format!("demo failed: {e}"), 1)),
+        signal = stop_signal() => Err((format!("demo: {signal}, the test bed is stopped"), 130)),
+    };
+    if let Err((message, code)) = outcome {
+        eprintln!("{message}");
+        std::process::exit(code);
+    }
+}
+
+/// The first SIGINT or SIGTERM, by name.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without handlers the default action still stops the demo.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "interrupted",
+        _ = term.recv() => "terminated",
     }
 }
 

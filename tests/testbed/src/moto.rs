@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A running `moto_server` on a loopback port; killed when dropped.
 pub struct MotoServer {
     child: Child,
+    /// Dropped after the child is killed (see [`crate::pids`]).
+    _recorded: crate::pids::Recorded,
     port: u16,
     /// Holds `moto.log`.
     dir: tempfile::TempDir,
@@ -90,19 +92,27 @@ impl MotoServer {
                         ),
                     )
                 })?;
-            let mut child = child;
+            let recorded = crate::pids::record(child.id(), "moto_server", dir.path());
+            // Killed if this start is given up, or its future dropped (a demo's Ctrl-C).
+            let mut starting = Starting(Some(child));
             let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
+            while let Some(child) = starting.0.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     last_error = format!("moto_server exited with {status}:\n{}", read_log(&dir));
                     break;
                 }
                 if answers(port).await {
-                    return Ok(MotoServer { child, port, dir });
+                    if let Some(child) = starting.0.take() {
+                        return Ok(MotoServer {
+                            child,
+                            _recorded: recorded,
+                            port,
+                            dir,
+                        });
+                    }
                 }
                 if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                    drop(starting);
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         format!(
@@ -283,6 +293,18 @@ impl MotoServer {
             count(QueueAttributeName::ApproximateNumberOfMessages),
             count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
         )
+    }
+}
+
+/// A `moto_server` not answering yet: stopped when dropped.
+struct Starting(Option<Child>);
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
