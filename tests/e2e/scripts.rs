@@ -263,6 +263,7 @@ fn setup_installs_what_a_fresh_debian_lacks_and_the_demo_only_what_it_uses() {
         "rpm",
         "debootstrap",
         "man-db",
+        "prometheus",
     ] {
         assert!(
             !demo.iter().any(|p| p == packaging_only),
