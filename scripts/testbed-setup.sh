@@ -3,7 +3,7 @@
 # already there: Docker's engine (the tests start private ones), busybox-static (the stand-in
 # rancher/agent image is built from it), moto in a venv (a real SQS), and the real tools the
 # packaging tests run: systemd-analyze, cloud-init, rpm, debootstrap, python-hcl2, cargo-deb
-# and cargo-generate-rpm, the AWS CLI.
+# and cargo-generate-rpm, the AWS CLI, and systemd-nspawn to boot a real systemd.
 #
 #   scripts/testbed-setup.sh            everything
 #   scripts/testbed-setup.sh base       packages and venvs (quick)
@@ -26,6 +26,9 @@ command -v docker >/dev/null 2>&1 || need+=(docker.io)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v tar >/dev/null 2>&1 || need+=(tar)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# A real systemd booted in a container over the scratch root (tests/e2e/systemd.rs).
+command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 command -v cloud-init >/dev/null 2>&1 || need+=(cloud-init)
 command -v rpm >/dev/null 2>&1 || need+=(rpm)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
@@ -60,14 +63,15 @@ fi
 fi
 
 if [ "$part" = all ] || [ "$part" = packaging ] || [ "$part" = rootfs ]; then
-    # A scratch Debian root (minbase plus systemd) that the package tests install the .deb
-    # into (dpkg --root, rpm --root) and run systemd-analyze verify against; copied per test.
+    # A scratch Debian root (minbase plus systemd and ca-certificates, which the .deb
+    # depends on) that the package tests install the .deb into (dpkg --root, rpm --root),
+    # run systemd-analyze verify against, and boot (systemd-nspawn); copied per test.
     rootfs=.testbed/rootfs
-    if [ ! -x "$rootfs/usr/bin/systemd-analyze" ]; then
+    if [ ! -x "$rootfs/usr/bin/systemd-analyze" ] || [ ! -e "$rootfs/etc/ssl/certs/ca-certificates.crt" ]; then
         echo "testbed-setup: debootstrapping a scratch Debian root into $rootfs"
         rm -rf "$rootfs" "$rootfs.partial"
         suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
-        if ! debootstrap --variant=minbase --include=systemd "$suite" "$rootfs.partial" \
+        if ! debootstrap --variant=minbase --include=systemd,ca-certificates "$suite" "$rootfs.partial" \
             http://deb.debian.org/debian >.testbed/debootstrap.log 2>&1; then
             echo "testbed-setup: debootstrap failed:" >&2
             tail -20 .testbed/debootstrap.log >&2
