@@ -17,4 +17,5 @@ mod reaper;
 mod register;
 mod secrets;
 mod stop;
+mod systemd;
 mod terminate;
