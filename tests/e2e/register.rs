@@ -456,3 +456,26 @@ async fn json_logs_and_no_secret_anywhere() {
     }
     assert!(saw_host_id, "{}", run.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_without_ca_certificates_fails_readably_and_never_panics() {
+    // A root without ca-certificates (the scratch root once): the TLS stack loads no roots,
+    // so no HTTP client can be built. drover once panicked there (exit 101) building the
+    // IMDS client; it must fail as any other boot failure does, saying why.
+    let bed = Bed::start().await;
+    let run = bed
+        .launcher(&["register"])
+        .env("SSL_CERT_FILE", "/nonexistent/ca.pem")
+        .env("SSL_CERT_DIR", "/nonexistent")
+        .run(LONG)
+        .await
+        .expect("drover register runs to its end");
+    assert_eq!(run.code, Some(1), "{}", bed.what_the_bed_saw(&run));
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("No CA certificates were loaded"),
+        "{}",
+        run.stderr
+    );
+    assert!(bed.my_hosts().is_empty());
+}
