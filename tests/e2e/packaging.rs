@@ -167,7 +167,8 @@ const NEXT_TEMPLATE_LINE: &str = "# (the next release's template: one more comme
 
 /// `deb` with one more line in its example template, repacked by dpkg-deb (md5sums
 /// updated): the release after this one, whose template changed. With the template a
-/// conffile, as it once was, this upgrade stopped at dpkg's prompt.
+/// conffile, as it once was, dpkg would ask about this upgrade: the file changed both in
+/// the package and on the host.
 fn with_changed_template(deb: &Path, target: &Path) -> PathBuf {
     let tree = target.join("deb-next-tree");
     let _ = std::fs::remove_dir_all(&tree);

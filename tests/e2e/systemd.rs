@@ -185,11 +185,13 @@ async fn wait_ready_after_registration(bed: &Bed, machine: &mut Machine) -> bool
     let deadline = Instant::now() + LIMIT;
     let mut seen_waiting = false;
     loop {
-        // The unit first, then Rancher: a host is never active before it was, so "unit
-        // active, host not active" read in this order is a real violation.
-        let unit = machine.active_state("drover.service").await;
-        let sub = machine.unit_property("drover.service", "SubState").await;
+        // Read in an order that makes each check sound while things move on between the
+        // reads: the target before the unit (a target once active stays so), the unit
+        // (both its states in one read) before Rancher (a host never goes back from
+        // active). So "target active, unit still starting" and "unit active, host not"
+        // are real violations, never an artefact of the reads' order.
         let target = machine.active_state("multi-user.target").await;
+        let (unit, sub) = unit_states(machine, "drover.service").await;
         let host = host_state(bed);
         let host_active = host.as_ref().is_some_and(|(_, s)| s == "active");
         assert!(
@@ -223,6 +225,31 @@ async fn wait_ready_after_registration(bed: &Bed, machine: &mut Machine) -> bool
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The unit's `ActiveState` and `SubState`, read at one moment.
+async fn unit_states(machine: &Machine, unit: &str) -> (String, String) {
+    let out = machine
+        .run(&[
+            "systemctl",
+            "show",
+            "-p",
+            "ActiveState",
+            "-p",
+            "SubState",
+            unit,
+        ])
+        .await
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default();
+    // `Key=value` lines, in systemd's order rather than the arguments'.
+    let value = |key: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .unwrap_or_default()
+            .to_string()
+    };
+    (value("ActiveState="), value("SubState="))
 }
 
 /// Waits (bounded) until the Docker stand-in's stop has begun; the test then looks, and
