@@ -6,7 +6,7 @@
 # python3-venv and moto in a venv (a real SQS), and the real tools the packaging tests run:
 # systemd-analyze, cloud-init, rpm, debootstrap, curl, python-hcl2, parliament,
 # cargo-deb and cargo-generate-rpm, the AWS CLI; promtool (Debian's prometheus), which reads
-# the metrics textfile.
+# the metrics textfile; systemd-nspawn to boot a real systemd.
 #
 #   scripts/testbed-setup.sh            everything
 #   scripts/testbed-setup.sh demo       only what scripts/demo.sh and bench.sh need: the
@@ -44,6 +44,9 @@ python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ "$part" != demo ]; then
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# A real systemd booted in a container over the scratch root (tests/e2e/systemd.rs).
+command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 command -v cloud-init >/dev/null 2>&1 || need+=(cloud-init)
 command -v rpm >/dev/null 2>&1 || need+=(rpm)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
@@ -94,14 +97,15 @@ fi
 fi
 
 if [ "$part" = all ] || [ "$part" = packaging ] || [ "$part" = rootfs ]; then
-    # A scratch Debian root (minbase plus systemd) that the package tests install the .deb
-    # into (dpkg --root, rpm --root) and run systemd-analyze verify against; copied per test.
+    # A scratch Debian root (minbase plus systemd and ca-certificates, which the .deb
+    # depends on) that the package tests install the .deb into (dpkg --root, rpm --root),
+    # run systemd-analyze verify against, and boot (systemd-nspawn); copied per test.
     rootfs=.testbed/rootfs
-    if [ ! -x "$rootfs/usr/bin/systemd-analyze" ]; then
+    if [ ! -x "$rootfs/usr/bin/systemd-analyze" ] || [ ! -e "$rootfs/etc/ssl/certs/ca-certificates.crt" ]; then
         echo "testbed-setup: debootstrapping a scratch Debian root into $rootfs"
         rm -rf "$rootfs" "$rootfs.partial"
         suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
-        if ! debootstrap --variant=minbase --include=systemd "$suite" "$rootfs.partial" \
+        if ! debootstrap --variant=minbase --include=systemd,ca-certificates "$suite" "$rootfs.partial" \
             http://deb.debian.org/debian >.testbed/debootstrap.log 2>&1; then
             echo "testbed-setup: debootstrap failed:" >&2
             tail -20 .testbed/debootstrap.log >&2

@@ -51,6 +51,8 @@ pub enum ImdsError {
     Invalid { path: String, detail: String },
     #[error("AWS_EC2_METADATA_SERVICE_ENDPOINT is not an http(s) URL: {0:?}")]
     Endpoint(String),
+    #[error("cannot set up the HTTP client for IMDS: {0}")]
+    Setup(String),
     #[error("IMDS did not answer {path} within {} (last error: {last})", crate::retry::rounded(*budget))]
     GaveUp {
         path: String,
@@ -65,7 +67,10 @@ impl ImdsError {
         match self {
             ImdsError::Status { status, .. } => *status >= 500 || *status == 429,
             ImdsError::Unreachable { .. } | ImdsError::Token { .. } => true,
-            ImdsError::Invalid { .. } | ImdsError::Endpoint(_) | ImdsError::GaveUp { .. } => false,
+            ImdsError::Invalid { .. }
+            | ImdsError::Endpoint(_)
+            | ImdsError::Setup(_)
+            | ImdsError::GaveUp { .. } => false,
         }
     }
 }
@@ -138,21 +143,24 @@ pub struct Imds {
 }
 
 /// One HTTP client for every `Imds`: building one sets up TLS and a connection pool, and
-/// the polling source makes a new `Imds` now and then.
-fn http() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            // IMDS refuses requests that went through a proxy, and is never behind one.
-            .no_proxy()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            // Building fails only if the TLS backend cannot start at all, which no request
-            // to anything could survive either; fall back to a default client then.
-            .unwrap_or_default()
-    })
+/// the polling source makes a new `Imds` now and then. Building fails when the system has
+/// no CA certificates at all (the TLS backend loads them up front, even for a client that
+/// only ever speaks plain HTTP): an error, never a panic (`Client::default()` panics then).
+fn http() -> Result<&'static reqwest::Client, ImdsError> {
+    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                // IMDS refuses requests that went through a proxy, and is never behind one.
+                .no_proxy()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(REQUEST_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| error_chain(&e))
+        })
+        .as_ref()
+        .map_err(|e| ImdsError::Setup(e.clone()))
 }
 
 impl Imds {
@@ -180,7 +188,7 @@ impl Imds {
         let mut token = self.token(&full, endpoint).await?;
         let mut refreshed = false;
         loop {
-            let response = http()
+            let response = http()?
                 .get(&url)
                 .header(TOKEN_HEADER, token.expose_secret())
                 .send()
@@ -225,7 +233,7 @@ impl Imds {
             path: path.to_string(),
             detail,
         };
-        let response = http()
+        let response = http()?
             .put(format!("{endpoint}{TOKEN_PATH}"))
             .header(TTL_HEADER, TOKEN_TTL.as_secs())
             .send()

@@ -2,7 +2,8 @@
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || :
     if [ "$1" -ge 1 ]; then
-        # Upgrade: restart a running drover on the new binary; a stopped one stays stopped.
-        systemctl try-restart drover.service >/dev/null 2>&1 || :
+        # Upgrade: restart whichever unit runs on the new binary; a stopped one stays
+        # stopped. Neither takes the host out: the machine stays up.
+        systemctl try-restart drover.service drover-oneshot.service >/dev/null 2>&1 || :
     fi
 fi

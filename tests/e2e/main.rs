@@ -20,5 +20,6 @@ mod scripts;
 mod secrets;
 mod status;
 mod stop;
+mod systemd;
 mod terminate;
 mod versions;

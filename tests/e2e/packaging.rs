@@ -45,110 +45,167 @@ fn stdout(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&run(cmd).stdout).into_owned()
 }
 
-/// The packages, built once per test run.
-pub(crate) struct Packages {
+/// The .deb packages, built once per test run.
+pub(crate) struct Debs {
     pub(crate) deb: PathBuf,
-    /// The same package with a higher revision, for the upgrade.
+    /// The same package with a higher revision and a changed template, for the upgrade.
     deb_next: PathBuf,
+}
+
+/// The .rpm packages, built once per test run.
+pub(crate) struct Rpms {
     pub(crate) rpm: PathBuf,
     /// The same package with a higher release, for the upgrade.
     rpm_next: PathBuf,
 }
 
-pub(crate) fn packages() -> &'static Packages {
-    static BUILT: OnceLock<Packages> = OnceLock::new();
-    BUILT.get_or_init(build_packages)
+pub(crate) fn debs() -> &'static Debs {
+    static BUILT: OnceLock<Debs> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let target = package_target();
+        let tool = packaging_tool("cargo-deb");
+        let args = ["-p", "drover", "--no-build", "--fast"];
+        let deb = package(
+            &tool,
+            &[&args[..], &["--output"]].concat(),
+            &target.join("deb"),
+        );
+        let next = package(
+            &tool,
+            &[&args[..], &["--deb-revision", "2", "--output"]].concat(),
+            &target.join("deb-next"),
+        );
+        Debs {
+            deb: only(&deb, "deb"),
+            deb_next: with_changed_template(&only(&next, "deb"), target),
+        }
+    })
 }
 
-fn build_packages() -> Packages {
-    let tools = repo(".testbed/cargo/bin");
-    let (cargo_deb, cargo_rpm) = (tools.join("cargo-deb"), tools.join("cargo-generate-rpm"));
-    for tool in [&cargo_deb, &cargo_rpm] {
-        assert!(tool.exists(), "{}", setup_hint(&tool.display().to_string()));
-    }
-    // A target dir of its own, laid out as the package metadata expects (target/release).
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("packages");
-    let _ = std::fs::remove_dir_all(&target);
-    let release = target.join("release");
-    std::fs::create_dir_all(&release).expect("package target dir");
-    let binary = release.join("drover");
-    std::fs::copy(env!("CARGO_BIN_EXE_drover"), &binary).expect("copy the binary");
-    run(Command::new("strip").arg("-s").arg(&binary));
+pub(crate) fn rpms() -> &'static Rpms {
+    static BUILT: OnceLock<Rpms> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let target = package_target();
+        let tool = packaging_tool("cargo-generate-rpm");
+        // Uncompressed: compression is cargo-generate-rpm's business, not what is checked
+        // here, and the unoptimised test build of the tool takes most of a minute for it.
+        // The rpm Version as packaging/build.sh sets it (CHANGELOG.md, Versions).
+        let rpm_version = format!(
+            "version = \"{}\"",
+            stdout(Command::new(repo("packaging/package-version")).arg("rpm")).trim()
+        );
+        let args = [
+            "-p",
+            ".",
+            "--payload-compress",
+            "none",
+            "--set-metadata",
+            rpm_version.as_str(),
+        ];
+        let rpm = package(&tool, &[&args[..], &["-o"]].concat(), &target.join("rpm"));
+        let next = package(
+            &tool,
+            &[&args[..], &["--set-metadata", "release = \"2\"", "-o"]].concat(),
+            &target.join("rpm-next"),
+        );
+        Rpms {
+            rpm: only(&rpm, "rpm"),
+            rpm_next: only(&next, "rpm"),
+        }
+    })
+}
 
-    // Man pages and completions, from the same clap definitions, by the same generator
-    // packaging/build.sh runs; in a target dir of its own so that it never waits for the
-    // lock of the one this test runs from.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo)
-        .current_dir(ROOT)
-        .env("CARGO_TARGET_DIR", target.join("assets-build"))
-        .args(["run", "-q", "-p", "drover-assets", "--"])
-        .arg(release.join("dist")));
+fn packaging_tool(name: &str) -> PathBuf {
+    let tool = repo(".testbed/cargo/bin").join(name);
+    assert!(tool.exists(), "{}", setup_hint(&tool.display().to_string()));
+    tool
+}
 
-    let deb_out = target.join("deb");
-    let deb_next_out = target.join("deb-next");
-    let rpm_out = target.join("rpm");
-    let rpm_next_out = target.join("rpm-next");
-    // Existing directories: the tools take a path that isn't one as the file name.
-    for dir in [&deb_out, &deb_next_out, &rpm_out, &rpm_next_out] {
-        std::fs::create_dir_all(dir).expect("package output dir");
-    }
-    // A packaging tool on the tested binary: `args`, then the output directory.
-    let package = |tool: &Path, args: &[&str], out: &Path| {
-        run(Command::new(tool)
+/// A target dir of the packages' own, laid out as the package metadata expects: the
+/// tested binary (stripped) as target/release/drover, and the generated assets; made once.
+fn package_target() -> &'static Path {
+    static MADE: OnceLock<PathBuf> = OnceLock::new();
+    MADE.get_or_init(|| {
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("packages");
+        let _ = std::fs::remove_dir_all(&target);
+        let release = target.join("release");
+        std::fs::create_dir_all(&release).expect("package target dir");
+        let binary = release.join("drover");
+        std::fs::copy(env!("CARGO_BIN_EXE_drover"), &binary).expect("copy the binary");
+        run(Command::new("strip").arg("-s").arg(&binary));
+
+        // Man pages and completions, from the same clap definitions, by the same generator
+        // packaging/build.sh runs; in a target dir of its own so that it never waits for
+        // the lock of the one this test runs from, kept from run to run (a fresh one
+        // compiles clap again).
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run(Command::new(cargo)
             .current_dir(ROOT)
-            .env("CARGO_TARGET_DIR", &target)
-            .args(args)
-            .arg(out));
-    };
-    let deb = ["-p", "drover", "--no-build", "--fast"];
-    package(&cargo_deb, &[&deb[..], &["--output"]].concat(), &deb_out);
-    package(
-        &cargo_deb,
-        &[&deb[..], &["--deb-revision", "2", "--output"]].concat(),
-        &deb_next_out,
-    );
-    // Uncompressed: compression is cargo-generate-rpm's business, not what is checked here,
-    // and the unoptimised test build of the tool takes most of a minute for it.
-    // The rpm Version as packaging/build.sh sets it (CHANGELOG.md, Versions).
-    let rpm_version = format!(
-        "version = \"{}\"",
-        stdout(Command::new(repo("packaging/package-version")).arg("rpm")).trim()
-    );
-    let rpm = [
-        "-p",
-        ".",
-        "--payload-compress",
-        "none",
-        "--set-metadata",
-        rpm_version.as_str(),
-    ];
-    package(&cargo_rpm, &[&rpm[..], &["-o"]].concat(), &rpm_out);
-    package(
-        &cargo_rpm,
-        &[&rpm[..], &["--set-metadata", "release = \"2\"", "-o"]].concat(),
-        &rpm_next_out,
-    );
+            .env(
+                "CARGO_TARGET_DIR",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("assets-build"),
+            )
+            .args(["run", "-q", "-p", "drover-assets", "--"])
+            .arg(release.join("dist")));
+        target
+    })
+}
 
-    let only = |dir: &Path, ext: &str| -> PathBuf {
-        let found: Vec<PathBuf> = std::fs::read_dir(dir)
-            .expect("package output dir")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == ext))
-            .collect();
-        assert_eq!(found.len(), 1, "one .{ext} in {}: {found:?}", dir.display());
-        found[0].clone()
-    };
-    Packages {
-        deb: only(&deb_out, "deb"),
-        deb_next: only(&deb_next_out, "deb"),
-        rpm: only(&rpm_out, "rpm"),
-        rpm_next: only(&rpm_next_out, "rpm"),
-    }
+/// A packaging tool on the tested binary: `args`, then the output directory, which it
+/// creates (the tools take a path that isn't a directory as the file name).
+fn package(tool: &Path, args: &[&str], out: &Path) -> PathBuf {
+    std::fs::create_dir_all(out).expect("package output dir");
+    run(Command::new(tool)
+        .current_dir(ROOT)
+        .env("CARGO_TARGET_DIR", package_target())
+        .args(args)
+        .arg(out));
+    out.to_path_buf()
+}
+
+/// The one file with extension `ext` in `dir`.
+fn only(dir: &Path, ext: &str) -> PathBuf {
+    let found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("package output dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    assert_eq!(found.len(), 1, "one .{ext} in {}: {found:?}", dir.display());
+    found[0].clone()
+}
+
+/// The template the next release ships, as a release whose template changed would have it.
+const NEXT_TEMPLATE_LINE: &str = "# (the next release's template: one more comment)\n";
+
+/// `deb` with one more line in its example template, repacked by dpkg-deb (md5sums
+/// updated): the release after this one, whose template changed. With the template a
+/// conffile, as it once was, dpkg would ask about this upgrade: the file changed both in
+/// the package and on the host.
+fn with_changed_template(deb: &Path, target: &Path) -> PathBuf {
+    let tree = target.join("deb-next-tree");
+    let _ = std::fs::remove_dir_all(&tree);
+    run(Command::new("dpkg-deb").arg("-R").arg(deb).arg(&tree));
+    let example = tree.join("usr/share/doc/drover/examples/drover.toml");
+    let mut text = std::fs::read_to_string(&example).expect("the example in the .deb");
+    text.push_str(NEXT_TEMPLATE_LINE);
+    std::fs::write(&example, text).expect("change the template");
+    let sums = stdout(
+        Command::new("sh")
+            .arg("-c")
+            .arg("find usr -type f | LC_ALL=C sort | xargs md5sum")
+            .current_dir(&tree),
+    );
+    std::fs::write(tree.join("DEBIAN/md5sums"), sums).expect("md5sums");
+    let out = target.join("deb-next-changed.deb");
+    run(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-b"])
+        .arg(&tree)
+        .arg(&out));
+    out
 }
 
 /// A throwaway copy of the scratch Debian root (minbase plus systemd) from the setup.
-fn scratch_root() -> tempfile::TempDir {
+pub(crate) fn scratch_root() -> tempfile::TempDir {
     let pristine = repo(".testbed/rootfs");
     assert!(
         pristine.join("usr/bin/systemd-analyze").exists(),
@@ -220,8 +277,8 @@ fn unpacked(deb: &Path, how: &str) -> tempfile::TempDir {
 }
 
 #[test]
-fn deb_carries_the_binary_units_config_man_pages_and_completions_with_the_right_modes() {
-    let deb = &packages().deb;
+fn deb_carries_the_binary_units_example_config_man_pages_and_completions_with_the_right_modes() {
+    let deb = &debs().deb;
     let listing = stdout(Command::new("dpkg-deb").arg("--contents").arg(deb));
     let entry = |path: &str| -> (String, String) {
         let line = listing
@@ -235,7 +292,7 @@ fn deb_carries_the_binary_units_config_man_pages_and_completions_with_the_right_
     };
     let expect = [
         ("/usr/bin/drover", "-rwxr-xr-x"),
-        ("/etc/drover/drover.toml", "-rw-------"),
+        ("/usr/share/doc/drover/examples/drover.toml", "-rw-r--r--"),
         ("/usr/libexec/drover/fetch-secret", "-rwxr-xr-x"),
         ("/usr/lib/systemd/system/drover.service", "-rw-r--r--"),
         (
@@ -266,6 +323,11 @@ fn deb_carries_the_binary_units_config_man_pages_and_completions_with_the_right_
             "{path}"
         );
     }
+    // Nothing under /etc: the config there is the operator's.
+    assert!(
+        !listing.contains("./etc/"),
+        "the .deb ships files under /etc:\n{listing}"
+    );
     // The units are the files in packaging/, byte for byte.
     let extract = unpacked(deb, "-x");
     for unit in ["drover.service", "drover-oneshot.service"] {
@@ -278,11 +340,17 @@ fn deb_carries_the_binary_units_config_man_pages_and_completions_with_the_right_
     assert_eq!(field("Package").trim(), "drover");
     assert_eq!(field("Version").trim(), format!("{VERSION}-1"));
     assert!(field("Depends").contains("libc6"), "{}", field("Depends"));
+    // Without the system's CA roots no HTTP client of drover's can be built.
+    assert!(
+        field("Depends").contains("ca-certificates"),
+        "{}",
+        field("Depends")
+    );
 
     let control = unpacked(deb, "-e");
     let read = |name: &str| std::fs::read_to_string(control.path().join(name)).unwrap_or_default();
-    // Only the config is a conffile: an upgrade never overwrites it.
-    assert_eq!(read("conffiles").trim(), "/etc/drover/drover.toml");
+    // No conffile: nothing an upgrade could ask about.
+    assert_eq!(read("conffiles").trim(), "");
     // Enabled on install, never started by the package; only a running one is restarted
     // on upgrade, and removal stops it.
     let postinst = read("postinst");
@@ -302,11 +370,17 @@ fn deb_carries_the_binary_units_config_man_pages_and_completions_with_the_right_
         );
     }
     assert!(read("prerm").contains("stop drover"), "{}", read("prerm"));
+    // Purge takes the secrets and the state with it.
+    let postrm = read("postrm");
+    assert!(
+        postrm.contains("rm -rf /etc/drover /var/lib/drover"),
+        "{postrm}"
+    );
 }
 
 #[test]
 fn deb_installs_into_a_scratch_root_enabled_but_not_started_upgrades_and_purges_cleanly() {
-    let pkgs = packages();
+    let pkgs = debs();
     let root = scratch_root();
     let root = root.path();
     let before = tree(root);
@@ -326,8 +400,12 @@ fn deb_installs_into_a_scratch_root_enabled_but_not_started_upgrades_and_purges_
             .is_err(),
         "the one-shot variant must ship disabled"
     );
+    // /etc/drover is there, private, and empty: the config is the userdata's to write.
     assert_eq!(mode(&root.join("etc/drover")), 0o700);
-    assert_eq!(mode(&root.join("etc/drover/drover.toml")), 0o600);
+    let config = root.join("etc/drover/drover.toml");
+    assert!(!config.exists(), "the package must not write the config");
+    let example = root.join("usr/share/doc/drover/examples/drover.toml");
+    assert_eq!(mode(&example), 0o644);
     assert!(!root.join("var/lib/drover/registration.json").exists());
 
     // The binary runs from the root, with the root's own libraries.
@@ -337,36 +415,68 @@ fn deb_installs_into_a_scratch_root_enabled_but_not_started_upgrades_and_purges_
             .args(["/usr/bin/drover", "--version"]),
     );
     assert_eq!(version.trim(), format!("drover {VERSION}"));
-    // The package's default config is valid TOML that names what is missing: exit 2.
-    let out = Command::new("chroot")
-        .arg(root)
-        .args(["/usr/bin/drover", "check"])
-        .output()
-        .expect("drover check in the root");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("rancher.url"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Before the userdata ran: no config, exit 2 naming the first key it lacks.
+    let check = |args: &[&str]| {
+        let out = Command::new("chroot")
+            .arg(root)
+            .arg("/usr/bin/drover")
+            .args(args)
+            .arg("check")
+            .output()
+            .expect("drover check in the root");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("rancher.url"), "{err}");
+    // The example is valid TOML that names what is missing: exit 2 too.
+    let (code, err) = check(&["--config", "/usr/share/doc/drover/examples/drover.toml"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("rancher.url"), "{err}");
 
     let verify = verify_units(root, &["drover.service", "drover-oneshot.service"]);
     assert!(verify.is_empty(), "systemd-analyze verify:\n{verify}");
 
-    // An operator's config survives an upgrade.
-    let config = root.join("etc/drover/drover.toml");
+    // A host as its userdata and a first boot leave it: the config and the secret written,
+    // a registration recorded.
     let mine = "[rancher]\nurl = \"https://rancher.internal\"\n";
-    std::fs::write(&config, mine).expect("edit the config");
-    dpkg(
-        root,
-        &[
-            "--install",
-            "--force-confdef",
-            &pkgs.deb_next.display().to_string(),
-        ],
+    std::fs::write(&config, mine).expect("the userdata's config");
+    testbed::bed::set_mode(&config, 0o600);
+    let secret = root.join("etc/drover/rancher.secret");
+    std::fs::write(&secret, "userdata-fetched-secret\n").expect("the secret");
+    let state = root.join("var/lib/drover");
+    std::fs::create_dir_all(&state).expect("the state dir");
+    std::fs::write(state.join("registration.json"), "{}").expect("the record");
+
+    // The next release, whose template changed, installed the way unattended upgrades
+    // and a provisioning script do it: no terminal on stdin and no DEBIAN_FRONTEND, so
+    // that a conffile question would end the upgrade. None is asked; the config is as the
+    // userdata wrote it.
+    let upgrade = Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args(["--install", &pkgs.deb_next.display().to_string()])
+        .env_remove("DEBIAN_FRONTEND")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("dpkg --install of the next release");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&upgrade.stdout),
+        String::from_utf8_lossy(&upgrade.stderr)
     );
+    assert!(upgrade.status.success(), "the upgrade failed:\n{said}");
+    assert!(!said.contains("Configuration file"), "dpkg asked:\n{said}");
     assert_eq!(std::fs::read_to_string(&config).ok().as_deref(), Some(mine));
     assert_eq!(mode(&config), 0o600);
+    assert_eq!(mode(&root.join("etc/drover")), 0o700);
+    let shipped = std::fs::read_to_string(&example).expect("the new example");
+    assert!(
+        shipped.ends_with(NEXT_TEMPLATE_LINE),
+        "the example is the new one"
+    );
     let status = stdout(
         Command::new("dpkg-query")
             .arg(format!(
@@ -377,11 +487,18 @@ fn deb_installs_into_a_scratch_root_enabled_but_not_started_upgrades_and_purges_
     );
     assert_eq!(status, format!("{VERSION}-2 install ok installed"));
 
-    // Remove keeps the config (a conffile); purge leaves the root as it was.
+    // Remove keeps the config, the secrets and the state, as it keeps configuration;
+    // purge takes them and leaves the root as it was.
     dpkg(root, &["--remove", "drover"]);
     assert!(!root.join("usr/bin/drover").exists());
-    assert!(config.exists(), "remove must keep the conffile");
+    assert!(
+        config.exists() && secret.exists(),
+        "remove must keep /etc/drover"
+    );
+    assert!(state.join("registration.json").exists());
     dpkg(root, &["--purge", "drover"]);
+    assert!(!root.join("etc/drover").exists(), "purge left /etc/drover");
+    assert!(!state.exists(), "purge left /var/lib/drover");
     let after = tree(root);
     let added: Vec<_> = after.difference(&before).collect();
     let lost: Vec<_> = before.difference(&after).collect();
@@ -394,7 +511,7 @@ fn deb_installs_into_a_scratch_root_enabled_but_not_started_upgrades_and_purges_
 #[test]
 fn systemd_analyze_verify_speaks_up_about_a_broken_unit() {
     // The control for the check above: a unit with an error must produce output.
-    let pkgs = packages();
+    let pkgs = debs();
     let root = scratch_root();
     let root = root.path();
     dpkg(root, &["--install", &pkgs.deb.display().to_string()]);
@@ -412,9 +529,18 @@ fn systemd_analyze_verify_speaks_up_about_a_broken_unit() {
     assert!(verify.contains("drovr"), "{verify}");
 }
 
+/// The .rpm's scriptlets, as `rpm --scripts` shows them.
+fn scripts_of(rpm: &Path) -> String {
+    stdout(
+        Command::new("rpm")
+            .args(["-qp", "--nosignature", "--scripts"])
+            .arg(rpm),
+    )
+}
+
 #[test]
-fn rpm_carries_the_same_files_with_config_noreplace_and_scriptlets_that_never_start() {
-    let rpm = &packages().rpm;
+fn rpm_carries_the_same_files_no_config_recommends_and_scriptlets_that_never_start() {
+    let rpm = &rpms().rpm;
     let query = |format: &str| {
         stdout(
             Command::new("rpm")
@@ -437,10 +563,16 @@ fn rpm_carries_the_same_files_with_config_noreplace_and_scriptlets_that_never_st
             .collect()
     };
     assert_eq!(entry("/usr/bin/drover")[..2], ["-rwxr-xr-x", "root:root"]);
-    // %config(noreplace): an upgrade leaves an edited config alone.
+    // The config in /etc/drover is the operator's, and the template an example (%doc);
+    // %post makes the directory, private.
+    assert!(scripts_of(rpm).contains("chmod 0700 /etc/drover"));
+    assert!(
+        !files.contains("/etc/drover/drover.toml"),
+        "the .rpm ships the config:\n{files}"
+    );
     assert_eq!(
-        entry("/etc/drover/drover.toml"),
-        ["-rw-------", "root:root", "cn"]
+        entry("/usr/share/doc/drover/examples/drover.toml"),
+        ["-rw-r--r--", "root:root", "d"]
     );
     assert_eq!(entry("/usr/libexec/drover/fetch-secret")[0], "-rwxr-xr-x");
     for unit in ["drover.service", "drover-oneshot.service"] {
@@ -464,15 +596,53 @@ fn rpm_carries_the_same_files_with_config_noreplace_and_scriptlets_that_never_st
     entry("/usr/share/zsh/site-functions/_drover");
     entry("/usr/share/fish/vendor_completions.d/drover.fish");
 
-    let scripts = stdout(
-        Command::new("rpm")
-            .args(["-qp", "--nosignature", "--scripts"])
-            .arg(rpm),
-    );
+    let scripts = scripts_of(rpm);
     assert!(scripts.contains("enable drover.service"), "{scripts}");
-    assert!(scripts.contains("try-restart drover.service"), "{scripts}");
+    // An upgrade restarts whichever of the two units runs.
+    assert!(
+        scripts.contains("try-restart drover.service drover-oneshot.service"),
+        "{scripts}"
+    );
     assert!(!scripts.contains("systemctl start"), "{scripts}");
     assert!(!scripts.contains("enable --now"), "{scripts}");
+
+    let requires = stdout(
+        Command::new("rpm")
+            .args(["-qp", "--nosignature", "--requires"])
+            .arg(rpm),
+    );
+    assert!(
+        requires.lines().any(|l| l.trim() == "ca-certificates"),
+        "{requires}"
+    );
+    // The .deb's Recommends, by the RPM distributions' names.
+    let recommends = stdout(
+        Command::new("rpm")
+            .args(["-qp", "--nosignature", "--recommends"])
+            .arg(rpm),
+    );
+    for wanted in [
+        "(docker or docker-ce or moby-engine)",
+        "(awscli or awscli-2 or awscli2)",
+        "curl",
+    ] {
+        assert!(
+            recommends.lines().any(|l| l.trim() == wanted),
+            "Recommends lacks {wanted}:\n{recommends}"
+        );
+    }
+}
+
+#[test]
+fn units_read_the_environment_file_of_either_family() {
+    // /etc/default on Debian, /etc/sysconfig on the RPM distributions; both optional.
+    for unit in ["drover.service", "drover-oneshot.service"] {
+        assert_eq!(
+            unit_values(unit, "EnvironmentFile"),
+            ["-/etc/default/drover", "-/etc/sysconfig/drover"],
+            "{unit}"
+        );
+    }
 }
 
 /// man's output without the overstrike (`X\bX`) it uses for bold when not on a terminal.
@@ -490,7 +660,7 @@ fn plain(bytes: &[u8]) -> String {
 
 #[test]
 fn man_pages_render_without_warnings() {
-    let extract = unpacked(&packages().deb, "-x");
+    let extract = unpacked(&debs().deb, "-x");
     let pages = extract.path().join("usr/share/man/man1");
     for page in [
         "drover",
@@ -547,7 +717,7 @@ fn man_pages_render_without_warnings() {
 
 #[test]
 fn completions_know_every_subcommand_and_flag() {
-    let extract = unpacked(&packages().deb, "-x");
+    let extract = unpacked(&debs().deb, "-x");
     let bash = extract
         .path()
         .join("usr/share/bash-completion/completions/drover");
@@ -596,8 +766,8 @@ fn rpm_in(root: &Path, args: &[&str]) -> Output {
 }
 
 #[test]
-fn rpm_installs_enabled_but_not_started_keeps_an_edited_config_and_erases_cleanly() {
-    let pkgs = packages();
+fn rpm_installs_enabled_but_not_started_leaves_the_userdata_config_alone_and_erases_cleanly() {
+    let pkgs = rpms();
     let root = scratch_root();
     let root = root.path();
     run(Command::new("rpm")
@@ -615,7 +785,7 @@ fn rpm_installs_enabled_but_not_started_keeps_an_edited_config_and_erases_cleanl
         .is_err());
     assert_eq!(mode(&root.join("etc/drover")), 0o700);
     let config = root.join("etc/drover/drover.toml");
-    assert_eq!(mode(&config), 0o600);
+    assert!(!config.exists(), "the package must not write the config");
     let version = stdout(
         Command::new("chroot")
             .arg(root)
@@ -623,10 +793,14 @@ fn rpm_installs_enabled_but_not_started_keeps_an_edited_config_and_erases_cleanl
     );
     assert_eq!(version.trim(), format!("drover {VERSION}"));
 
+    // The userdata's config, untouched by an upgrade.
     let mine = "[rancher]\nurl = \"https://rancher.internal\"\n";
-    std::fs::write(&config, mine).expect("edit the config");
+    std::fs::write(&config, mine).expect("the userdata's config");
+    testbed::bed::set_mode(&config, 0o600);
     rpm_in(root, &["-U", &pkgs.rpm_next.display().to_string()]);
     assert_eq!(std::fs::read_to_string(&config).ok().as_deref(), Some(mine));
+    assert_eq!(mode(&config), 0o600);
+    assert_eq!(mode(&root.join("etc/drover")), 0o700);
     assert!(wants.join("drover.service").symlink_metadata().is_ok());
 
     rpm_in(root, &["-e", "drover"]);
@@ -635,18 +809,14 @@ fn rpm_installs_enabled_but_not_started_keeps_an_edited_config_and_erases_cleanl
         wants.join("drover.service").symlink_metadata().is_err(),
         "%preun must disable drover.service"
     );
-    // An edited config is kept aside, never lost.
-    assert_eq!(
-        std::fs::read_to_string(root.join("etc/drover/drover.toml.rpmsave"))
-            .ok()
-            .as_deref(),
-        Some(mine)
-    );
+    // The operator's config is not the package's: erase leaves it where it was.
+    assert_eq!(std::fs::read_to_string(&config).ok().as_deref(), Some(mine));
+    assert!(!root.join("etc/drover/drover.toml.rpmsave").exists());
 }
 
 #[test]
 fn bake_script_leaves_drover_enabled_not_running_and_no_state_of_the_build_vm() {
-    let pkgs = packages();
+    let pkgs = debs();
     let root = scratch_root();
     let root = root.path();
     // Leftovers of a build VM that must not reach the image.
@@ -682,7 +852,10 @@ fn bake_script_leaves_drover_enabled_not_running_and_no_state_of_the_build_vm() 
         .is_ok());
     assert!(!root.join("var/lib/drover").exists());
     assert!(!root.join("etc/drover/rancher.secret").exists());
-    assert!(root.join("etc/drover/drover.toml").exists());
+    // The image has the private directory, and no config: each instance's userdata
+    // writes its own.
+    assert_eq!(mode(&root.join("etc/drover")), 0o700);
+    assert!(!root.join("etc/drover/drover.toml").exists());
 
     // Without a package it says so and fails.
     let missing = Command::new("chroot")

@@ -549,3 +549,26 @@ async fn agent_image_by_digest_is_pulled_by_digest() {
 async fn agent_image_by_tag_and_digest_is_pulled_by_the_digest() {
     registers_with_an_image_pinned_by_digest(RegistryServer::by_tag_and_digest).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_without_ca_certificates_fails_readably_and_never_panics() {
+    // A root without ca-certificates (the scratch root once): the TLS stack loads no roots,
+    // so no HTTP client can be built. drover once panicked there (exit 101) building the
+    // IMDS client; it must fail as any other boot failure does, saying why.
+    let bed = Bed::start().await;
+    let run = bed
+        .launcher(&["register"])
+        .env("SSL_CERT_FILE", "/nonexistent/ca.pem")
+        .env("SSL_CERT_DIR", "/nonexistent")
+        .run(LONG)
+        .await
+        .expect("drover register runs to its end");
+    assert_eq!(run.code, Some(1), "{}", bed.what_the_bed_saw(&run));
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("No CA certificates were loaded"),
+        "{}",
+        run.stderr
+    );
+    assert!(bed.my_hosts().is_empty());
+}

@@ -153,11 +153,11 @@ fn the_changelog_keeps_a_changelog_and_has_the_cargo_version() {
 
 #[test]
 fn the_built_packages_carry_the_cargo_version() {
-    let packages = crate::packaging::packages();
+    let (debs, rpms) = (crate::packaging::debs(), crate::packaging::rpms());
     let deb = stdout(
         Command::new("dpkg-deb")
             .args(["-f"])
-            .arg(&packages.deb)
+            .arg(&debs.deb)
             .arg("Version"),
     );
     let deb_upstream = package_version("deb", None).expect("package-version deb");
@@ -165,7 +165,7 @@ fn the_built_packages_carry_the_cargo_version() {
     let rpm = stdout(
         Command::new("rpm")
             .args(["-qp", "--nosignature", "--qf", "%{VERSION}-%{RELEASE}"])
-            .arg(&packages.rpm),
+            .arg(&rpms.rpm),
     );
     let rpm_upstream = package_version("rpm", None).expect("package-version rpm");
     assert_eq!(

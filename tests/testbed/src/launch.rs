@@ -97,7 +97,8 @@ impl Endpoints {
         }
     }
 
-    fn vars(&self) -> Vec<(&'static str, &str)> {
+    /// The variables, `(name, value)`, of the endpoints that are set.
+    pub fn vars(&self) -> Vec<(&'static str, &str)> {
         [
             ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &self.imds),
             ("AWS_ENDPOINT_URL_AUTO_SCALING", &self.autoscaling),

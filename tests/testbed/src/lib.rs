@@ -10,7 +10,8 @@
 //! Around them: [`bed::Bed`], one instance's world for a test; [`config::DroverConfig`],
 //! drover's config as a typed value; [`launch::Launcher`], the one way drover is started
 //! (clean environment, output to files, every wait bounded); [`notify`], what drover tells
-//! systemd (`READY=1`, `STOPPING=1`), which is what tests synchronise on.
+//! systemd (`READY=1`, `STOPPING=1`), which is what tests synchronise on; [`machine`], a
+//! real systemd booted in a container, for drover's units as a host runs them.
 
 pub mod autoscaling;
 pub mod bed;
@@ -22,6 +23,7 @@ pub mod faults_boot;
 pub mod http;
 pub mod imds;
 pub mod launch;
+pub mod machine;
 pub mod moto;
 pub mod notify;
 pub mod pager;

@@ -1,0 +1,439 @@
+//! drover.service under a real systemd: the .deb installed into a copy of the scratch
+//! Debian root, booted with `systemd-nspawn` ([`testbed::machine`]), drover run by its own
+//! unit against the test bed. What the unit's comments argue is seen here: READY (and so
+//! `multi-user.target`) only once Rancher shows the host active; the sandbox letting
+//! drover reach the Docker socket and its state dir; `systemctl stop` and a reboot leaving
+//! the host; a power-off taking it out before `docker.service` stops.
+//!
+//! The bed's Docker engine runs outside the container. Inside, a `docker.service`
+//! stand-in links its socket to `/run/docker.sock` (drover's default) when it starts, and
+//! when it stops it first says so in `/srv/testbed` and waits (bounded) until the test has
+//! looked at Rancher, the engine and drover's unit: the order at shutdown is observed at
+//! the moment `docker.service`'s stop runs, not inferred from timestamps. Then it takes the
+//! socket away, as a stopped engine would.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use testbed::bed::{Bed, BedOptions};
+use testbed::config::Secret;
+use testbed::launch::{AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY};
+use testbed::machine::{Boot, Machine};
+use testbed::rancher::RancherOptions;
+
+use crate::packaging::{debs, scratch_root};
+
+/// Boot, registration, a stop: each well within this.
+const LIMIT: Duration = Duration::from_secs(90);
+/// How long the Rancher stand-in keeps a new host `registering`: the window in which
+/// drover must still be starting.
+const REGISTER_DELAY: Duration = Duration::from_secs(4);
+
+/// Where the exchange with the `docker.service` stand-in happens, inside and out.
+const EXCHANGE: &str = "srv/testbed";
+
+const DOCKER_UNIT: &str = "\
+[Unit]
+Description=Docker stand-in: the test bed's engine on /run/docker.sock
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/ln -sfn /srv/testbed/docker.sock /run/docker.sock
+ExecStop=/bin/sh /srv/testbed/docker-stop.sh
+TimeoutStopSec=90
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// docker.service's stop: says it has begun, waits (at most 60 s) until the test has
+/// looked, then takes the engine away.
+const DOCKER_STOP: &str = "\
+#!/bin/sh
+touch /srv/testbed/docker-stopping
+i=0
+while [ ! -e /srv/testbed/docker-may-stop ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+rm -f /run/docker.sock
+";
+
+fn run(cmd: &mut Command) {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    assert!(
+        out.status.success(),
+        "{shown} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn write(path: &Path, text: &str, mode: u32) {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("a directory in the root");
+    }
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    testbed::bed::set_mode(path, mode);
+}
+
+/// A host's root as its image and its userdata leave it: the .deb installed (drover.service
+/// enabled by the package), the Docker stand-in enabled, and what the userdata writes: the
+/// config, the secret, and `/etc/default/drover` with the bed's endpoints.
+fn prepare_root(bed: &Bed) -> tempfile::TempDir {
+    let dir = scratch_root();
+    let root = dir.path();
+    run(Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["--install"])
+        .arg(&debs().deb));
+
+    write(
+        &root.join("etc/systemd/system/docker.service"),
+        DOCKER_UNIT,
+        0o644,
+    );
+    std::os::unix::fs::symlink(
+        "/etc/systemd/system/docker.service",
+        root.join("etc/systemd/system/multi-user.target.wants/docker.service"),
+    )
+    .expect("enable docker.service");
+    write(
+        &root.join(EXCHANGE).join("docker-stop.sh"),
+        DOCKER_STOP,
+        0o755,
+    );
+    // The mount point of the engine's socket.
+    write(&root.join(EXCHANGE).join("docker.sock"), "", 0o600);
+
+    let mut config = bed.config.clone();
+    config.rancher.secret_key = Some(Secret::File("/etc/drover/rancher.secret".into()));
+    // The unit's StateDirectory, drover's default.
+    config.state.dir = None;
+    config
+        .write(&root.join("etc/drover/drover.toml"))
+        .expect("the config");
+    write(
+        &root.join("etc/drover/rancher.secret"),
+        &format!("{}\n", testbed::bed::SECRET),
+        0o600,
+    );
+    // The bed's endpoints, but Docker at drover's default socket.
+    let mut endpoints = bed.endpoints();
+    endpoints.docker_host = None;
+    // Every other AWS endpoint nowhere: nothing leaves the machine.
+    endpoints.aws = Some("http://127.0.0.1:9".into());
+    let mut env = format!(
+        "AWS_ACCESS_KEY_ID={AWS_ACCESS_KEY_ID}\nAWS_SECRET_ACCESS_KEY={AWS_SECRET_ACCESS_KEY}\n"
+    );
+    for (name, value) in endpoints.vars() {
+        env.push_str(&format!("{name}={value}\n"));
+    }
+    write(&root.join("etc/default/drover"), &env, 0o600);
+    dir
+}
+
+/// Boots the root, the bed's engine socket bound where the Docker stand-in links it from.
+async fn boot(bed: &Bed, root: &Path, name: &str, console: PathBuf) -> Machine {
+    Machine::boot(Boot {
+        root,
+        name,
+        binds: vec![(
+            bed.docker.socket().to_path_buf(),
+            format!("/{EXCHANGE}/docker.sock"),
+        )],
+        console,
+    })
+    .await
+    .expect("the container boots")
+}
+
+/// The state of the one host of this instance in Rancher (removed and purged ones
+/// included), if any.
+fn host_state(bed: &Bed) -> Option<(String, String)> {
+    let mine: Vec<_> = bed
+        .rancher
+        .hosts()
+        .into_iter()
+        .filter(|h| h.labels.get("aws.instance_id") == Some(&bed.instance_id))
+        .collect();
+    assert!(
+        mine.len() <= 1,
+        "more than one host of this instance: {mine:#?}"
+    );
+    mine.first().map(|h| (h.id.clone(), h.state.clone()))
+}
+
+/// What a failure message needs: drover's journal and the console.
+fn evidence(machine: &Machine) -> String {
+    format!(
+        "--- drover.service journal\n{}\n--- docker.service journal\n{}\n--- console\n{}",
+        machine.journal("drover.service"),
+        machine.journal("docker.service"),
+        machine.console_text()
+    )
+}
+
+/// Polls until drover.service is active, checking at every look that it is not active
+/// before Rancher shows the host active, and that multi-user.target waits for it. Returns
+/// whether drover was seen still starting while the host was registering.
+async fn wait_ready_after_registration(bed: &Bed, machine: &mut Machine) -> bool {
+    let deadline = Instant::now() + LIMIT;
+    let mut seen_waiting = false;
+    loop {
+        // Read in an order that makes each check sound while things move on between the
+        // reads: the target before the unit (a target once active stays so), the unit
+        // (both its states in one read) before Rancher (a host never goes back from
+        // active). So "target active, unit still starting" and "unit active, host not"
+        // are real violations, never an artefact of the reads' order.
+        let target = machine.active_state("multi-user.target").await;
+        let (unit, sub) = unit_states(machine, "drover.service").await;
+        let host = host_state(bed);
+        let host_active = host.as_ref().is_some_and(|(_, s)| s == "active");
+        assert!(
+            unit != "active" || host_active,
+            "drover.service active while the host is {host:?}\n{}",
+            evidence(machine)
+        );
+        // Starting (its start job under way, READY not yet sent), drover holds the target.
+        let starting = unit == "activating" && sub == "start";
+        assert!(
+            !starting || target != "active",
+            "multi-user.target active while drover.service is starting\n{}",
+            evidence(machine)
+        );
+        if starting && host.as_ref().is_some_and(|(_, s)| s == "registering") {
+            seen_waiting = true;
+        }
+        if unit == "active" {
+            return seen_waiting;
+        }
+        // Not failed, nor waiting to be restarted after a failure.
+        assert!(
+            unit != "failed" && sub != "auto-restart" && machine.exited().is_none(),
+            "drover.service {unit} ({sub})\n{}",
+            evidence(machine)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "drover.service not active within {LIMIT:?} (now {unit}, host {host:?})\n{}",
+            evidence(machine)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The unit's `ActiveState` and `SubState`, read at one moment.
+async fn unit_states(machine: &Machine, unit: &str) -> (String, String) {
+    let out = machine
+        .run(&[
+            "systemctl",
+            "show",
+            "-p",
+            "ActiveState",
+            "-p",
+            "SubState",
+            unit,
+        ])
+        .await
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default();
+    // `Key=value` lines, in systemd's order rather than the arguments'.
+    let value = |key: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .unwrap_or_default()
+            .to_string()
+    };
+    (value("ActiveState="), value("SubState="))
+}
+
+/// Waits (bounded) until the Docker stand-in's stop has begun; the test then looks, and
+/// [`let_docker_stop`] lets it go on.
+async fn wait_docker_stopping(root: &Path, machine: &mut Machine) {
+    let marker = root.join(EXCHANGE).join("docker-stopping");
+    let deadline = Instant::now() + LIMIT;
+    while !marker.exists() {
+        assert!(
+            machine.exited().is_none(),
+            "the container ended before docker.service stopped\n{}",
+            evidence(machine)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "docker.service's stop not begun within {LIMIT:?}\n{}",
+            evidence(machine)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn let_docker_stop(root: &Path) {
+    std::fs::write(root.join(EXCHANGE).join("docker-may-stop"), "").expect("the go-ahead");
+}
+
+fn reset_docker_exchange(root: &Path) {
+    for marker in ["docker-stopping", "docker-may-stop"] {
+        let _ = std::fs::remove_file(root.join(EXCHANGE).join(marker));
+    }
+}
+
+async fn agent_running(bed: &Bed) -> bool {
+    bed.docker
+        .container("rancher-agent")
+        .await
+        .is_some_and(|c| c.running)
+}
+
+async fn systemctl(machine: &Machine, args: &[&str]) {
+    let mut words = vec!["systemctl"];
+    words.extend_from_slice(args);
+    let out = machine
+        .run(&words)
+        .await
+        .expect("systemctl in the container");
+    assert!(
+        out.status.success(),
+        "{words:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        evidence(machine)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drover_service_under_systemd_is_ready_once_registered_leaves_on_stop_and_reboot_and_goes_before_docker_at_power_off(
+) {
+    let bed = Bed::with(BedOptions {
+        rancher: RancherOptions {
+            register_delay: REGISTER_DELAY,
+            ..BedOptions::default().rancher
+        },
+        ..BedOptions::default()
+    })
+    .await;
+    let dir = prepare_root(&bed);
+    let root = dir.path();
+    let name = format!("drover-test-{}", std::process::id());
+    let console = bed.dir.path().join("console-1.log");
+
+    // First boot: drover.service starts from the package's enablement, READY only once
+    // the host is active in Rancher, and multi-user.target waits for it.
+    let mut machine = boot(&bed, root, &name, console).await;
+    let seen_waiting = wait_ready_after_registration(&bed, &mut machine).await;
+    assert!(
+        seen_waiting,
+        "never saw drover.service starting while the host was registering\n{}",
+        evidence(&machine)
+    );
+    let (host, state) = host_state(&bed).expect("the host");
+    assert_eq!(state, "active");
+    assert_eq!(
+        machine.unit_property("drover.service", "Type").await,
+        "notify"
+    );
+    // multi-user.target is reached once drover is (boot may still be finishing others).
+    let deadline = Instant::now() + LIMIT;
+    while machine.active_state("multi-user.target").await != "active" {
+        assert!(Instant::now() < deadline, "{}", evidence(&machine));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The sandbox let drover reach the Docker socket (the agent runs, started through it)
+    // and write its state dir (the registration record, in the unit's StateDirectory).
+    assert!(agent_running(&bed).await, "{}", evidence(&machine));
+    let record = root.join("var/lib/drover/registration.json");
+    let text = std::fs::read_to_string(&record)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", record.display(), evidence(&machine)));
+    assert!(text.contains(&host), "{text}");
+    let state_dir = std::fs::metadata(root.join("var/lib/drover")).expect("the state dir");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&state_dir.permissions()) & 0o777,
+        0o700
+    );
+
+    // `systemctl stop` on a machine that stays up: drover stops cleanly and the host stays.
+    systemctl(&machine, &["stop", "drover.service"]).await;
+    assert_eq!(machine.active_state("drover.service").await, "inactive");
+    assert_eq!(
+        machine.unit_property("drover.service", "Result").await,
+        "success"
+    );
+    assert_eq!(host_state(&bed), Some((host.clone(), "active".into())));
+    assert!(agent_running(&bed).await);
+    // And back: the same host, READY at once.
+    systemctl(&machine, &["start", "drover.service"]).await;
+    assert_eq!(machine.active_state("drover.service").await, "active");
+    assert_eq!(host_state(&bed), Some((host.clone(), "active".into())));
+
+    // A reboot: drover is stopped before docker.service and leaves the host.
+    reset_docker_exchange(root);
+    systemctl(&machine, &["reboot"]).await;
+    wait_docker_stopping(root, &mut machine).await;
+    let drover_then = machine.active_state("drover.service").await;
+    let host_then = host_state(&bed);
+    let_docker_stop(root);
+    assert_eq!(drover_then, "inactive", "{}", evidence(&machine));
+    assert_eq!(
+        host_then,
+        Some((host.clone(), "active".into())),
+        "a reboot took the host out\n{}",
+        evidence(&machine)
+    );
+    machine.wait_exit(LIMIT).await.expect("the reboot");
+    // Both stops, `systemctl stop` and the reboot's, decided to leave the host.
+    let journal = machine.journal("drover.service");
+    assert_eq!(
+        journal
+            .matches("stopping; the host stays registered")
+            .count(),
+        2,
+        "{journal}"
+    );
+    drop(machine);
+    assert_eq!(host_state(&bed), Some((host.clone(), "active".into())));
+
+    // Second boot: the same host, from the record in the state dir.
+    let console = bed.dir.path().join("console-2.log");
+    let mut machine = boot(&bed, root, &name, console).await;
+    wait_ready_after_registration(&bed, &mut machine).await;
+    assert_eq!(host_state(&bed), Some((host.clone(), "active".into())));
+
+    // Power-off: drover takes the host out and stops the agent, all before docker.service's
+    // stop begins.
+    reset_docker_exchange(root);
+    systemctl(&machine, &["poweroff"]).await;
+    wait_docker_stopping(root, &mut machine).await;
+    let drover_then = machine.active_state("drover.service").await;
+    let result_then = machine.unit_property("drover.service", "Result").await;
+    let host_then = host_state(&bed);
+    let agent_then = agent_running(&bed).await;
+    let_docker_stop(root);
+    let status = machine.wait_exit(LIMIT).await.expect("the power-off");
+    assert_eq!(drover_then, "inactive", "{}", evidence(&machine));
+    assert_eq!(result_then, "success", "{}", evidence(&machine));
+    let (_, state) = host_then.expect("the host, removed or purged");
+    assert!(
+        state == "removed" || state == "purged",
+        "the host is {state} when docker.service stops\n{}",
+        evidence(&machine)
+    );
+    assert!(
+        !agent_then,
+        "the agent still runs when docker.service stops\n{}",
+        evidence(&machine)
+    );
+    assert!(
+        status.success(),
+        "the power-off ended with {status}\n{}",
+        evidence(&machine)
+    );
+    let journal = machine.journal("drover.service");
+    assert!(
+        journal.contains("taking the host out before stopping (the system is powering off)"),
+        "{journal}"
+    );
+}
