@@ -26,8 +26,8 @@ pub struct Settings {
 /// the libraries at `warn`; anything else is a list of `target=level` directives with a
 /// default level (`warn,drover=debug,aws_config=info`), used as given. A filter by targets,
 /// not tracing's `EnvFilter`: that one also matches spans and fields by regular
-/// expressions, nothing here asks for that, and its regex engine was a tenth of the binary,
-/// which an idle drover keeps resident.
+/// expressions, nothing here asks for that, and its regex engine was 0.3 MiB of the binary
+/// (3.7 %), which an idle drover keeps resident.
 pub fn filter_for(level: &str) -> Result<Targets, String> {
     let level = level.trim();
     let directive = match level.to_ascii_lowercase().as_str() {
