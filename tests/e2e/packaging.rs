@@ -26,7 +26,7 @@ fn setup_hint(what: &str) -> String {
 }
 
 /// Runs a command and returns its output; panics with both streams when it fails.
-fn run(cmd: &mut Command) -> Output {
+pub(crate) fn run(cmd: &mut Command) -> Output {
     let shown = format!("{cmd:?}");
     let out = cmd
         .output()

@@ -58,18 +58,9 @@ while [ ! -e /srv/testbed/docker-may-stop ] && [ $i -lt 600 ]; do sleep 0.1; i=$
 rm -f /run/docker.sock
 ";
 
+/// A command that must succeed (both streams in the panic when it does not).
 fn run(cmd: &mut Command) {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-    assert!(
-        out.status.success(),
-        "{shown} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::packaging::run(cmd);
 }
 
 fn write(path: &Path, text: &str, mode: u32) {

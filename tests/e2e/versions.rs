@@ -19,18 +19,11 @@ fn output(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"))
 }
 
-/// stdout of a command that must succeed.
+/// stdout of a command that must succeed, trimmed.
 fn stdout(cmd: &mut Command) -> String {
-    let shown = format!("{cmd:?}");
-    let out = output(cmd);
-    assert!(
-        out.status.success(),
-        "{shown} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    String::from_utf8_lossy(&crate::packaging::run(cmd).stdout)
+        .trim()
+        .to_string()
 }
 
 /// What `packaging/package-version <format> [version]` prints, or its exit code.
