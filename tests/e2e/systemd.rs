@@ -3,7 +3,10 @@
 //! unit against the test bed. What the unit's comments argue is seen here: READY (and so
 //! `multi-user.target`) only once Rancher shows the host active; the sandbox letting
 //! drover reach the Docker socket and its state dir; `systemctl stop` and a reboot leaving
-//! the host; a power-off taking it out before `docker.service` stops.
+//! the host; a power-off taking it out before `docker.service` stops. And
+//! `drover-oneshot.service`: a register that failed (no Docker yet) started again by systemd,
+//! its stop step run after each failed start and leaving the host, and at power-off taking
+//! the host out before `docker.service` stops.
 //!
 //! The bed's Docker engine runs outside the container. Inside, a `docker.service`
 //! stand-in links its socket to `/run/docker.sock` (drover's default) when it starts, and
@@ -425,6 +428,167 @@ async fn drover_service_under_systemd_is_ready_once_registered_leaves_on_stop_an
     let journal = machine.journal("drover.service");
     assert!(
         journal.contains("taking the host out before stopping (the system is powering off)"),
+        "{journal}"
+    );
+}
+
+/// The one-shot unit's Docker stand-in links the socket to a name that points nowhere until
+/// the test makes it point at the engine: the first registrations find no Docker.
+const LATE_DOCKER_UNIT: &str = "\
+[Unit]
+Description=Docker stand-in whose engine comes late: /run/docker.sock via /srv/testbed/engine.sock
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/ln -sfn /srv/testbed/engine.sock /run/docker.sock
+ExecStop=/bin/sh /srv/testbed/docker-stop.sh
+TimeoutStopSec=90
+
+[Install]
+WantedBy=multi-user.target
+";
+
+/// A root as [`prepare_root`] leaves it, but with `drover-oneshot.service` enabled instead
+/// of `drover.service` (as the unit's comment tells operators), a Docker engine that comes
+/// late, and a restart delay of 1 s instead of the unit's 30 s (which would only slow the
+/// test down: what is seen is that it restarts, and what runs between).
+fn prepare_oneshot_root(bed: &Bed) -> tempfile::TempDir {
+    let dir = prepare_root(bed);
+    let root = dir.path();
+    let wants = root.join("etc/systemd/system/multi-user.target.wants");
+    std::fs::remove_file(wants.join("drover.service")).expect("drover.service was enabled");
+    let unit = ["lib/systemd/system", "usr/lib/systemd/system"]
+        .iter()
+        .map(|d| Path::new("/").join(d).join("drover-oneshot.service"))
+        .find(|p| root.join(p.strip_prefix("/").expect("absolute")).exists())
+        .expect("the package installs drover-oneshot.service");
+    std::os::unix::fs::symlink(&unit, wants.join("drover-oneshot.service"))
+        .expect("enable drover-oneshot.service");
+    write(
+        &root.join("etc/systemd/system/drover-oneshot.service.d/restart-sooner.conf"),
+        "[Service]\nRestartSec=1s\n",
+        0o644,
+    );
+    write(
+        &root.join("etc/systemd/system/docker.service"),
+        LATE_DOCKER_UNIT,
+        0o644,
+    );
+    dir
+}
+
+/// `NRestarts` of a unit, as systemd counts them.
+async fn restarts(machine: &Machine, unit: &str) -> u32 {
+    machine
+        .unit_property(unit, "NRestarts")
+        .await
+        .parse()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oneshot_unit_under_systemd_restarts_a_failed_register_steps_down_after_it_and_takes_the_host_out_at_power_off(
+) {
+    let mut bed = Bed::with(BedOptions::default()).await;
+    // A register that finds no Docker gives up soon (and pages), as one whose budget is
+    // spent would.
+    bed.config.agent.register_timeout = Some(Duration::from_secs(10));
+    bed.config.pager.routing_key = Some(Secret::Inline(testbed::bed::ROUTING_KEY.into()));
+    let dir = prepare_oneshot_root(&bed);
+    let root = dir.path();
+    let name = format!("drover-oneshot-{}", std::process::id());
+    let console = bed.dir.path().join("console-oneshot.log");
+    let unit = "drover-oneshot.service";
+    let mut machine = boot(&bed, root, &name, console).await;
+    let seen = |machine: &Machine| {
+        format!(
+            "--- {unit} journal\n{}\n--- console\n{}",
+            machine.journal(unit),
+            machine.console_text()
+        )
+    };
+
+    // No Docker: register fails, systemd starts it again, and after each failed start the
+    // stop step has run and, the machine not going away, left everything as it was.
+    let deadline = Instant::now() + LIMIT;
+    while restarts(&machine, unit).await < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{unit} not restarted within {LIMIT:?}\n{}",
+            seen(&machine)
+        );
+        assert!(machine.exited().is_none(), "{}", seen(&machine));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let journal = machine.journal(unit);
+    assert!(
+        journal.contains("the machine is not going away"),
+        "the stop step did not run after the failed start\n{}",
+        seen(&machine)
+    );
+    assert!(
+        !bed.pager.events().is_empty(),
+        "the failed register paged nobody\n{}",
+        seen(&machine)
+    );
+    assert!(
+        host_state(&bed).is_none_or(|(_, state)| state != "active"),
+        "a host active while Docker never came: {:?}",
+        host_state(&bed)
+    );
+
+    // Docker comes: the next restart registers, and the unit stays active (RemainAfterExit).
+    std::os::unix::fs::symlink(
+        "/srv/testbed/docker.sock",
+        root.join(EXCHANGE).join("engine.sock"),
+    )
+    .expect("the engine's socket");
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let (active, sub) = unit_states(&machine, unit).await;
+        if active == "active" {
+            assert_eq!(sub, "exited", "{}", seen(&machine));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{unit} not active within {LIMIT:?} of Docker coming (now {active}/{sub})\n{}",
+            seen(&machine)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (host, state) = host_state(&bed).expect("the host");
+    assert_eq!(state, "active", "{}", seen(&machine));
+    assert!(agent_running(&bed).await, "{}", seen(&machine));
+    assert!(restarts(&machine, unit).await >= 1);
+
+    // Power-off: the stop step takes the host out and stops the agent before
+    // docker.service's stop begins.
+    reset_docker_exchange(root);
+    systemctl(&machine, &["poweroff"]).await;
+    wait_docker_stopping(root, &mut machine).await;
+    let unit_then = machine.active_state(unit).await;
+    let host_then = host_state(&bed);
+    let agent_then = agent_running(&bed).await;
+    let_docker_stop(root);
+    let status = machine.wait_exit(LIMIT).await.expect("the power-off");
+    assert_eq!(unit_then, "inactive", "{}", seen(&machine));
+    let (id, state) = host_then.expect("the host, removed or purged");
+    assert_eq!(id, host);
+    assert!(
+        state == "removed" || state == "purged",
+        "the host is {state} when docker.service stops\n{}",
+        seen(&machine)
+    );
+    assert!(
+        !agent_then,
+        "the agent still runs when docker.service stops"
+    );
+    assert!(status.success(), "the power-off ended with {status}");
+    let journal = machine.journal(unit);
+    assert!(
+        journal.contains("taking the host out: the system is powering off"),
         "{journal}"
     );
 }
