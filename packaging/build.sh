@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Builds the release packages: target/debian/drover_<version>-1_<arch>.deb and
-# target/generate-rpm/drover-<version>-1.<arch>.rpm.
+# target/rpm/drover-<version>-1.<arch>.rpm.
 #
 #   packaging/build.sh            both
 #   packaging/build.sh deb        only the .deb (or: rpm)
 #
-# Needs cargo-deb and cargo-generate-rpm (scripts/testbed-setup.sh builds pinned versions
-# into .testbed/cargo/bin; `cargo install cargo-deb cargo-generate-rpm` works too) and
-# `strip`. The binary links against glibc: build on the oldest distribution you deploy to
+# Needs cargo-deb (scripts/testbed-setup.sh builds a pinned version into .testbed/cargo/bin;
+# `cargo install cargo-deb` works too), rpmbuild (Debian's package rpm, the RPM
+# distributions' rpm-build) and `strip`. The binary links against glibc: build on the oldest distribution you deploy to
 # (Debian 12 gives glibc 2.34+: Amazon Linux 2023, Ubuntu 22.04+, RHEL 9+).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,9 +19,9 @@ export PATH="$PWD/.testbed/cargo/bin:$PATH"
 # The packages' versions, from Cargo's workspace version (CHANGELOG.md, Versions); an
 # unusable version stops here, before the build. cargo-deb makes the same .deb version by
 # itself (0.2.0-rc.1 becomes 0.2.0~rc.1-1; tests/e2e/versions.rs checks they agree);
-# cargo-generate-rpm copies Cargo's version as it is, and an rpm Version has no '-'.
+# packaging/rpm/build sets the rpm's from packaging/package-version (no '-' in an rpm Version).
 packaging/package-version deb >/dev/null
-rpm_version=$(packaging/package-version rpm)
+packaging/package-version rpm >/dev/null
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
 cargo build --release --locked -p drover
@@ -34,6 +34,6 @@ if [ "$what" != rpm ]; then
     cargo deb -p drover --no-build --locked
 fi
 if [ "$what" != deb ]; then
-    cargo generate-rpm -p . --set-metadata "version = \"$rpm_version\""
+    packaging/rpm/build "$target" "$target/rpm" >/dev/null
 fi
-ls -l "$target"/debian/*.deb "$target"/generate-rpm/*.rpm 2>/dev/null || true
+ls -l "$target"/debian/*.deb "$target"/rpm/*.rpm 2>/dev/null || true

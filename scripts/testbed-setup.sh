@@ -5,7 +5,7 @@
 # private ones), busybox-static (the stand-in rancher/agent image is built from it),
 # python3-venv and moto in a venv (a real SQS), and the real tools the packaging tests run:
 # systemd-analyze, cloud-init, rpm, debootstrap, curl, python-hcl2, parliament,
-# cargo-deb and cargo-generate-rpm, the AWS CLI; promtool (Debian's prometheus), which reads
+# cargo-deb, the AWS CLI; promtool (Debian's prometheus), which reads
 # the metrics textfile; systemd-nspawn to boot a real systemd.
 #
 #   scripts/testbed-setup.sh            everything
@@ -14,7 +14,7 @@
 #   scripts/testbed-setup.sh base       demo's, and the packaging tests' packages and venvs
 #   scripts/testbed-setup.sh rootfs     the scratch root (debootstrap: waits on the network,
 #                                       so scripts/test.sh runs it beside the build)
-#   scripts/testbed-setup.sh tools      cargo-deb and cargo-generate-rpm (a large build, which
+#   scripts/testbed-setup.sh tools      cargo-deb (a large build, which
 #                                       scripts/test.sh runs after the main one, not beside)
 #   scripts/testbed-setup.sh packaging  rootfs and tools
 set -euo pipefail
@@ -48,7 +48,8 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 command -v cloud-init >/dev/null 2>&1 || need+=(cloud-init)
-command -v rpm >/dev/null 2>&1 || need+=(rpm)
+# rpm: rpm and rpmbuild (the .rpm is built from packaging/rpm/drover.spec).
+command -v rpmbuild >/dev/null 2>&1 || need+=(rpm)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v man >/dev/null 2>&1 || need+=(man-db)
 command -v strip >/dev/null 2>&1 || need+=(binutils)
@@ -116,17 +117,18 @@ if [ "$part" = all ] || [ "$part" = packaging ] || [ "$part" = rootfs ]; then
 fi
 
 if [ "$part" = all ] || [ "$part" = packaging ] || [ "$part" = tools ]; then
-    # Packaging tools, pinned, in the repo's own cargo root so that nothing global changes.
-    # Built unoptimised but for the digest and checksum crates the .rpm spends its time in:
-    # a third of the CPU time of a release build, and as fast on the test packages.
+    # The .deb's tool, pinned, in the repo's own cargo root so that nothing global changes
+    # (the .rpm is rpmbuild's, from Debian's rpm). Built unoptimised but for the digest and
+    # checksum crates a package build spends its time in: a third of the CPU time of a
+    # release build, and as fast on the test packages.
     tools=.testbed/cargo
-    if [ ! -x "$tools/bin/cargo-deb" ] || [ ! -x "$tools/bin/cargo-generate-rpm" ]; then
-        echo "testbed-setup: building cargo-deb and cargo-generate-rpm into $tools"
+    if [ ! -x "$tools/bin/cargo-deb" ]; then
+        echo "testbed-setup: building cargo-deb into $tools"
         fast=()
         for crate in keccak sha3 sha2 sha1 md-5 miniz_oxide crc32fast; do
             fast+=(--config "profile.dev.package.$crate.opt-level=3")
         done
         cargo install -q --locked --debug --root "$tools" --config profile.dev.debug=0 \
-            "${fast[@]}" cargo-deb@3.8.0 cargo-generate-rpm@0.21.1
+            "${fast[@]}" cargo-deb@3.8.0
     fi
 fi

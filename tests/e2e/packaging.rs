@@ -1,5 +1,6 @@
-//! The packages end to end: a .deb built by cargo-deb and an .rpm built by
-//! cargo-generate-rpm from the Cargo metadata and `packaging/`, checked with the real tools
+//! The packages end to end: a .deb built by cargo-deb from the Cargo metadata and
+//! `packaging/`, and an .rpm built by rpmbuild from `packaging/rpm/drover.spec` (by
+//! `packaging/rpm/build`, as `packaging/build.sh` builds it), checked with the real tools
 //! (dpkg-deb, dpkg --root, rpm, systemd-analyze, man), installed into a scratch Debian root
 //! and removed again.
 //!
@@ -86,32 +87,16 @@ pub(crate) fn rpms() -> &'static Rpms {
     static BUILT: OnceLock<Rpms> = OnceLock::new();
     BUILT.get_or_init(|| {
         let target = package_target();
-        let tool = packaging_tool("cargo-generate-rpm");
-        // Uncompressed: compression is cargo-generate-rpm's business, not what is checked
-        // here, and the unoptimised test build of the tool takes most of a minute for it.
-        // The rpm Version as packaging/build.sh sets it (CHANGELOG.md, Versions).
-        let rpm_version = format!(
-            "version = \"{}\"",
-            stdout(Command::new(repo("packaging/package-version")).arg("rpm")).trim()
-        );
-        let args = [
-            "-p",
-            ".",
-            "--payload-compress",
-            "none",
-            "--set-metadata",
-            rpm_version.as_str(),
-        ];
-        let rpm = package(&tool, &[&args[..], &["-o"]].concat(), &target.join("rpm"));
-        let next = package(
-            &tool,
-            &[&args[..], &["--set-metadata", "release = \"2\"", "-o"]].concat(),
-            &target.join("rpm-next"),
-        );
-        Rpms {
-            rpm: only(&rpm, "rpm"),
-            rpm_next: only(&next, "rpm"),
-        }
+        let build = |release: &str, out: &str| {
+            let out = target.join(out);
+            run(Command::new(repo("packaging/rpm/build"))
+                .arg(target)
+                .arg(&out)
+                .arg(release));
+            only(&out, "rpm")
+        };
+        let (rpm, rpm_next) = (build("1", "rpm"), build("2", "rpm-next"));
+        Rpms { rpm, rpm_next }
     })
 }
 
@@ -563,9 +548,9 @@ fn rpm_carries_the_same_files_no_config_recommends_and_scriptlets_that_never_sta
             .collect()
     };
     assert_eq!(entry("/usr/bin/drover")[..2], ["-rwxr-xr-x", "root:root"]);
-    // The config in /etc/drover is the operator's, and the template an example (%doc);
-    // %post makes the directory, private.
-    assert!(scripts_of(rpm).contains("chmod 0700 /etc/drover"));
+    // /etc/drover is the package's, private; the config in it is the operator's, and the
+    // template an example (%doc).
+    assert_eq!(entry("/etc/drover")[..2], ["drwx------", "root:root"]);
     assert!(
         !files.contains("/etc/drover/drover.toml"),
         "the .rpm ships the config:\n{files}"
@@ -784,6 +769,20 @@ fn rpm_installs_enabled_but_not_started_leaves_the_userdata_config_alone_and_era
         .symlink_metadata()
         .is_err());
     assert_eq!(mode(&root.join("etc/drover")), 0o700);
+    // The package's own directory, as rpm's database says.
+    let owner = stdout(
+        Command::new("rpm")
+            .arg(format!("--root={}", root.display()))
+            .args(["-qf", "--qf", "%{NAME}", "/etc/drover"]),
+    );
+    assert_eq!(owner, "drover");
+    // The package's own directory, as rpm's database says.
+    let owner = stdout(
+        Command::new("rpm")
+            .arg(format!("--root={}", root.display()))
+            .args(["-qf", "--qf", "%{NAME}", "/etc/drover"]),
+    );
+    assert_eq!(owner, "drover");
     let config = root.join("etc/drover/drover.toml");
     assert!(!config.exists(), "the package must not write the config");
     let version = stdout(

@@ -171,11 +171,14 @@ fn the_built_packages_carry_the_cargo_version() {
         assert_eq!(deb_upstream, VERSION);
         assert_eq!(rpm_upstream, VERSION);
     }
-    // The release script sets the rpm Version the same way.
+    // The release script builds the .rpm with the same script as the tests, which takes
+    // the Version from packaging/package-version.
     let build = std::fs::read_to_string(repo("packaging/build.sh")).expect("build.sh");
+    let rpm_build = std::fs::read_to_string(repo("packaging/rpm/build")).expect("rpm/build");
     assert!(
-        build.contains("rpm_version=$(packaging/package-version rpm)")
-            && build.contains("--set-metadata \"version = \\\"$rpm_version\\\"\""),
+        build.contains("packaging/rpm/build \"$target\"")
+            && rpm_build.contains("version=$(\"$src/packaging/package-version\" rpm)")
+            && rpm_build.contains("--define \"drover_version $version\""),
         "packaging/build.sh sets the .rpm's Version from packaging/package-version"
     );
 }
@@ -250,18 +253,16 @@ fn package_version_maps_pre_releases_and_refuses_what_packages_cannot_carry() {
     );
 }
 
-/// A crate of its own at `version`, packaged by the same tools and flags as drover's:
-/// (the .deb's Version, the .rpm's Version).
+/// A package of its own at `version`, built by the same tools as drover's (cargo-deb from a
+/// crate, rpmbuild from a spec, with the Version `packaging/package-version` gives, as
+/// `packaging/rpm/build` sets it): (the .deb's Version, the .rpm's Version).
 fn package_scratch_crate(dir: &Path, version: &str) -> (String, String) {
-    let tools = repo(".testbed/cargo/bin");
-    let (cargo_deb, cargo_rpm) = (tools.join("cargo-deb"), tools.join("cargo-generate-rpm"));
-    for tool in [&cargo_deb, &cargo_rpm] {
-        assert!(
-            tool.exists(),
-            "{} is missing: run scripts/testbed-setup.sh (the test command does)",
-            tool.display()
-        );
-    }
+    let cargo_deb = repo(".testbed/cargo/bin").join("cargo-deb");
+    assert!(
+        cargo_deb.exists(),
+        "{} is missing: run scripts/testbed-setup.sh (the test command does)",
+        cargo_deb.display()
+    );
     let krate = dir.join(version);
     std::fs::create_dir_all(krate.join("src")).expect("crate dir");
     std::fs::write(krate.join("src/lib.rs"), "").expect("lib.rs");
@@ -282,9 +283,6 @@ license = "Apache-2.0"
 maintainer = "drover maintainers <drover@example.com>"
 copyright = "drover maintainers"
 assets = [["README", "usr/share/doc/drover-version-probe/README", "644"]]
-
-[package.metadata.generate-rpm]
-assets = [{{ source = "README", dest = "/usr/share/doc/drover-version-probe/README", mode = "644" }}]
 "#
         ),
     )
@@ -299,14 +297,26 @@ assets = [{{ source = "README", dest = "/usr/share/doc/drover-version-probe/READ
             .arg(&out),
     );
     let rpm_version = package_version("rpm", Some(version)).expect("an rpm version");
+    let spec = krate.join("probe.spec");
+    std::fs::write(
+        &spec,
+        format!(
+            "Name: drover-version-probe\nVersion: {rpm_version}\nRelease: 1\n\
+             Summary: a probe of the package version scheme\nLicense: Apache-2.0\n\
+             BuildArch: noarch\n%description\na package of no file\n%files\n"
+        ),
+    )
+    .expect("probe.spec");
     stdout(
-        Command::new(&cargo_rpm)
-            .current_dir(&krate)
-            .env("CARGO_TARGET_DIR", krate.join("target"))
-            .args(["--payload-compress", "none", "--set-metadata"])
-            .arg(format!("version = \"{rpm_version}\""))
-            .arg("-o")
-            .arg(&out),
+        Command::new("rpmbuild")
+            .args(["-bb", "--quiet"])
+            .arg("--define")
+            .arg(format!("_topdir {}", krate.join("rpmbuild").display()))
+            .arg("--define")
+            .arg(format!("_rpmdir {}", out.display()))
+            .arg("--define")
+            .arg("_build_name_fmt %%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm")
+            .arg(&spec),
     );
     let built = |ext: &str| -> PathBuf {
         std::fs::read_dir(&out)
