@@ -150,7 +150,11 @@ fn http() -> Result<&'static reqwest::Client, ImdsError> {
     static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
     CLIENT
         .get_or_init(|| {
+            // IMDS speaks plain HTTP, but reqwest sets up TLS for every client: the shared
+            // config costs no second copy of the roots.
+            let tls = crate::tls::client_config()?;
             reqwest::Client::builder()
+                .tls_backend_preconfigured(tls)
                 // IMDS refuses requests that went through a proxy, and is never behind one.
                 .no_proxy()
                 .connect_timeout(CONNECT_TIMEOUT)

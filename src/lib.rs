@@ -21,7 +21,8 @@
 //!   and knowing nothing of the others: [`imds`], [`rancher`] (the Cattle API, and the
 //!   [`cluster::Cluster`] built on it), [`docker`], [`autoscaling`], [`sqs`], [`ssm`],
 //!   [`pager`], [`logging`], [`systemd`]. Leaves they share: [`text`] (log-safe text),
-//!   [`labels`], [`retry`], [`state`], [`memory`], [`secret`] (where a secret is and reading it before
+//!   [`labels`], [`retry`], [`state`], [`memory`], [`tls`] (the one TLS config of drover's own
+//!   HTTPS clients), [`secret`] (where a secret is and reading it before
 //!   a deadline, over a parameter-store trait that [`ssm`] implements).
 //! - [`config`] loads and validates everything up front and builds the clients' settings;
 //!   [`commands`] wires a subcommand to its sources, workflow and clients. `main.rs` only
@@ -64,6 +65,7 @@ pub mod ssm;
 pub mod state;
 pub mod systemd;
 pub mod text;
+pub mod tls;
 pub mod work;
 pub mod workflow;
 

@@ -302,18 +302,33 @@ pub struct Pager {
     metrics: Metrics,
 }
 
+/// One HTTP client for every `Pager` of the process (`run` has two: the workflow's and the
+/// reaper's), on the shared TLS config: its settings are the same for all, and a clone
+/// shares the pool.
+fn http_client() -> Result<reqwest::Client, PagerError> {
+    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
+        std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .tls_backend_preconfigured(crate::tls::client_config()?)
+                .timeout(REQUEST_TIMEOUT)
+                .connect_timeout(REQUEST_TIMEOUT)
+                .user_agent(concat!("drover/", env!("CARGO_PKG_VERSION")))
+                // A redirect could carry the routing key in the body to another server; the
+                // Events API URL is exact, so a 3xx is reported instead.
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| error_chain(&e))
+        })
+        .clone()
+        .map_err(PagerError::Setup)
+}
+
 impl Pager {
-    /// Builds the HTTP client; talks to nobody yet.
+    /// Takes the process's pager HTTP client; talks to nobody yet.
     pub fn new(config: &Settings) -> Result<Pager, PagerError> {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("drover/", env!("CARGO_PKG_VERSION")))
-            // A redirect could carry the routing key in the body to another server; the
-            // Events API URL is exact, so a 3xx is reported instead.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| PagerError::Setup(error_chain(&e)))?;
+        let http = http_client()?;
         let pagerduty = config
             .pagerduty_routing_key
             .as_ref()

@@ -412,6 +412,7 @@ impl RancherClient {
             // Redirects would take our Basic credentials along; a Rancher URL is exact.
             .redirect(reqwest::redirect::Policy::none());
         if let Some(path) = &config.ca_file {
+            // A CA of the operator's on top of the system's roots: a TLS config of its own.
             let ca_err = |detail: String| RancherError::CaFile {
                 path: path.display().to_string(),
                 detail,
@@ -423,6 +424,10 @@ impl RancherClient {
                 return Err(ca_err("holds no PEM certificate".into()));
             }
             builder = builder.tls_certs_merge(certs);
+        } else {
+            builder = builder.tls_backend_preconfigured(
+                crate::tls::client_config().map_err(RancherError::Protocol)?,
+            );
         }
         let http = builder
             .build()
