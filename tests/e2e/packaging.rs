@@ -50,7 +50,7 @@ fn stdout(cmd: &mut Command) -> String {
 pub(crate) struct Debs {
     pub(crate) deb: PathBuf,
     /// The same package with a higher revision and a changed template, for the upgrade.
-    deb_next: PathBuf,
+    pub(crate) deb_next: PathBuf,
 }
 
 /// The .rpm packages, built once per test run.

@@ -2,8 +2,8 @@
 //! Debian root, booted with `systemd-nspawn` ([`testbed::machine`]), drover run by its own
 //! unit against the test bed. What the unit's comments argue is seen here: READY (and so
 //! `multi-user.target`) only once Rancher shows the host active; the sandbox letting
-//! drover reach the Docker socket and its state dir; `systemctl stop` and a reboot leaving
-//! the host; a power-off taking it out before `docker.service` stops. And
+//! drover reach the Docker socket and its state dir; `systemctl stop`, an upgrade of the
+//! package (which restarts it) and a reboot leaving the host; a power-off taking it out before `docker.service` stops. And
 //! `drover-oneshot.service`: a register that failed (no Docker yet) started again by systemd,
 //! its stop step run after each failed start and leaving the host, and at power-off taking
 //! the host out before `docker.service` stops.
@@ -299,7 +299,7 @@ async fn systemctl(machine: &Machine, args: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drover_service_under_systemd_is_ready_once_registered_leaves_on_stop_and_reboot_and_goes_before_docker_at_power_off(
+async fn drover_service_under_systemd_is_ready_once_registered_leaves_on_stop_upgrade_and_reboot_and_goes_before_docker_at_power_off(
 ) {
     let bed = Bed::with(BedOptions {
         rancher: RancherOptions {
@@ -363,6 +363,41 @@ async fn drover_service_under_systemd_is_ready_once_registered_leaves_on_stop_an
     assert_eq!(machine.active_state("drover.service").await, "active");
     assert_eq!(host_state(&bed), Some((host.clone(), "active".into())));
 
+    // An upgrade under the running unit, with no terminal: dpkg asks nothing (the changed
+    // template is an example, not a conffile), the package restarts drover on the new
+    // binary, and the restart leaves the host as it was.
+    let before = machine
+        .unit_property("drover.service", "InvocationID")
+        .await;
+    std::fs::copy(
+        &debs().deb_next,
+        root.join(EXCHANGE).join("drover-next.deb"),
+    )
+    .expect("the next package into the root");
+    let upgrade = machine
+        .run(&[
+            "env",
+            "DEBIAN_FRONTEND=noninteractive",
+            "dpkg",
+            "--install",
+            "/srv/testbed/drover-next.deb",
+        ])
+        .await
+        .expect("dpkg in the container");
+    assert!(
+        upgrade.status.success(),
+        "the upgrade failed: {}\n{}",
+        String::from_utf8_lossy(&upgrade.stderr),
+        evidence(&machine)
+    );
+    let after = machine
+        .unit_property("drover.service", "InvocationID")
+        .await;
+    assert_ne!(before, after, "the upgrade did not restart drover.service");
+    assert_eq!(machine.active_state("drover.service").await, "active");
+    assert_eq!(host_state(&bed), Some((host.clone(), "active".into())));
+    assert!(agent_running(&bed).await);
+
     // A reboot: drover is stopped before docker.service and leaves the host.
     reset_docker_exchange(root);
     systemctl(&machine, &["reboot"]).await;
@@ -378,13 +413,14 @@ async fn drover_service_under_systemd_is_ready_once_registered_leaves_on_stop_an
         evidence(&machine)
     );
     machine.wait_exit(LIMIT).await.expect("the reboot");
-    // Both stops, `systemctl stop` and the reboot's, decided to leave the host.
+    // Every stop, `systemctl stop`, the upgrade's restart and the reboot's, decided to
+    // leave the host.
     let journal = machine.journal("drover.service");
     assert_eq!(
         journal
             .matches("stopping; the host stays registered")
             .count(),
-        2,
+        3,
         "{journal}"
     );
     drop(machine);
