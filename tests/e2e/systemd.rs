@@ -36,20 +36,26 @@ const REGISTER_DELAY: Duration = Duration::from_secs(4);
 /// Where the exchange with the `docker.service` stand-in happens, inside and out.
 const EXCHANGE: &str = "srv/testbed";
 
-const DOCKER_UNIT: &str = "\
+/// The `docker.service` stand-in: links `/run/docker.sock` to `socket` (in the exchange
+/// dir) when it starts; its stop waits for the test (see [`DOCKER_STOP`]).
+fn docker_unit(socket: &str) -> String {
+    format!(
+        "\
 [Unit]
-Description=Docker stand-in: the test bed's engine on /run/docker.sock
+Description=Docker stand-in: the test bed's engine on /run/docker.sock via {socket}
 
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart=/bin/ln -sfn /srv/testbed/docker.sock /run/docker.sock
+ExecStart=/bin/ln -sfn /srv/testbed/{socket} /run/docker.sock
 ExecStop=/bin/sh /srv/testbed/docker-stop.sh
 TimeoutStopSec=90
 
 [Install]
 WantedBy=multi-user.target
-";
+"
+    )
+}
 
 /// docker.service's stop: says it has begun, waits (at most 60 s) until the test has
 /// looked, then takes the engine away.
@@ -88,7 +94,7 @@ fn prepare_root(bed: &Bed) -> tempfile::TempDir {
 
     write(
         &root.join("etc/systemd/system/docker.service"),
-        DOCKER_UNIT,
+        &docker_unit("docker.sock"),
         0o644,
     );
     std::os::unix::fs::symlink(
@@ -286,16 +292,71 @@ async fn agent_running(bed: &Bed) -> bool {
 async fn systemctl(machine: &Machine, args: &[&str]) {
     let mut words = vec!["systemctl"];
     words.extend_from_slice(args);
+    run_inside(machine, &words).await;
+}
+
+/// Runs a command in the container that must succeed (its stderr and the journals in the
+/// panic when it does not).
+async fn run_inside(machine: &Machine, words: &[&str]) {
     let out = machine
-        .run(&words)
+        .run(words)
         .await
-        .expect("systemctl in the container");
+        .expect("a command in the container");
     assert!(
         out.status.success(),
         "{words:?}: {}\n{}",
         String::from_utf8_lossy(&out.stderr),
         evidence(machine)
     );
+}
+
+/// Powers the machine off and checks, at the moment `docker.service`'s stop begins, that
+/// `unit` is stopped (with `Result=success`), the host of this instance (`host`) is out of
+/// Rancher and the agent no longer runs; then that the power-off ends cleanly.
+async fn power_off_takes_the_host_out_before_docker_stops(
+    bed: &Bed,
+    root: &Path,
+    mut machine: Machine,
+    unit: &str,
+    host: &str,
+) -> Machine {
+    let evidence = |machine: &Machine| {
+        format!(
+            "--- {unit} journal\n{}\n--- docker.service journal\n{}\n--- console\n{}",
+            machine.journal(unit),
+            machine.journal("docker.service"),
+            machine.console_text()
+        )
+    };
+    reset_docker_exchange(root);
+    systemctl(&machine, &["poweroff"]).await;
+    wait_docker_stopping(root, &mut machine).await;
+    let unit_then = machine.active_state(unit).await;
+    let result_then = machine.unit_property(unit, "Result").await;
+    let host_then = host_state(bed);
+    let agent_then = agent_running(bed).await;
+    let_docker_stop(root);
+    let status = machine.wait_exit(LIMIT).await.expect("the power-off");
+    assert_eq!(unit_then, "inactive", "{}", evidence(&machine));
+    assert_eq!(result_then, "success", "{}", evidence(&machine));
+    let (id, state) = host_then.expect("the host, removed or purged");
+    assert_eq!(id, host);
+    assert!(
+        state == "removed" || state == "purged",
+        "the host is {state} when docker.service stops\n{}",
+        evidence(&machine)
+    );
+    assert!(
+        !agent_then,
+        "the agent still runs when docker.service stops\n{}",
+        evidence(&machine)
+    );
+    assert!(
+        status.success(),
+        "the power-off ended with {status}\n{}",
+        evidence(&machine)
+    );
+    machine
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,22 +435,17 @@ async fn drover_service_under_systemd_is_ready_once_registered_leaves_on_stop_up
         root.join(EXCHANGE).join("drover-next.deb"),
     )
     .expect("the next package into the root");
-    let upgrade = machine
-        .run(&[
+    run_inside(
+        &machine,
+        &[
             "env",
             "DEBIAN_FRONTEND=noninteractive",
             "dpkg",
             "--install",
             "/srv/testbed/drover-next.deb",
-        ])
-        .await
-        .expect("dpkg in the container");
-    assert!(
-        upgrade.status.success(),
-        "the upgrade failed: {}\n{}",
-        String::from_utf8_lossy(&upgrade.stderr),
-        evidence(&machine)
-    );
+        ],
+    )
+    .await;
     let after = machine
         .unit_property("drover.service", "InvocationID")
         .await;
@@ -434,33 +490,14 @@ async fn drover_service_under_systemd_is_ready_once_registered_leaves_on_stop_up
 
     // Power-off: drover takes the host out and stops the agent, all before docker.service's
     // stop begins.
-    reset_docker_exchange(root);
-    systemctl(&machine, &["poweroff"]).await;
-    wait_docker_stopping(root, &mut machine).await;
-    let drover_then = machine.active_state("drover.service").await;
-    let result_then = machine.unit_property("drover.service", "Result").await;
-    let host_then = host_state(&bed);
-    let agent_then = agent_running(&bed).await;
-    let_docker_stop(root);
-    let status = machine.wait_exit(LIMIT).await.expect("the power-off");
-    assert_eq!(drover_then, "inactive", "{}", evidence(&machine));
-    assert_eq!(result_then, "success", "{}", evidence(&machine));
-    let (_, state) = host_then.expect("the host, removed or purged");
-    assert!(
-        state == "removed" || state == "purged",
-        "the host is {state} when docker.service stops\n{}",
-        evidence(&machine)
-    );
-    assert!(
-        !agent_then,
-        "the agent still runs when docker.service stops\n{}",
-        evidence(&machine)
-    );
-    assert!(
-        status.success(),
-        "the power-off ended with {status}\n{}",
-        evidence(&machine)
-    );
+    let machine = power_off_takes_the_host_out_before_docker_stops(
+        &bed,
+        root,
+        machine,
+        "drover.service",
+        &host,
+    )
+    .await;
     let journal = machine.journal("drover.service");
     assert!(
         journal.contains("taking the host out before stopping (the system is powering off)"),
@@ -468,22 +505,10 @@ async fn drover_service_under_systemd_is_ready_once_registered_leaves_on_stop_up
     );
 }
 
-/// The one-shot unit's Docker stand-in links the socket to a name that points nowhere until
-/// the test makes it point at the engine: the first registrations find no Docker.
-const LATE_DOCKER_UNIT: &str = "\
-[Unit]
-Description=Docker stand-in whose engine comes late: /run/docker.sock via /srv/testbed/engine.sock
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/bin/ln -sfn /srv/testbed/engine.sock /run/docker.sock
-ExecStop=/bin/sh /srv/testbed/docker-stop.sh
-TimeoutStopSec=90
-
-[Install]
-WantedBy=multi-user.target
-";
+/// For the one-shot unit, the Docker stand-in links the socket to a name that points
+/// nowhere until the test makes it point at the engine: the first registrations find no
+/// Docker.
+const LATE_SOCKET: &str = "engine.sock";
 
 /// A root as [`prepare_root`] leaves it, but with `drover-oneshot.service` enabled instead
 /// of `drover.service` (as the unit's comment tells operators), a Docker engine that comes
@@ -508,7 +533,7 @@ fn prepare_oneshot_root(bed: &Bed) -> tempfile::TempDir {
     );
     write(
         &root.join("etc/systemd/system/docker.service"),
-        LATE_DOCKER_UNIT,
+        &docker_unit(LATE_SOCKET),
         0o644,
     );
     dir
@@ -577,7 +602,7 @@ async fn oneshot_unit_under_systemd_restarts_a_failed_register_steps_down_after_
     // Docker comes: the next restart registers, and the unit stays active (RemainAfterExit).
     std::os::unix::fs::symlink(
         "/srv/testbed/docker.sock",
-        root.join(EXCHANGE).join("engine.sock"),
+        root.join(EXCHANGE).join(LATE_SOCKET),
     )
     .expect("the engine's socket");
     let deadline = Instant::now() + LIMIT;
@@ -601,27 +626,8 @@ async fn oneshot_unit_under_systemd_restarts_a_failed_register_steps_down_after_
 
     // Power-off: the stop step takes the host out and stops the agent before
     // docker.service's stop begins.
-    reset_docker_exchange(root);
-    systemctl(&machine, &["poweroff"]).await;
-    wait_docker_stopping(root, &mut machine).await;
-    let unit_then = machine.active_state(unit).await;
-    let host_then = host_state(&bed);
-    let agent_then = agent_running(&bed).await;
-    let_docker_stop(root);
-    let status = machine.wait_exit(LIMIT).await.expect("the power-off");
-    assert_eq!(unit_then, "inactive", "{}", seen(&machine));
-    let (id, state) = host_then.expect("the host, removed or purged");
-    assert_eq!(id, host);
-    assert!(
-        state == "removed" || state == "purged",
-        "the host is {state} when docker.service stops\n{}",
-        seen(&machine)
-    );
-    assert!(
-        !agent_then,
-        "the agent still runs when docker.service stops"
-    );
-    assert!(status.success(), "the power-off ended with {status}");
+    let machine =
+        power_off_takes_the_host_out_before_docker_stops(&bed, root, machine, unit, &host).await;
     let journal = machine.journal(unit);
     assert!(
         journal.contains("taking the host out: the system is powering off"),
