@@ -1167,6 +1167,17 @@ pub(crate) fn summary<R: Outcome>(
     triggers: impl IntoIterator<Item = (String, usize)>,
     faults: impl IntoIterator<Item = (&'static str, usize)>,
 ) -> String {
+    summary_of(reports, seeds, "trigger", triggers, faults)
+}
+
+/// [`summary`], with the first table's heading (`trigger`, `scene`) given.
+pub(crate) fn summary_of<R: Outcome>(
+    reports: &[R],
+    seeds: &str,
+    heading: &str,
+    triggers: impl IntoIterator<Item = (String, usize)>,
+    faults: impl IntoIterator<Item = (&'static str, usize)>,
+) -> String {
     let mut out = String::new();
     let violations: usize = reports.iter().map(|r| r.violations().len()).sum();
     let took: Duration = reports.iter().map(|r| r.took()).sum();
@@ -1176,7 +1187,7 @@ pub(crate) fn summary<R: Outcome>(
         violations,
         took.as_secs_f64()
     ));
-    out.push_str("| trigger | cases |\n|---|---:|\n");
+    out.push_str(&format!("| {heading} | cases |\n|---|---:|\n"));
     for (t, n) in triggers {
         out.push_str(&format!("| {t} | {n} |\n"));
     }

@@ -20,6 +20,7 @@ pub mod config;
 pub mod docker;
 pub mod faults;
 pub mod faults_boot;
+pub mod faults_reap;
 pub mod http;
 pub mod imds;
 pub mod launch;

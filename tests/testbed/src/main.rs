@@ -2,7 +2,8 @@
 //! stand-ins, moto SQS, a private dockerd) and prints what happened, step by step.
 //! `drover-testbed bench`: measures it there (see `testbed::bench`).
 //! `drover-testbed faults`: the seeded fault-injection campaign (see `testbed::faults`);
-//! `faults --boot`: its boot cases (see `testbed::faults_boot`).
+//! `faults --boot`: its boot cases (see `testbed::faults_boot`); `faults --reap`: its reaper
+//! cases (see `testbed::faults_reap`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,9 +18,11 @@ use testbed::rancher::RancherOptions;
 const USAGE: &str = "usage: drover-testbed demo [--drover PATH]
        drover-testbed bench [--drover PATH] [--idle SECS] [--runs N] [--fleet N]
                             [--only footprint,reaction,boot,launch,fleet] [--out FILE.md]
-       drover-testbed faults [--boot] [--drover PATH] [--seeds FIRST..END] [--jobs N] [--out FILE.md]
+       drover-testbed faults [--boot | --reap] [--drover PATH] [--seeds FIRST..END] [--jobs N] [--out FILE.md]
          (--boot: the boot cases, a launching instance registering while faults and a
-          stop, a termination or a kill meet it; seeds of their own)";
+          stop, a termination or a kill meet it; --reap: the reaper cases, a fleet of
+          drover run peers sweeping for dead hosts among hosts to leave alone while
+          Rancher and Auto Scaling fail; each with seeds of their own)";
 
 #[tokio::main]
 async fn main() {
@@ -99,10 +102,15 @@ async fn faults(args: &[String]) -> Result<bool, String> {
     let mut jobs = 6;
     let mut out = None;
     let mut boot = false;
+    let mut reap = false;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         if arg == "--boot" {
             boot = true;
+            continue;
+        }
+        if arg == "--reap" {
+            reap = true;
             continue;
         }
         let value = rest.next().ok_or(format!("{arg} needs a value"))?;
@@ -121,11 +129,19 @@ async fn faults(args: &[String]) -> Result<bool, String> {
             other => return Err(format!("unknown option {other}")),
         }
     }
+    if boot && reap {
+        return Err("--boot and --reap are two campaigns: one at a time".into());
+    }
     let started = std::time::Instant::now();
     let campaign = std::sync::Arc::new(testbed::faults::Campaign::start(&drover).await?);
     let list: Vec<u64> = seeds.clone().collect();
     let range = format!("{seeds:?}");
-    let (summary, clean) = if boot {
+    let (summary, clean) = if reap {
+        let reap = std::sync::Arc::new(testbed::faults_reap::ReapCampaign::new(campaign));
+        let reports = in_chunks(&list, started, |chunk| reap.run(chunk, jobs)).await;
+        let clean = reports.iter().all(|r| r.violations.is_empty());
+        (testbed::faults_reap::markdown(&reports, &range), clean)
+    } else if boot {
         let boot = std::sync::Arc::new(testbed::faults_boot::BootCampaign::new(campaign));
         let reports = in_chunks(&list, started, |chunk| boot.run(chunk, jobs)).await;
         let clean = reports.iter().all(|r| r.violations.is_empty());
