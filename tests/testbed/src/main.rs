@@ -17,7 +17,8 @@ use testbed::rancher::RancherOptions;
 
 const USAGE: &str = "usage: drover-testbed demo [--drover PATH]
        drover-testbed bench [--drover PATH] [--idle SECS] [--runs N] [--fleet N]
-                            [--only footprint,reaction,boot,launch,fleet] [--out FILE.md]
+                            [--reaper-fleets N,N] [--reaper-interval SECS] [--reaper-window INTERVALS]
+                            [--only footprint,reaction,boot,launch,fleet,reaper] [--out FILE.md]
        drover-testbed faults [--boot | --reap] [--drover PATH] [--seeds FIRST..END] [--jobs N] [--out FILE.md]
          (--boot: the boot cases, a launching instance registering while faults and a
           stop, a termination or a kill meet it; --reap: the reaper cases, a fleet of
@@ -404,6 +405,9 @@ fn bench_settings(args: &[String]) -> Option<Settings> {
         idle: Duration::from_secs(60),
         runs: 20,
         fleet: 50,
+        reaper_fleets: vec![10, 50],
+        reaper_interval: Duration::from_secs(2),
+        reaper_window: 40,
         out: None,
         only: Vec::new(),
     };
@@ -415,6 +419,23 @@ fn bench_settings(args: &[String]) -> Option<Settings> {
             "--idle" => settings.idle = Duration::from_secs(value.parse().ok()?),
             "--runs" => settings.runs = value.parse().ok().filter(|n| *n > 0)?,
             "--fleet" => settings.fleet = value.parse().ok().filter(|n| *n >= 2)?,
+            "--reaper-fleets" => {
+                settings.reaper_fleets = value
+                    .split(',')
+                    .map(|n| n.parse().ok().filter(|n| *n >= 2))
+                    .collect::<Option<Vec<usize>>>()?;
+            }
+            "--reaper-interval" => {
+                settings.reaper_interval = Duration::from_secs_f64(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|s: &f64| *s >= 0.5 && *s <= 600.0)?,
+                );
+            }
+            "--reaper-window" => {
+                settings.reaper_window = value.parse().ok().filter(|n| *n >= 5)?;
+            }
             "--out" => settings.out = Some(PathBuf::from(value)),
             "--only" => settings.only = value.split(',').map(str::to_string).collect(),
             _ => return None,
@@ -454,6 +475,9 @@ async fn bench(settings: Settings) -> Result<(), String> {
     if wanted("fleet") {
         rows.extend(bench::fleet::run(&settings, &docker, &moto).await?);
     }
+    if wanted("reaper") {
+        rows.extend(bench::reaper::run(&settings, &docker).await?);
+    }
     let machine = bench::machine();
     println!("\n{}", bench::table(&rows));
     println!(
@@ -470,7 +494,7 @@ async fn bench(settings: Settings) -> Result<(), String> {
             "# drover benchmark results\n\nMeasured by `scripts/bench.sh` on {date}.\n\n\
              - Machine: {machine}\n\
              - drover: `{}` ({} bytes)\n\
-             - Idle window {}s; {} runs per reaction source; fleet of {}\n\n{}",
+             - Idle window {}s; {} runs per reaction source; fleet of {}; reaper fleets of {:?} every {}s\n\n{}",
             settings.drover.display(),
             std::fs::metadata(&settings.drover)
                 .map(|m| m.len())
@@ -478,6 +502,8 @@ async fn bench(settings: Settings) -> Result<(), String> {
             settings.idle.as_secs(),
             settings.runs,
             settings.fleet,
+            settings.reaper_fleets,
+            settings.reaper_interval.as_secs_f64(),
             bench::markdown(&rows)
         );
         std::fs::write(out, text).map_err(|e| format!("{}: {e}", out.display()))?;
