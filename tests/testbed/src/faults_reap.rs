@@ -88,6 +88,18 @@ fn tail_lines() -> usize {
 /// Mixed into a reaper seed, so that reaper seed `n` draws nothing like the other seeds `n`.
 const REAP_STREAM: u64 = 0x4EA9_5EED_0000_0000;
 
+/// PeerKilled: when the peer is killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillAt {
+    /// The drawn peer, this long after the fleet's start (somewhere in the first sweeps).
+    Time(Duration),
+    /// The first peer to log that it is reaping a host, this long after: mid-take-out.
+    Reaping(Duration),
+    /// The first peer to log a waiting instance's host out of Rancher, at once: after the
+    /// take-out, before (or just after) the lifecycle action's answer.
+    OutOfRancher,
+}
+
 /// What the case is about, beyond the ghosts every case has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ReapScene {
@@ -198,10 +210,10 @@ pub struct ReapPlan {
     /// AsgOutage: from the first peer ready to the end of the outage; throttled or 503.
     outage: Duration,
     outage_throttling: bool,
-    /// The peer blind (BlindPeer) or killed (PeerKilled).
+    /// The peer blind (BlindPeer), or killed (PeerKilled) at `KillAt::Time`.
     victim: usize,
-    /// PeerKilled: from the fleet's start to the kill, and from the kill to the restart.
-    kill_after: Duration,
+    /// PeerKilled: the moment of the kill, and from the kill to the restart.
+    kill_at: KillAt,
     restart_after: Duration,
     /// TwoReapers, LateOwnDrover: the one-shot drover starts at the first take-out action
     /// of the fleet (on its own host, for the late drover) when `true`, else this long
@@ -248,7 +260,13 @@ impl ReapPlan {
             outage: Duration::from_millis(rng.random_range(interval..interval * 5 / 2)),
             outage_throttling: rng.random_bool(0.5),
             victim: rng.random_range(0..PEERS),
-            kill_after: Duration::from_millis(rng.random_range(interval..interval * 2)),
+            kill_at: match rng.random_range(0..10) {
+                0..=2 => KillAt::Time(Duration::from_millis(
+                    rng.random_range(interval..interval * 2),
+                )),
+                3..=6 => KillAt::Reaping(Duration::from_millis(rng.random_range(0..1500))),
+                _ => KillAt::OutOfRancher,
+            },
             restart_after: Duration::from_millis(rng.random_range(0..1500)),
             at_first_action: rng.random_bool(0.7),
             one_shot_after: Duration::from_millis(rng.random_range(interval..interval * 2)),
@@ -488,6 +506,8 @@ struct ReapCase {
     one_shot: Option<OneShot>,
     /// The fleet's start: every peer ready (and, after an outage, the outage over).
     clock: Option<Instant>,
+    /// PeerKilled: the peer killed (and started again).
+    killed: Option<usize>,
     healed: Option<Instant>,
 }
 
@@ -733,6 +753,7 @@ impl ReapCase {
             live_instances,
             one_shot,
             clock: None,
+            killed: None,
             healed: None,
         };
         for peer in &case.peers {
@@ -872,11 +893,10 @@ impl ReapCase {
         loop {
             let now = Instant::now();
             for peer in &mut self.peers {
-                let ready = peer.drover.as_ref().is_some_and(|d| {
-                    d.notices()
-                        .iter()
-                        .any(|n| *n == crate::notify::Notice::Ready)
-                });
+                let ready = peer
+                    .drover
+                    .as_ref()
+                    .is_some_and(|d| d.notices().contains(&crate::notify::Notice::Ready));
                 if ready && peer.ready.is_none() {
                     peer.ready = Some(now);
                 }
@@ -925,6 +945,8 @@ impl ReapCase {
 
         let mut killed_at: Option<Instant> = None;
         let mut restarted: Option<Instant> = None;
+        // PeerKilled: the peer whose log first showed the kill's mark, and when.
+        let mut marked: Option<(usize, Instant)> = None;
         loop {
             let now = Instant::now();
             self.heal_if_due(first_ready);
@@ -939,14 +961,16 @@ impl ReapCase {
             };
             // The scene's events.
             if self.plan.scene == ReapScene::PeerKilled {
-                let victim = self.plan.victim;
-                if killed_at.is_none() && now >= clock + self.plan.kill_after {
-                    if let Some(mut d) = self.peers[victim].drover.take() {
-                        d.kill().await;
+                if killed_at.is_none() {
+                    if let Some(victim) = self.kill_due(clock, &mut marked) {
+                        if let Some(mut d) = self.peers[victim].drover.take() {
+                            d.kill().await;
+                        }
+                        self.killed = Some(victim);
+                        killed_at = Some(Instant::now());
                     }
-                    killed_at = Some(Instant::now());
                 }
-                if let Some(at) = killed_at {
+                if let (Some(at), Some(victim)) = (killed_at, self.killed) {
                     if restarted.is_none() && now >= at + self.plan.restart_after {
                         self.spawn_peer(victim)?;
                         restarted = Some(Instant::now());
@@ -964,9 +988,7 @@ impl ReapCase {
                 .peers
                 .iter()
                 .enumerate()
-                .filter(|(k, _)| {
-                    !(self.plan.scene == ReapScene::PeerKilled && *k == self.plan.victim)
-                })
+                .filter(|(k, _)| self.killed != Some(*k))
                 .all(|(_, p)| p.sweeps() > 0);
             let dead_done = self.plan.blind()
                 || self
@@ -999,6 +1021,55 @@ impl ReapCase {
             }
         }
         Ok(())
+    }
+
+    /// PeerKilled: the peer to kill now, if its moment has come. A peer's mark (reaping, or
+    /// a waiting instance's host out) is looked for in its log; no mark within two and a
+    /// half intervals of the fleet's start (the faults held every take-out up) falls back to
+    /// the drawn peer.
+    fn kill_due(&self, clock: Instant, marked: &mut Option<(usize, Instant)>) -> Option<usize> {
+        let now = Instant::now();
+        let mark = |peer: &Peer| -> bool {
+            let Some(path) = peer.logs.last() else {
+                return false;
+            };
+            let log = std::fs::read_to_string(path).unwrap_or_default();
+            match self.plan.kill_at {
+                KillAt::Time(_) => false,
+                KillAt::Reaping(_) => log.contains("reaping its host"),
+                KillAt::OutOfRancher => {
+                    let waiting: Vec<&str> = self
+                        .dead
+                        .iter()
+                        .filter(|d| d.ghost.waits())
+                        .filter_map(|d| d.host_id.as_deref())
+                        .collect();
+                    log.lines().any(|l| {
+                        l.contains("out of Rancher")
+                            && (waiting.is_empty()
+                                || waiting.iter().any(|h| l.contains(&format!("host {h} "))))
+                    })
+                }
+            }
+        };
+        let delay = match self.plan.kill_at {
+            KillAt::Time(after) => {
+                return (now >= clock + after).then_some(self.plan.victim);
+            }
+            KillAt::Reaping(delay) => delay,
+            KillAt::OutOfRancher => Duration::ZERO,
+        };
+        if marked.is_none() {
+            *marked = self
+                .peers
+                .iter()
+                .position(|p| p.drover.is_some() && mark(p))
+                .map(|k| (k, now));
+        }
+        match *marked {
+            Some((k, at)) => (now >= at + delay).then_some(k),
+            None => (now >= clock + INTERVAL * 5 / 2).then_some(self.plan.victim),
+        }
     }
 
     /// AsgOutage: the outage ends once its time from the first peer ready is up.
@@ -1256,8 +1327,7 @@ impl ReapCase {
         }
         // Every peer that was to sweep swept (else the case did not test what it meant).
         for (k, peer) in self.peers.iter().enumerate() {
-            let killed = plan.scene == ReapScene::PeerKilled && k == plan.victim;
-            if !killed && peer.sweeps() == 0 {
+            if self.killed != Some(k) && peer.sweeps() == 0 {
                 v.push(format!("peer {k} ({}) never swept", peer.instance_id));
             }
         }
@@ -1409,6 +1479,14 @@ pub fn markdown(reports: &[ReapReport], seeds: &str) -> String {
             *world
                 .entry(format!("listings of {} hosts a page", r.plan.page_size))
                 .or_insert(0) += 1;
+        }
+        if r.plan.scene == ReapScene::PeerKilled {
+            let at = match r.plan.kill_at {
+                KillAt::Time(_) => "at a drawn moment of the first sweeps",
+                KillAt::Reaping(_) => "while reaping",
+                KillAt::OutOfRancher => "as a waiting instance's host went out",
+            };
+            *world.entry(format!("peer killed {at}")).or_insert(0) += 1;
         }
         for g in &r.plan.ghosts {
             *world.entry(format!("dead: {}", g.describe())).or_insert(0) += 1;
