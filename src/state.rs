@@ -242,6 +242,39 @@ impl Records {
         }
     }
 
+    /// Every take-out record in the state dir, in file-name order: a corrupt one is logged
+    /// and left out, as [`read`](Self::read) treats it; a missing dir holds none. For the
+    /// reaper, which finishes what an earlier sweep began (its hosts out of every listing).
+    pub fn all(&self) -> Vec<TakeOutRecord> {
+        let entries = match std::fs::read_dir(self.dir.path()) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot list the take-out records in {}: {e}",
+                    self.dir.path().display()
+                );
+                return Vec::new();
+            }
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with("takeout-") && n.ends_with(".json"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .filter_map(|name| match self.dir.read_json::<TakeOutRecord>(name) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("{e}; leaving it out");
+                    None
+                }
+            })
+            .collect()
+    }
+
     /// Forgets the take-out record of `instance_id`: a registration that succeeded made a
     /// new host, which the old record does not speak for.
     pub fn clear(&self, instance_id: &str) {
@@ -388,6 +421,25 @@ mod tests {
         records.clear("i-1");
         assert_eq!(records.read("i-1"), None);
         records.clear("i-1");
+    }
+
+    #[test]
+    fn every_take_out_record_is_listed_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("dir");
+        let records = Records::new(StateDir::new(dir.path().join("not-yet")));
+        assert!(records.all().is_empty(), "a missing dir holds none");
+        let records = Records::new(StateDir::new(dir.path()));
+        for id in ["i-2", "i-1"] {
+            records.save(&TakeOutRecord {
+                instance_id: id.into(),
+                ..TakeOutRecord::default()
+            });
+        }
+        std::fs::write(dir.path().join(record_file("i-3")), "{not json").expect("write");
+        records.save_sweep(&SweepRecord::default());
+        std::fs::write(dir.path().join(REGISTRATION_FILE), "{}").expect("write");
+        let ids: Vec<String> = records.all().into_iter().map(|r| r.instance_id).collect();
+        assert_eq!(ids, ["i-1", "i-2"]);
     }
 
     #[test]

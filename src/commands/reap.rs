@@ -13,7 +13,7 @@ use crate::autoscaling::AutoScaling;
 use crate::config::Config;
 use crate::imds::Imds;
 use crate::metrics::Metrics;
-use crate::sources::reaper::{Decision, HostVerdict, SweepReport, WarmVerdict};
+use crate::sources::reaper::{Decision, HostVerdict, ResumedVerdict, SweepReport, WarmVerdict};
 
 /// `drover reap [--dry-run]`: sweep once, print, exit 1 when refused or a take-out failed.
 pub async fn reap(config: Arc<Config>, dry_run: bool) -> Result<(), CommandError> {
@@ -55,7 +55,8 @@ pub async fn reap(config: Arc<Config>, dry_run: bool) -> Result<(), CommandError
 }
 
 /// The lines `drover reap` prints: one per host of the listing, one per instance of the
-/// warm pool, then what was paged. None for a refused sweep: it considered no host, and
+/// warm pool, one per unfinished take-out of an earlier sweep it finished, then what was
+/// paged. None for a refused sweep: it considered no host, and
 /// the error (on stderr) says why, once.
 fn lines(report: &SweepReport) -> Vec<String> {
     if report.refused.is_some() {
@@ -63,6 +64,7 @@ fn lines(report: &SweepReport) -> Vec<String> {
     }
     let mut out: Vec<String> = report.hosts.iter().map(host_line).collect();
     out.extend(report.warm.iter().map(warm_line));
+    out.extend(report.resumed.iter().map(resumed_line));
     if let Some(e) = &report.warm_error {
         out.push(format!("warm-pool: not read ({e})"));
     }
@@ -102,6 +104,24 @@ fn warm_line(w: &WarmVerdict) -> String {
         w.decision.word(true),
         "-",
         w.instance_id
+    )
+}
+
+/// `WORD HOST INSTANCE not listed: ...`: the take-out an earlier sweep began, finished now.
+fn resumed_line(r: &ResumedVerdict) -> String {
+    let mut evidence = format!(
+        "not listed: an earlier sweep's take-out, begun {}, unfinished",
+        r.started_at
+    );
+    if let Some(why) = reason(&r.decision) {
+        evidence.push_str(": ");
+        evidence.push_str(&why);
+    }
+    format!(
+        "{:<14} {:<8} {:<21} {evidence}",
+        r.decision.word(false),
+        r.hosts.first().map_or("-", String::as_str),
+        r.instance_id
     )
 }
 
@@ -148,6 +168,13 @@ mod tests {
                 state: "Warmed:Terminating:Wait".into(),
                 decision: Decision::WouldReap,
             }],
+            resumed: vec![ResumedVerdict {
+                instance_id: "i-0aaaabbbbccccdddd".into(),
+                hosts: vec!["1h9".into()],
+                group: Some("crawlers".into()),
+                started_at: "2026-12-02T20:00:00Z".into(),
+                decision: Decision::Reaped,
+            }],
             ..SweepReport::default()
         };
         assert_eq!(
@@ -156,6 +183,7 @@ mod tests {
                 "reaped         1h2      i-0123456789abcdef0   agent disconnected; not known to Auto Scaling",
                 "left           1h3      -                     agent disconnected: no aws.instance_id label",
                 "would-complete -        i-0fedcba9876543210   warm pool, Warmed:Terminating:Wait",
+                "reaped         1h9      i-0aaaabbbbccccdddd   not listed: an earlier sweep's take-out, begun 2026-12-02T20:00:00Z, unfinished",
             ]
         );
         let refused = SweepReport {

@@ -21,6 +21,13 @@
 //! a sweep; more candidates than that page once, with the list, and the first
 //! `max_per_sweep` are taken out (the rest in later sweeps).
 //!
+//! A sweep also finishes what an earlier sweep of this drover began and did not finish (it
+//! was killed, stopped, or could not complete the lifecycle action): a host once removed
+//! drops out of every listing, so no sweep would find it again, and its instance's action
+//! would wait out its whole timeout. The take-out record in the state dir tells of it; the
+//! workflow picks up where the record left off (confirming with Auto Scaling again when the
+//! host was not out yet).
+//!
 //! # One sweep per interval for the whole fleet
 //!
 //! Every drover sweeps, with one host listing a sweep, and each waits between its sweeps a
@@ -64,6 +71,9 @@ const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The fleet size assumed before the first listing: a fresh drover's first sweep comes
 /// within two intervals.
 const FLEET_BEFORE_FIRST_LISTING: usize = 2;
+/// How long an unfinished take-out of an earlier sweep is worth finishing: Auto Scaling
+/// ends every lifecycle action within 48 hours, and by then a removed host is long purged.
+const RESUME_FOR: Duration = Duration::from_secs(48 * 3600);
 
 /// What the reaper needs to know, from the config and the instance.
 #[derive(Debug, Clone)]
@@ -171,6 +181,19 @@ pub struct WarmVerdict {
     pub decision: Decision,
 }
 
+/// A take-out an earlier sweep of this drover began and did not finish, its instance no
+/// longer in the listing (its hosts removed) nor in the warm pool: finished by this sweep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumedVerdict {
+    pub instance_id: String,
+    /// The hosts the earlier sweep took out, as its record names them.
+    pub hosts: Vec<String>,
+    pub group: Option<String>,
+    /// When the earlier take-out began (RFC 3339).
+    pub started_at: String,
+    pub decision: Decision,
+}
+
 /// What one sweep saw, decided and did.
 #[derive(Debug, Clone, Default)]
 pub struct SweepReport {
@@ -178,6 +201,8 @@ pub struct SweepReport {
     pub refused: Option<String>,
     pub hosts: Vec<HostVerdict>,
     pub warm: Vec<WarmVerdict>,
+    /// Unfinished take-outs of earlier sweeps, finished by this one.
+    pub resumed: Vec<ResumedVerdict>,
     /// Why the warm pool could not be read.
     pub warm_error: Option<String>,
     /// Labelled hosts in the listing; `None` when there was none.
@@ -199,6 +224,18 @@ impl SweepReport {
         self.refused.is_none()
             && !self.hosts.iter().any(|h| h.decision.failed())
             && !self.warm.iter().any(|w| w.decision.failed())
+            && !self.resumed.iter().any(|r| r.decision.failed())
+    }
+
+    /// The instances of the listing, and then the resumed ones, whose decision `pick`s.
+    fn all_instances_with(&self, pick: impl Fn(&Decision) -> bool) -> Vec<String> {
+        let mut out = self.instances_with(&pick);
+        for r in self.resumed.iter().filter(|r| pick(&r.decision)) {
+            if !out.contains(&r.instance_id) {
+                out.push(r.instance_id.clone());
+            }
+        }
+        out
     }
 
     fn instances_with(&self, pick: impl Fn(&Decision) -> bool) -> Vec<String> {
@@ -304,6 +341,11 @@ where
                         w.decision = Decision::WouldReap;
                     }
                 }
+                for r in &mut report.resumed {
+                    if r.decision == Decision::Reap {
+                        r.decision = Decision::WouldReap;
+                    }
+                }
             } else {
                 self.act(&mut report, &own_group, &hosts_of, door, cancel)
                     .await;
@@ -321,7 +363,8 @@ where
             .hosts
             .iter()
             .map(|h| &h.decision)
-            .chain(report.warm.iter().map(|w| &w.decision));
+            .chain(report.warm.iter().map(|w| &w.decision))
+            .chain(report.resumed.iter().map(|r| &r.decision));
         for decision in decisions {
             let outcome = match decision {
                 Decision::Leave(_) | Decision::Reap => continue,
@@ -461,7 +504,42 @@ where
         }
         self.decide_warm_pool(&mut report, &own_group, &hosts_of)
             .await;
+        report.resumed = self.unfinished(&hosts_of, &report.warm);
         (report, own_group, hosts_of)
+    }
+
+    /// The take-outs an earlier sweep of this drover began and did not finish, as the state
+    /// dir records them, whose instance this sweep decides nothing else about: no host of it
+    /// is listed (the listing decides about those, as about any host), it is not in the warm
+    /// pool, and the record is not older than [`RESUME_FOR`] (or of unknown age).
+    fn unfinished(
+        &self,
+        listed: &BTreeMap<String, Vec<String>>,
+        warm: &[WarmVerdict],
+    ) -> Vec<ResumedVerdict> {
+        let own = self.settings.own_instance.as_str();
+        let reaper = Source::Reaper.to_string();
+        let now = SystemTime::now();
+        let recent = |started_at: &str| {
+            humantime::parse_rfc3339(started_at)
+                .ok()
+                .is_some_and(|t| now.duration_since(t).unwrap_or_default() <= RESUME_FOR)
+        };
+        self.records
+            .all()
+            .into_iter()
+            .filter(|r| r.source == reaper && !r.finished() && r.instance_id != own)
+            .filter(|r| !listed.contains_key(&r.instance_id))
+            .filter(|r| !warm.iter().any(|w| w.instance_id == r.instance_id))
+            .filter(|r| recent(&r.started_at))
+            .map(|r| ResumedVerdict {
+                hosts: r.host_id.iter().chain(&r.other_hosts).cloned().collect(),
+                instance_id: r.instance_id,
+                group: r.group,
+                started_at: r.started_at,
+                decision: Decision::Reap,
+            })
+            .collect()
     }
 
     /// The warm pool of this drover's own group: each instance in `Warmed:Terminating:Wait`
@@ -533,6 +611,19 @@ where
             t.hosts = Some(Vec::new());
             work.push(t);
         }
+        for r in report
+            .resumed
+            .iter()
+            .filter(|r| r.decision == Decision::Reap)
+        {
+            if work.iter().any(|t| t.instance_id == r.instance_id) {
+                continue;
+            }
+            let mut t = Termination::new(&r.instance_id, Source::Reaper);
+            t.group = r.group.clone();
+            t.hosts = Some(r.hosts.clone());
+            work.push(t);
+        }
         for t in work {
             let instance = t.instance_id.clone();
             let (item, reply) = Work::terminate(t);
@@ -581,6 +672,9 @@ where
         }
         for w in &mut report.warm {
             settle(&w.instance_id.clone(), &mut w.decision);
+        }
+        for r in &mut report.resumed {
+            settle(&r.instance_id.clone(), &mut r.decision);
         }
     }
 
@@ -680,6 +774,9 @@ where
         for w in &report.warm {
             tracing::info!(instance_id = %w.instance_id, state = %w.state, "reaper, warm pool: {}", w.decision);
         }
+        for r in &report.resumed {
+            tracing::info!(instance_id = %r.instance_id, hosts = %r.hosts.join(","), started_at = %r.started_at, "reaper, an earlier sweep's unfinished take-out: {}", r.decision);
+        }
         let count =
             |pick: fn(&Decision) -> bool| report.hosts.iter().filter(|h| pick(&h.decision)).count();
         tracing::info!(
@@ -699,6 +796,7 @@ where
                 .iter()
                 .filter(|w| matches!(w.decision, Decision::Reaped | Decision::WouldReap))
                 .count(),
+            resumed = report.resumed.len(),
             dry_run = report.dry_run,
             "reaper sweep done"
         );
@@ -730,9 +828,20 @@ where
                     autoscaling: h.autoscaling.clone(),
                     decision: h.decision.to_string(),
                 })
+                .chain(report.resumed.iter().map(|r| HostVerdictRecord {
+                    host_id: r.hosts.first().cloned().unwrap_or_else(|| "-".into()),
+                    instance_id: Some(r.instance_id.clone()),
+                    agent: "not listed".into(),
+                    autoscaling: None,
+                    decision: format!(
+                        "{} (an earlier sweep's take-out, begun {})",
+                        r.decision, r.started_at
+                    ),
+                }))
                 .collect(),
-            reaped: report.instances_with(|d| matches!(d, Decision::Reaped | Decision::WouldReap)),
-            failed: report.instances_with(Decision::failed),
+            reaped: report
+                .all_instances_with(|d| matches!(d, Decision::Reaped | Decision::WouldReap)),
+            failed: report.all_instances_with(Decision::failed),
             deferred: report.instances_with(|d| matches!(d, Decision::Deferred)),
             warm_pool_completed: warm_done,
             warm_pool_error: report.warm_error.clone(),

@@ -1853,6 +1853,48 @@ async fn the_workflow_asks_auto_scaling_again_before_reaping() {
     );
 }
 
+/// A sweep killed between the take-out and the answer: the next sweep sends the instance
+/// again from its record (its host removed, listed nowhere), and only the answer is left.
+#[tokio::test(start_paused = true)]
+async fn a_reap_resumed_from_its_record_only_completes_the_action() {
+    let bed = Bed::new();
+    bed.asg.place(PEER, GROUP, "Terminating:Wait");
+    bed.records().save(&TakeOutRecord {
+        instance_id: PEER.into(),
+        host_id: Some(PEER_HOST.into()),
+        group: Some(GROUP.into()),
+        hook: Some(HOOK.into()),
+        source: "reaper".into(),
+        taken_out: true,
+        ..TakeOutRecord::default()
+    });
+    let outcome = bed.terminate(reaped(PEER, &[PEER_HOST])).await;
+    assert_eq!(outcome, Outcome::Done);
+    assert!(bed.cluster.steps().is_empty(), "the host was out already");
+    assert_eq!(bed.agent_stops(), 0, "not this host's agent");
+    assert_eq!(
+        bed.completions(),
+        [completed(PEER, HOOK, LifecycleResult::Continue)]
+    );
+    assert!(bed.record(PEER).expect("record").finished());
+
+    // Not out yet when it was killed: Auto Scaling is asked again before anything.
+    let bed = Bed::new();
+    bed.asg.place(PEER, GROUP, "InService");
+    bed.records().save(&TakeOutRecord {
+        instance_id: PEER.into(),
+        host_id: Some(PEER_HOST.into()),
+        source: "reaper".into(),
+        ..TakeOutRecord::default()
+    });
+    assert_eq!(
+        bed.terminate(reaped(PEER, &[PEER_HOST])).await,
+        Outcome::NotHere
+    );
+    assert!(bed.cluster.steps().is_empty());
+    assert!(bed.completions().is_empty());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_reaper_never_takes_out_its_own_instance() {
     let bed = Bed::new();

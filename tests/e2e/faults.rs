@@ -7,17 +7,27 @@
 //! The boot cases (`testbed::faults_boot`, seeds of their own): a launching instance
 //! registering while faults, a stop, a termination or a kill meet the registration; then
 //! the promises of the way in are checked. `drover-testbed faults --boot` runs more.
+//!
+//! The reaper cases (`testbed::faults_reap`, seeds of their own): three `drover run` peers
+//! sweeping one environment every 3 s among dead hosts and hosts to leave alone, while
+//! Rancher and Auto Scaling fail, a peer is killed, a second reaper or a dead host's own late
+//! drover races them. `drover-testbed faults --reap` runs more.
 
 use std::sync::Arc;
 
 use testbed::faults::{markdown, Campaign, Outcome};
 use testbed::faults_boot::BootCampaign;
+use testbed::faults_reap::ReapCampaign;
 
 /// At least 200 cases, run a few at a time: each is mostly waiting.
 const SEEDS: std::ops::Range<u64> = 0..200;
 const JOBS: usize = 8;
 /// Boot cases: each is a few seconds of registration and mostly waiting.
 const BOOT_SEEDS: std::ops::Range<u64> = 0..40;
+/// Reaper cases: each a fleet of three drovers watched for a few intervals; fewer at a time,
+/// so that a busy machine does not stretch a take-out past the cases' 3 × interval bound.
+const REAP_SEEDS: std::ops::Range<u64> = 0..40;
+const REAP_JOBS: usize = 4;
 
 /// The campaign's binary, moto and Docker engine.
 async fn campaign() -> Arc<Campaign> {
@@ -87,6 +97,41 @@ async fn boot_cases_answer_the_launch_once_page_a_failed_boot_and_leave_nothing_
     assert!(
         failing.is_empty(),
         "{} of {} boot cases broke an invariant (seeds {:?})",
+        failing.len(),
+        reports.len(),
+        failing.iter().map(|r| r.seed()).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reaper_cases_leave_live_hosts_alone_and_take_every_dead_one_out_within_three_intervals() {
+    let reap = Arc::new(ReapCampaign::new(campaign().await));
+    let seeds: Vec<u64> = REAP_SEEDS.collect();
+    let started = std::time::Instant::now();
+    let reports = reap.run(&seeds, REAP_JOBS).await;
+    assert_eq!(reports.len(), seeds.len(), "every reaper case ran");
+    println!(
+        "{}\n(took {:.0} s)",
+        testbed::faults_reap::markdown(&reports, &format!("{REAP_SEEDS:?}")),
+        started.elapsed().as_secs_f64()
+    );
+    let failing: Vec<_> = reports
+        .iter()
+        .filter(|r| !r.violations().is_empty())
+        .collect();
+    for r in &failing {
+        eprintln!(
+            "--- reaper seed {} ({}) took {:?}:\n  {}\n{}",
+            r.seed(),
+            r.label(),
+            r.took(),
+            r.violations().join("\n  "),
+            r.log_tail()
+        );
+    }
+    assert!(
+        failing.is_empty(),
+        "{} of {} reaper cases broke an invariant (seeds {:?})",
         failing.len(),
         reports.len(),
         failing.iter().map(|r| r.seed()).collect::<Vec<_>>()

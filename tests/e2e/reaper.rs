@@ -544,6 +544,57 @@ async fn drover_run_sweeps_on_its_own_and_reaps() {
     );
 }
 
+/// Found by the fault campaign (reaper seed 48): a drover killed after its sweep had
+/// removed a dead host but before it completed the instance's lifecycle action left that
+/// action to time out, since a removed host is listed nowhere for a later sweep to find.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaper_killed_before_it_answered_finishes_the_take_out_when_it_runs_again() {
+    let mut bed = Bed::start().await;
+    bed.config.lifecycle.imds_poll = Some(Duration::ZERO);
+    bed.config.reaper.interval = Some(Duration::from_secs(2));
+    let (waiting, waiting_host) = bed.add_dead_peer(1, Fate::Terminating(Duration::ZERO));
+    let mut run = bed.spawn(&["run"]);
+    run.wait_ready(LONG).await.expect("drover run ready");
+    // Auto Scaling fails every completion for now: the host goes out, its action waits.
+    bed.asg.fail(
+        Match::action("CompleteLifecycleAction"),
+        Fault::Status(503),
+        usize::MAX,
+    );
+    eventually("the dead peer's host out", LONG, || {
+        (host(&bed, &waiting_host).state == "purged").then_some(())
+    })
+    .await;
+    run.kill().await;
+    bed.asg.heal();
+    assert!(completions_of(&bed, &waiting).is_empty());
+
+    let mut again = bed.spawn(&["run"]);
+    again
+        .wait_ready(LONG)
+        .await
+        .expect("drover run ready again");
+    eventually("the action completed by the drover run again", LONG, || {
+        completions_of(&bed, &waiting).into_iter().next()
+    })
+    .await;
+    completed_once(&bed, &waiting);
+    assert_eq!(
+        again.stop(LONG).await.expect("stops"),
+        Some(0),
+        "{}",
+        again.output()
+    );
+    let record = sweep_record(&bed.state_dir());
+    assert!(
+        record["reaped"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|i| i == waiting.as_str())),
+        "{record}"
+    );
+    assert_eq!(bed.my_hosts().len(), 1, "its own host stays");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_reaper_setting_exits_2_naming_the_key() {
     let mut bed = bed("v2-beta").await;

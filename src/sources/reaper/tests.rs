@@ -700,6 +700,138 @@ async fn a_stop_ends_the_wait_for_the_work() {
     assert_eq!(decision_of(&report, "1h2"), &Decision::Interrupted);
 }
 
+// ---- What an earlier sweep left unfinished ----
+
+/// A take-out record of `instance` from `source`, begun `age` ago.
+fn take_out_record(
+    instance: &str,
+    host: Option<&str>,
+    source: &str,
+    halves: (bool, bool),
+    age: Duration,
+) -> crate::state::TakeOutRecord {
+    let began = std::time::SystemTime::now() - age;
+    crate::state::TakeOutRecord {
+        instance_id: instance.into(),
+        host_id: host.map(str::to_string),
+        group: Some(GROUP.into()),
+        hook: Some("drain".into()),
+        source: source.into(),
+        started_at: humantime::format_rfc3339_seconds(began).to_string(),
+        taken_out: halves.0,
+        hook_completed: halves.1,
+        ..crate::state::TakeOutRecord::default()
+    }
+}
+
+/// The state dir of a drover killed mid-take-out, and of what must not be resumed.
+fn unfinished_records(bed: &Bed) {
+    let records = bed.records();
+    let minute = Duration::from_secs(60);
+    // Killed between the take-out and the answer: the host removed, so out of every
+    // listing, its instance's action still waiting.
+    records.save(&take_out_record(
+        "i-removed",
+        Some("1h7"),
+        "reaper",
+        (true, false),
+        minute,
+    ));
+    // Done: nothing left.
+    records.save(&take_out_record(
+        "i-done",
+        Some("1h8"),
+        "reaper",
+        (true, true),
+        minute,
+    ));
+    // Another source's: the queue brings its message back.
+    records.save(&take_out_record(
+        "i-by-queue",
+        Some("1h9"),
+        "sqs",
+        (true, false),
+        minute,
+    ));
+    // Older than any lifecycle action lives.
+    let days = Duration::from_secs(3 * 24 * 3600);
+    records.save(&take_out_record(
+        "i-ancient",
+        Some("1h10"),
+        "reaper",
+        (true, false),
+        days,
+    ));
+    // Still listed: the listing decides about it, once.
+    bed.dead("1h11", "i-listed", None);
+    records.save(&take_out_record(
+        "i-listed",
+        Some("1h11"),
+        "reaper",
+        (false, false),
+        minute,
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_take_out_an_earlier_sweep_left_unfinished_is_finished_though_its_host_is_not_listed() {
+    let bed = Bed::new();
+    unfinished_records(&bed);
+    let report = bed.sweep().await;
+    let mut sent = bed.received();
+    sent.sort();
+    assert_eq!(sent, ["i-listed", "i-removed"], "each once, nothing else");
+    assert_eq!(report.resumed.len(), 1, "{:?}", report.resumed);
+    let r = &report.resumed[0];
+    assert_eq!(
+        (r.instance_id.as_str(), &r.hosts[..], &r.decision),
+        ("i-removed", &["1h7".to_string()][..], &Decision::Reaped)
+    );
+    let received = lock(&bed.received).clone();
+    let t = received
+        .iter()
+        .find(|t| t.instance_id == "i-removed")
+        .expect("sent");
+    assert_eq!(t.source, Source::Reaper);
+    assert_eq!(t.group.as_deref(), Some(GROUP));
+    assert_eq!(t.hosts.as_deref(), Some(&["1h7".to_string()][..]));
+    assert_eq!(decision_of(&report, "1h11"), &Decision::Reaped);
+    assert!(report.succeeded());
+    let record = bed.records().last_sweep().expect("recorded");
+    assert_eq!(record.reaped, ["i-listed", "i-removed"]);
+    assert!(
+        record
+            .considered
+            .iter()
+            .any(|c| c.instance_id.as_deref() == Some("i-removed") && c.agent == "not listed"),
+        "{:?}",
+        record.considered
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unfinished_take_out_is_only_told_of_in_a_dry_run_and_fails_the_sweep_when_it_fails() {
+    let mut bed = Bed::new();
+    unfinished_records(&bed);
+    bed.settings.dry_run = true;
+    let report = bed.sweep().await;
+    assert!(bed.received().is_empty(), "a dry run sends nothing");
+    assert_eq!(report.resumed[0].decision, Decision::WouldReap);
+
+    bed.settings.dry_run = false;
+    bed.answer("i-removed", Outcome::NotCompleted);
+    let report = bed.sweep().await;
+    assert!(matches!(report.resumed[0].decision, Decision::Failed(_)));
+    assert!(
+        !report.succeeded(),
+        "a resumed take-out that fails fails the sweep"
+    );
+    assert_eq!(
+        bed.records().last_sweep().expect("recorded").failed,
+        ["i-removed"]
+    );
+}
+
 // ---- The warm pool ----
 
 #[tokio::test(start_paused = true)]

@@ -884,7 +884,7 @@ impl Case {
                 .rancher
                 .requests()
                 .into_iter()
-                .filter(|r| r.method != "GET" && r.path.contains(&format!("/{id}")))
+                .filter(|r| r.method != "GET" && names_segment(&r.path, id))
                 .count();
             if touching > 0 {
                 v.push(format!(
@@ -1037,13 +1037,32 @@ pub(crate) fn spawn_run(
     logs: &mut Vec<PathBuf>,
     ends: &Endpoints,
 ) -> Result<Running, String> {
+    spawn_drover(drover, dir, logs, ends, &["run"])
+}
+
+/// Starts `drover <args>` (`run`, `reap`, `deregister`, ...) with the config in `dir`; its
+/// output goes to files in `dir` named after the number of logs so far (every process of a
+/// case has files of its own), and its log is added to `logs`.
+pub(crate) fn spawn_drover(
+    drover: &Path,
+    dir: &Path,
+    logs: &mut Vec<PathBuf>,
+    ends: &Endpoints,
+    args: &[&str],
+) -> Result<Running, String> {
     let running = Launcher::new(drover, dir, &format!("drover-{}", logs.len()))
         .config(&dir.join("drover.toml"))
         .endpoints(ends)
-        .arg("run")
+        .args(args)
         .spawn()?;
     logs.extend(running.stderr_path().map(Path::to_path_buf));
     Ok(running)
+}
+
+/// Whether a request `path` names `id` as one whole segment: `/v2-beta/projects/1a5/hosts/1h1`
+/// names `1h1`, and neither `1h10` nor `11h1`.
+pub(crate) fn names_segment(path: &str, id: &str) -> bool {
+    !id.is_empty() && path.split('/').any(|segment| segment == id)
 }
 
 /// Every run's log, in order.
@@ -1148,6 +1167,17 @@ pub(crate) fn summary<R: Outcome>(
     triggers: impl IntoIterator<Item = (String, usize)>,
     faults: impl IntoIterator<Item = (&'static str, usize)>,
 ) -> String {
+    summary_of(reports, seeds, "trigger", triggers, faults)
+}
+
+/// [`summary`], with the first table's heading (`trigger`, `scene`) given.
+pub(crate) fn summary_of<R: Outcome>(
+    reports: &[R],
+    seeds: &str,
+    heading: &str,
+    triggers: impl IntoIterator<Item = (String, usize)>,
+    faults: impl IntoIterator<Item = (&'static str, usize)>,
+) -> String {
     let mut out = String::new();
     let violations: usize = reports.iter().map(|r| r.violations().len()).sum();
     let took: Duration = reports.iter().map(|r| r.took()).sum();
@@ -1157,7 +1187,7 @@ pub(crate) fn summary<R: Outcome>(
         violations,
         took.as_secs_f64()
     ));
-    out.push_str("| trigger | cases |\n|---|---:|\n");
+    out.push_str(&format!("| {heading} | cases |\n|---|---:|\n"));
     for (t, n) in triggers {
         out.push_str(&format!("| {t} | {n} |\n"));
     }
@@ -1178,4 +1208,27 @@ pub(crate) fn summary<R: Outcome>(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_is_named_by_a_whole_path_segment() {
+        let path = "/v2-beta/projects/1a5/hosts/1h10";
+        assert!(names_segment(path, "1h10"));
+        assert!(!names_segment(path, "1h1"), "1h1 is not 1h10");
+        assert!(!names_segment("/v1/projects/1a5/hosts/11h1", "1h1"));
+        assert!(names_segment("/v1/projects/1a5/hosts/1h1/instances", "1h1"));
+        assert!(!names_segment(path, ""));
+    }
+
+    #[test]
+    fn the_same_seed_draws_the_same_case() {
+        for seed in [0, 7, 199] {
+            let (a, b) = (Plan::from_seed(seed), Plan::from_seed(seed));
+            assert_eq!((a.trigger, &a.faults), (b.trigger, &b.faults));
+        }
+    }
 }

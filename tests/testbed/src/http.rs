@@ -2,8 +2,8 @@
 //! stand-in shares: injected faults, latency and the request log ([`Faults`]).
 //!
 //! Every stand-in (Rancher, Auto Scaling, IMDS, PagerDuty, the SQS fault proxy) wraps its
-//! router in [`Faults::serve`] and offers the same three methods through [`fault_api!`]:
-//! `fail(Match, Fault, times)`, `set_latency(d)`, `requests()`. What differs is only how an
+//! router in [`Faults::serve`] and offers the same four methods through [`fault_api!`]:
+//! `fail(Match, Fault, times)`, `set_latency(d)`, `requests()`, `heal()`. What differs is only how an
 //! injected [`Fault`] is rendered: each stand-in answers it with the body its real service
 //! sends (Rancher's JSON error, awsQuery XML, SQS's JSON error, the IMDS error page).
 
@@ -95,6 +95,8 @@ pub struct LoggedRequest {
 pub struct Match {
     method: Option<String>,
     path: Option<String>,
+    path_end: Option<String>,
+    query: Option<String>,
     action: Option<String>,
 }
 
@@ -111,6 +113,22 @@ impl Match {
             path: Some(part.to_string()),
             ..Match::default()
         }
+    }
+
+    /// Requests whose path (without the query) ends with `suffix`: `/hosts` for Rancher's
+    /// host listings and not for one host (`/hosts/1h3`) or its containers.
+    pub fn path_end(suffix: &str) -> Match {
+        Match {
+            path_end: Some(suffix.to_string()),
+            ..Match::default()
+        }
+    }
+
+    /// Only requests whose raw query string contains `part`, e.g. `marker=` for the pages
+    /// after a collection's first, `action=purge` for one Rancher action.
+    pub fn query(mut self, part: &str) -> Match {
+        self.query = Some(part.to_string());
+        self
     }
 
     /// Requests for the action `name` exactly: `CompleteLifecycleAction`, `ReceiveMessage`,
@@ -133,6 +151,11 @@ impl Match {
             .as_deref()
             .is_none_or(|m| m.eq_ignore_ascii_case(req.method.as_str()))
             && self.path.as_deref().is_none_or(|p| req.path.contains(p))
+            && self
+                .path_end
+                .as_deref()
+                .is_none_or(|p| req.path.ends_with(p))
+            && self.query.as_deref().is_none_or(|q| req.query.contains(q))
             && self.action.as_deref().is_none_or(|a| a == req.action)
     }
 }
@@ -233,6 +256,20 @@ impl Faults {
     /// Every request waits this long before it is answered (or failed).
     pub fn set_latency(&self, latency: Duration) {
         self.lock().latency = latency;
+    }
+
+    /// The fault schedule ends: every failure still pending is dropped and the latency is
+    /// zero again, so that from now on the stand-in answers as itself (a schedule added
+    /// with `times = usize::MAX` lasts until this). The request log stays.
+    pub fn heal(&self) {
+        let mut layer = self.lock();
+        layer.rules.clear();
+        layer.latency = Duration::ZERO;
+    }
+
+    /// The instant every [`LoggedRequest::at`] counts from: when this layer was made.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// Every request received so far, in order of arrival.
@@ -354,7 +391,7 @@ async fn through(
 }
 
 /// The fault API of a stand-in, the same on every one: `fail`, `set_latency`, `requests`,
-/// delegating to the [`Faults`] its `faults()` returns.
+/// `heal`, delegating to the [`Faults`] its `faults()` returns.
 macro_rules! fault_api {
     ($server:ty) => {
         impl $server {
@@ -379,6 +416,12 @@ macro_rules! fault_api {
             /// (0 while unanswered).
             pub fn requests(&self) -> Vec<$crate::http::LoggedRequest> {
                 self.faults().requests()
+            }
+
+            /// Ends the fault schedule: pending failures dropped, latency zero (see
+            /// [`Faults::heal`](crate::http::Faults::heal)).
+            pub fn heal(&self) {
+                self.faults().heal()
             }
         }
     };
@@ -439,6 +482,42 @@ mod tests {
         );
         assert_eq!(log[3].query, "action=x");
         assert_eq!(log[3].method, "GET");
+    }
+
+    #[tokio::test]
+    async fn path_ends_queries_and_healing() {
+        let (faults, server) = serve().await;
+        faults.fail(Match::path_end("/hosts"), Fault::Status(500), 1);
+        faults.fail(
+            Match::path_end("/hosts").query("marker="),
+            Fault::Status(503),
+            usize::MAX,
+        );
+        faults.set_latency(Duration::from_millis(50));
+        let http = reqwest::Client::new();
+        let get = |path: &str| http.get(format!("{}{path}", server.url())).send();
+        let status = |r: reqwest::Response| r.status().as_u16();
+        // One host, or its containers, is not a listing.
+        assert_eq!(
+            status(get("/v1/projects/1a5/hosts/1h1").await.expect("host")),
+            200
+        );
+        assert_eq!(
+            status(get("/v1/projects/1a5/hosts").await.expect("list")),
+            500
+        );
+        assert_eq!(
+            status(get("/v1/projects/1a5/hosts").await.expect("list")),
+            200
+        );
+        let next = "/v1/projects/1a5/hosts?limit=2&marker=m3";
+        assert_eq!(status(get(next).await.expect("page")), 503);
+        assert_eq!(status(get(next).await.expect("page")), 503);
+        faults.heal();
+        assert_eq!(faults.lock().latency, Duration::ZERO, "latency healed too");
+        assert_eq!(status(get(next).await.expect("page")), 200);
+        assert_eq!(faults.requests().len(), 6, "the log stays");
+        assert!(faults.started() <= Instant::now());
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 //! Every stand-in listens on `127.0.0.1:0`, follows `shared/reference.md` to the letter
 //! (error bodies, asynchronous transitions, the AWS quirks), and sits behind one fault layer
 //! ([`http::Faults`]): injected faults, latency and the log of the requests it received,
-//! with the same API on each (`fail(Match, Fault, times)`, `set_latency`, `requests`).
+//! with the same API on each (`fail(Match, Fault, times)`, `set_latency`, `requests`, `heal`).
 //!
 //! Around them: [`bed::Bed`], one instance's world for a test; [`config::DroverConfig`],
 //! drover's config as a typed value; [`launch::Launcher`], the one way drover is started
@@ -20,6 +20,7 @@ pub mod config;
 pub mod docker;
 pub mod faults;
 pub mod faults_boot;
+pub mod faults_reap;
 pub mod http;
 pub mod imds;
 pub mod launch;

@@ -2,7 +2,8 @@
 //! stand-ins, moto SQS, a private dockerd) and prints what happened, step by step.
 //! `drover-testbed bench`: measures it there (see `testbed::bench`).
 //! `drover-testbed faults`: the seeded fault-injection campaign (see `testbed::faults`);
-//! `faults --boot`: its boot cases (see `testbed::faults_boot`).
+//! `faults --boot`: its boot cases (see `testbed::faults_boot`); `faults --reap`: its reaper
+//! cases (see `testbed::faults_reap`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,10 +17,13 @@ use testbed::rancher::RancherOptions;
 
 const USAGE: &str = "usage: drover-testbed demo [--drover PATH]
        drover-testbed bench [--drover PATH] [--idle SECS] [--runs N] [--fleet N]
-                            [--only footprint,reaction,boot,launch,fleet] [--out FILE.md]
-       drover-testbed faults [--boot] [--drover PATH] [--seeds FIRST..END] [--jobs N] [--out FILE.md]
+                            [--reaper-fleets N,N] [--reaper-interval SECS] [--reaper-window INTERVALS]
+                            [--only footprint,reaction,boot,launch,fleet,reaper] [--out FILE.md]
+       drover-testbed faults [--boot | --reap] [--drover PATH] [--seeds FIRST..END] [--jobs N] [--out FILE.md]
          (--boot: the boot cases, a launching instance registering while faults and a
-          stop, a termination or a kill meet it; seeds of their own)";
+          stop, a termination or a kill meet it; --reap: the reaper cases, a fleet of
+          drover run peers sweeping for dead hosts among hosts to leave alone while
+          Rancher and Auto Scaling fail; each with seeds of their own)";
 
 #[tokio::main]
 async fn main() {
@@ -99,10 +103,15 @@ async fn faults(args: &[String]) -> Result<bool, String> {
     let mut jobs = 6;
     let mut out = None;
     let mut boot = false;
+    let mut reap = false;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         if arg == "--boot" {
             boot = true;
+            continue;
+        }
+        if arg == "--reap" {
+            reap = true;
             continue;
         }
         let value = rest.next().ok_or(format!("{arg} needs a value"))?;
@@ -121,11 +130,19 @@ async fn faults(args: &[String]) -> Result<bool, String> {
             other => return Err(format!("unknown option {other}")),
         }
     }
+    if boot && reap {
+        return Err("--boot and --reap are two campaigns: one at a time".into());
+    }
     let started = std::time::Instant::now();
     let campaign = std::sync::Arc::new(testbed::faults::Campaign::start(&drover).await?);
     let list: Vec<u64> = seeds.clone().collect();
     let range = format!("{seeds:?}");
-    let (summary, clean) = if boot {
+    let (summary, clean) = if reap {
+        let reap = std::sync::Arc::new(testbed::faults_reap::ReapCampaign::new(campaign));
+        let reports = in_chunks(&list, started, |chunk| reap.run(chunk, jobs)).await;
+        let clean = reports.iter().all(|r| r.violations.is_empty());
+        (testbed::faults_reap::markdown(&reports, &range), clean)
+    } else if boot {
         let boot = std::sync::Arc::new(testbed::faults_boot::BootCampaign::new(campaign));
         let reports = in_chunks(&list, started, |chunk| boot.run(chunk, jobs)).await;
         let clean = reports.iter().all(|r| r.violations.is_empty());
@@ -388,6 +405,9 @@ fn bench_settings(args: &[String]) -> Option<Settings> {
         idle: Duration::from_secs(60),
         runs: 20,
         fleet: 50,
+        reaper_fleets: vec![10, 50],
+        reaper_interval: Duration::from_secs(2),
+        reaper_window: 40,
         out: None,
         only: Vec::new(),
     };
@@ -399,6 +419,23 @@ fn bench_settings(args: &[String]) -> Option<Settings> {
             "--idle" => settings.idle = Duration::from_secs(value.parse().ok()?),
             "--runs" => settings.runs = value.parse().ok().filter(|n| *n > 0)?,
             "--fleet" => settings.fleet = value.parse().ok().filter(|n| *n >= 2)?,
+            "--reaper-fleets" => {
+                settings.reaper_fleets = value
+                    .split(',')
+                    .map(|n| n.parse().ok().filter(|n| *n >= 2))
+                    .collect::<Option<Vec<usize>>>()?;
+            }
+            "--reaper-interval" => {
+                settings.reaper_interval = Duration::from_secs_f64(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|s: &f64| *s >= 0.5 && *s <= 600.0)?,
+                );
+            }
+            "--reaper-window" => {
+                settings.reaper_window = value.parse().ok().filter(|n| *n >= 5)?;
+            }
             "--out" => settings.out = Some(PathBuf::from(value)),
             "--only" => settings.only = value.split(',').map(str::to_string).collect(),
             _ => return None,
@@ -438,6 +475,9 @@ async fn bench(settings: Settings) -> Result<(), String> {
     if wanted("fleet") {
         rows.extend(bench::fleet::run(&settings, &docker, &moto).await?);
     }
+    if wanted("reaper") {
+        rows.extend(bench::reaper::run(&settings, &docker).await?);
+    }
     let machine = bench::machine();
     println!("\n{}", bench::table(&rows));
     println!(
@@ -454,7 +494,7 @@ async fn bench(settings: Settings) -> Result<(), String> {
             "# drover benchmark results\n\nMeasured by `scripts/bench.sh` on {date}.\n\n\
              - Machine: {machine}\n\
              - drover: `{}` ({} bytes)\n\
-             - Idle window {}s; {} runs per reaction source; fleet of {}\n\n{}",
+             - Idle window {}s; {} runs per reaction source; fleet of {}; reaper fleets of {:?} every {}s\n\n{}",
             settings.drover.display(),
             std::fs::metadata(&settings.drover)
                 .map(|m| m.len())
@@ -462,6 +502,8 @@ async fn bench(settings: Settings) -> Result<(), String> {
             settings.idle.as_secs(),
             settings.runs,
             settings.fleet,
+            settings.reaper_fleets,
+            settings.reaper_interval.as_secs_f64(),
             bench::markdown(&rows)
         );
         std::fs::write(out, text).map_err(|e| format!("{}: {e}", out.display()))?;

@@ -1,6 +1,7 @@
 //! `drover-testbed bench`: measures the built drover against the test bed and prints a
 //! table (footprint, reaction time, boot overhead, the launching hook's answer, AWS calls
-//! while idle, a fleet simulation), writing the same as Markdown with the machine and the date.
+//! while idle, a fleet simulation, the fleet with the reaper on), writing the same as
+//! Markdown with the machine and the date.
 //!
 //! Nothing here asserts on time: these are measurements, compared with the targets in the
 //! report. The shared machine is noisy; ratios within one run are what to read.
@@ -10,6 +11,7 @@ pub mod fleet;
 pub mod footprint;
 pub mod launch;
 pub mod reaction;
+pub mod reaper;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,8 +34,14 @@ pub struct Settings {
     pub idle: Duration,
     pub runs: usize,
     pub fleet: usize,
+    /// The reaper fleet's sizes, one run each (`reaper`).
+    pub reaper_fleets: Vec<usize>,
+    /// `reaper.interval` in the reaper fleet.
+    pub reaper_interval: Duration,
+    /// How many intervals the reaper fleet's listings are counted for, after its warm-up.
+    pub reaper_window: u32,
     pub out: Option<PathBuf>,
-    /// Only these sections (footprint, reaction, boot, launch, fleet); empty: all.
+    /// Only these sections (footprint, reaction, boot, launch, fleet, reaper); empty: all.
     pub only: Vec<String>,
 }
 
@@ -68,6 +76,19 @@ impl Node {
         imds_poll: Duration,
         level: &str,
     ) -> std::io::Result<()> {
+        self.write_config_with(rancher, queue, imds_poll, level, |_| {})
+    }
+
+    /// [`write_config`](Self::write_config), with `edit` changing the config before it is
+    /// written (the reaper's keys, for one).
+    pub fn write_config_with(
+        &self,
+        rancher: &RancherServer,
+        queue: Option<&str>,
+        imds_poll: Duration,
+        level: &str,
+        edit: impl FnOnce(&mut DroverConfig),
+    ) -> std::io::Result<()> {
         let secret = self.dir.path().join("rancher.secret");
         crate::config::write_private(&secret, rancher.secret_key().as_bytes())?;
         let mut config = DroverConfig::default();
@@ -87,6 +108,7 @@ impl Node {
         config.state.dir = Some(self.dir.path().join("state"));
         config.log.format = Some(LogFormat::Json);
         config.log.level = Some(level.to_string());
+        edit(&mut config);
         config.write(&self.config_path())
     }
 
