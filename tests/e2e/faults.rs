@@ -9,7 +9,7 @@
 //! the promises of the way in are checked. `drover-testbed faults --boot` runs more.
 //!
 //! The reaper cases (`testbed::faults_reap`, seeds of their own): three `drover run` peers
-//! sweeping one environment every 3 s among dead hosts and hosts to leave alone, while
+//! sweeping one environment every 4 s among dead hosts and hosts to leave alone, while
 //! Rancher and Auto Scaling fail, a peer is killed, a second reaper or a dead host's own late
 //! drover races them. `drover-testbed faults --reap` runs more.
 
