@@ -38,6 +38,32 @@ async fn campaign() -> Arc<Campaign> {
     )
 }
 
+/// Fails the test when any case broke an invariant: each such case with its seed, its
+/// violations and drover's last log lines, then one line of their seeds.
+fn assert_no_violations<R: Outcome>(what: &str, reports: &[R]) {
+    let failing: Vec<&R> = reports
+        .iter()
+        .filter(|r| !r.violations().is_empty())
+        .collect();
+    for r in &failing {
+        eprintln!(
+            "--- {what} seed {} ({}) took {:?}:\n  {}\n{}",
+            r.seed(),
+            r.label(),
+            r.took(),
+            r.violations().join("\n  "),
+            r.log_tail()
+        );
+    }
+    assert!(
+        failing.is_empty(),
+        "{} of {} {what} cases broke an invariant (seeds {:?})",
+        failing.len(),
+        reports.len(),
+        failing.iter().map(|r| r.seed()).collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_termination_lost_no_wrong_host_no_leak_under_faults() {
     let campaign = campaign().await;
@@ -45,29 +71,7 @@ async fn no_termination_lost_no_wrong_host_no_leak_under_faults() {
     let reports = campaign.run(&seeds, JOBS).await;
     assert_eq!(reports.len(), seeds.len(), "every case ran");
     println!("{}", markdown(&reports, &format!("{SEEDS:?}")));
-    let failing: Vec<_> = reports
-        .iter()
-        .filter(|r| !r.violations.is_empty())
-        .collect();
-    for r in &failing {
-        eprintln!(
-            "--- seed {} ({:?}, faults {:?}, kills {}) took {:?}:\n  {}\n{}",
-            r.plan.seed,
-            r.plan.trigger,
-            r.plan.faults,
-            r.plan.kills_len(),
-            r.took,
-            r.violations.join("\n  "),
-            r.log_tail
-        );
-    }
-    assert!(
-        failing.is_empty(),
-        "{} of {} cases broke an invariant (seeds {:?})",
-        failing.len(),
-        reports.len(),
-        failing.iter().map(|r| r.plan.seed).collect::<Vec<_>>()
-    );
+    assert_no_violations("termination", &reports);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -80,27 +84,7 @@ async fn boot_cases_answer_the_launch_once_page_a_failed_boot_and_leave_nothing_
         "{}",
         testbed::faults_boot::markdown(&reports, &format!("{BOOT_SEEDS:?}"))
     );
-    let failing: Vec<_> = reports
-        .iter()
-        .filter(|r| !r.violations().is_empty())
-        .collect();
-    for r in &failing {
-        eprintln!(
-            "--- boot seed {} ({}) took {:?}:\n  {}\n{}",
-            r.seed(),
-            r.label(),
-            r.took(),
-            r.violations().join("\n  "),
-            r.log_tail()
-        );
-    }
-    assert!(
-        failing.is_empty(),
-        "{} of {} boot cases broke an invariant (seeds {:?})",
-        failing.len(),
-        reports.len(),
-        failing.iter().map(|r| r.seed()).collect::<Vec<_>>()
-    );
+    assert_no_violations("boot", &reports);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -115,25 +99,5 @@ async fn reaper_cases_leave_live_hosts_alone_and_take_every_dead_one_out_within_
         testbed::faults_reap::markdown(&reports, &format!("{REAP_SEEDS:?}")),
         started.elapsed().as_secs_f64()
     );
-    let failing: Vec<_> = reports
-        .iter()
-        .filter(|r| !r.violations().is_empty())
-        .collect();
-    for r in &failing {
-        eprintln!(
-            "--- reaper seed {} ({}) took {:?}:\n  {}\n{}",
-            r.seed(),
-            r.label(),
-            r.took(),
-            r.violations().join("\n  "),
-            r.log_tail()
-        );
-    }
-    assert!(
-        failing.is_empty(),
-        "{} of {} reaper cases broke an invariant (seeds {:?})",
-        failing.len(),
-        reports.len(),
-        failing.iter().map(|r| r.seed()).collect::<Vec<_>>()
-    );
+    assert_no_violations("reaper", &reports);
 }
