@@ -31,15 +31,19 @@ fn completions(bed: &Bed, instance: &str) -> usize {
 }
 
 /// The instance ids of the messages visible in the queue now.
-async fn visible_instances(moto: &MotoServer, queue: &str) -> BTreeSet<String> {
-    moto.receive(queue, 1)
-        .await
-        .iter()
-        .filter_map(|m| {
+/// The instances of the messages visible now, received (so hidden again) until `want` are
+/// seen or 10 s pass: one receive can come back empty while moto's counts already show
+/// them (seen in a full run).
+async fn visible_instances(moto: &MotoServer, queue: &str, want: usize) -> BTreeSet<String> {
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = BTreeSet::new();
+    while seen.len() < want && tokio::time::Instant::now() < end {
+        seen.extend(moto.receive(queue, 1).await.iter().filter_map(|m| {
             let body: serde_json::Value = serde_json::from_str(m.body()?).ok()?;
             Some(body["EC2InstanceId"].as_str()?.to_string())
-        })
-        .collect()
+        }));
+    }
+    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +141,7 @@ async fn a_stop_hands_back_every_message_it_has_not_settled() {
         counts = moto.approximate_counts(queue).await;
     }
     assert_eq!(counts, (3, 1), "{}", run.output());
-    let back = visible_instances(moto, queue).await;
+    let back = visible_instances(moto, queue, 3).await;
     assert_eq!(
         back,
         BTreeSet::from([stuck.clone(), answering.clone(), deciding.clone()]),
