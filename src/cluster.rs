@@ -185,13 +185,6 @@ pub trait Cluster: Send + Sync + 'static {
         deadline: Instant,
     ) -> impl Future<Output = Result<Vec<EnvHost>, ClusterError>> + Send;
 
-    /// How many labelled hosts (those carrying an instance id) the last listing of the whole
-    /// environment held, whichever call made it (a registration lists every host to find its
-    /// own); `None` before any. A fresh reaper's first wait is drawn from it.
-    fn labelled_hosts_last_listed(&self) -> Option<usize> {
-        None
-    }
-
     /// One host by id; `None` when the backend no longer knows it. Cheaper than a listing:
     /// what a registration polls once it knows its host.
     fn host(

@@ -76,13 +76,6 @@ impl Cluster for LazyRancher {
         self.connect(deadline).await?.hosts(deadline).await
     }
 
-    fn labelled_hosts_last_listed(&self) -> Option<usize> {
-        self.inner
-            .rancher
-            .get()
-            .and_then(Rancher1::labelled_hosts_last_listed)
-    }
-
     async fn host(
         &self,
         host_id: &str,

@@ -12,8 +12,7 @@ use secrecy::SecretString;
 use tokio::time::Instant;
 
 use super::client::{
-    hosts_of_instance, Host, HostEvent, Instance, RancherClient, RancherError, RegistrationToken,
-    ResolvedApi,
+    Host, HostEvent, Instance, RancherClient, RancherError, RegistrationToken, ResolvedApi,
 };
 use crate::cluster::{
     AgentRegistration, Cluster, ClusterError, ClusterHost, EnvHost, Happened, Step, StepDone,
@@ -97,8 +96,6 @@ fn next(host: &Host, step: Step) -> Next {
 #[derive(Debug, Clone)]
 pub struct Rancher1 {
     client: RancherClient,
-    /// The labelled hosts of the last full listing, whichever call (or clone) made it.
-    labelled_last_listed: std::sync::Arc<Mutex<Option<usize>>>,
 }
 
 fn to_cluster_host(h: Host) -> ClusterHost {
@@ -138,28 +135,7 @@ impl StepLog {
 
 impl Rancher1 {
     pub fn new(client: RancherClient) -> Rancher1 {
-        Rancher1 {
-            client,
-            labelled_last_listed: std::sync::Arc::new(Mutex::new(None)),
-        }
-    }
-
-    /// Every host of the environment, counting the labelled ones on the way.
-    async fn list_hosts(&self, deadline: Instant) -> Result<Vec<Host>, ClusterError> {
-        let hosts = retry::until(
-            "listing hosts",
-            deadline,
-            Duration::from_secs(5),
-            RancherError::is_transient,
-            || self.client.hosts(),
-        )
-        .await?;
-        let labelled = hosts.iter().filter(|h| h.instance_id().is_some()).count();
-        *self
-            .labelled_last_listed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(labelled);
-        Ok(hosts)
+        Rancher1 { client }
     }
 
     async fn read_host(
@@ -556,12 +532,26 @@ impl Cluster for Rancher1 {
         instance_id: &str,
         deadline: Instant,
     ) -> Result<Vec<ClusterHost>, ClusterError> {
-        let hosts = hosts_of_instance(self.list_hosts(deadline).await?, instance_id);
+        let hosts = retry::until(
+            "listing hosts",
+            deadline,
+            Duration::from_secs(5),
+            RancherError::is_transient,
+            || self.client.find_hosts_by_instance(instance_id),
+        )
+        .await?;
         Ok(hosts.into_iter().map(to_cluster_host).collect())
     }
 
     async fn hosts(&self, deadline: Instant) -> Result<Vec<EnvHost>, ClusterError> {
-        let hosts = self.list_hosts(deadline).await?;
+        let hosts = retry::until(
+            "listing hosts",
+            deadline,
+            Duration::from_secs(5),
+            RancherError::is_transient,
+            || self.client.hosts(),
+        )
+        .await?;
         let api = self.client.api();
         Ok(hosts
             .into_iter()
@@ -574,13 +564,6 @@ impl Cluster for Rancher1 {
                 hostname: h.hostname,
             })
             .collect())
-    }
-
-    fn labelled_hosts_last_listed(&self) -> Option<usize> {
-        *self
-            .labelled_last_listed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn host(

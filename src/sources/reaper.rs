@@ -39,12 +39,9 @@
 //! approaching but never reaching 2 for any fleet size. Their sweeps are independent, so
 //! for a large fleet they come close to a Poisson stream of rate `2 / interval`: a host
 //! that died waits for the next sweep about `interval / 2` on average, at most one interval
-//! in 86% of cases (1 - e^-2) and at most three in 99.75% (1 - e^-6). The first wait's N
-//! is the registration's own listing of the environment (it lists every host to find its
-//! own), else the last sweep's, kept in the state dir: so neither a fleet started at once
-//! nor one restarted at once (an upgrade) sweeps at once. In a fleet started at once the
-//! k-th host to register sees about k hosts and sweeps within two intervals with chance
-//! `1 / (k - 1)`: the first two intervals hold about `1.6 + ln N` sweeps, not N.
+//! in 86% of cases (1 - e^-2) and at most three in 99.75% (1 - e^-6). The last listing's N
+//! is kept in the state dir, so that a fleet restarted at once (an upgrade) does not sweep
+//! at once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -264,15 +261,6 @@ pub fn next_wait<R: Rng>(interval: Duration, labelled: Option<usize>, rng: &mut 
         return interval;
     }
     rng.random_range(interval..=longest)
-}
-
-/// The fleet size the first wait is drawn from: the registration's listing of the
-/// environment (the freshest count), else the last sweep's in the state dir; `None` (a
-/// fleet of [`FLEET_BEFORE_FIRST_LISTING`]) when neither saw a labelled host.
-fn first_fleet_size(registration: Option<usize>, last_sweep: Option<usize>) -> Option<usize> {
-    registration
-        .filter(|n| *n > 0)
-        .or(last_sweep.filter(|n| *n > 0))
 }
 
 /// Bounds an Auto Scaling call; the error as one line.
@@ -898,10 +886,11 @@ pub async fn watch<C, L, P>(
     P: Paging,
 {
     let mut rng = StdRng::from_os_rng();
-    let mut labelled = first_fleet_size(
-        reaper.cluster.labelled_hosts_last_listed(),
-        reaper.records.last_sweep().map(|s| s.labelled_hosts),
-    );
+    let mut labelled = reaper
+        .records
+        .last_sweep()
+        .map(|s| s.labelled_hosts)
+        .filter(|n| *n > 0);
     let interval = reaper.settings.interval;
     tracing::info!(
         interval = %humantime::format_duration(interval),

@@ -29,8 +29,6 @@ struct ClusterState {
     hosts: Vec<EnvHost>,
     listings: usize,
     fails: bool,
-    /// What a registration's listing saw before the reaper started.
-    registration_listed: Option<usize>,
 }
 
 #[derive(Clone, Default)]
@@ -66,10 +64,6 @@ impl Cluster for FakeCluster {
         Err(ClusterError::OutOfTime(
             "a sweep lists the environment once, never per instance".into(),
         ))
-    }
-
-    fn labelled_hosts_last_listed(&self) -> Option<usize> {
-        lock(&self.0).registration_listed
     }
 
     async fn hosts(&self, _deadline: Instant) -> Result<Vec<EnvHost>, ClusterError> {
@@ -981,8 +975,13 @@ async fn the_first_sweep_waits_an_interval_and_a_stop_ends_the_wait() {
         .expect("the reaper ends cleanly");
 }
 
-/// The minute of the first sweep of a reaper started on `bed` (40 intervals at most).
-async fn first_sweep_minute(bed: &Bed) -> u32 {
+#[tokio::test(start_paused = true)]
+async fn the_last_listing_in_the_state_dir_spreads_the_first_sweep() {
+    let bed = Bed::new();
+    bed.records().save_sweep(&SweepRecord {
+        labelled_hosts: 40,
+        ..SweepRecord::default()
+    });
     let intake = CancellationToken::new();
     let task = tokio::spawn(watch(bed.reaper(), bed.door(), intake.clone()));
     let mut first = None;
@@ -993,64 +992,13 @@ async fn first_sweep_minute(bed: &Bed) -> u32 {
             break;
         }
     }
-    intake.cancel();
-    task.await.expect("ends");
-    first.expect("a first sweep within 40 intervals")
-}
-
-#[tokio::test(start_paused = true)]
-async fn the_last_listing_in_the_state_dir_spreads_the_first_sweep() {
-    let bed = Bed::new();
-    bed.records().save_sweep(&SweepRecord {
-        labelled_hosts: 40,
-        ..SweepRecord::default()
-    });
-    let first = first_sweep_minute(&bed).await;
+    let first = first.expect("a first sweep within 40 intervals");
     assert!(
         (5..=200).contains(&first),
         "first sweep after {first} minutes"
     );
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_fresh_reaper_spreads_its_first_sweep_over_what_the_registration_listed() {
-    // A fleet of 40 started at once: no state dir record, but the registration listed 40.
-    // Twenty fresh reapers: were they to assume a fleet of 2, all would sweep within two
-    // intervals (10 minutes); spread over 40 intervals, about one in 39 does.
-    let mut early = 0;
-    for _ in 0..20 {
-        let bed = Bed::new();
-        lock(&bed.cluster.0).registration_listed = Some(40);
-        let first = first_sweep_minute(&bed).await;
-        assert!(
-            (5..=200).contains(&first),
-            "first sweep after {first} minutes"
-        );
-        if first <= 10 {
-            early += 1;
-        }
-    }
-    assert!(
-        early <= 5,
-        "{early} of 20 fresh reapers swept within two intervals"
-    );
-}
-
-#[test]
-fn the_first_wait_counts_the_registration_listing_before_the_state_dir() {
-    assert_eq!(
-        first_fleet_size(Some(50), Some(3)),
-        Some(50),
-        "the fresher count"
-    );
-    assert_eq!(first_fleet_size(None, Some(3)), Some(3));
-    assert_eq!(
-        first_fleet_size(Some(0), Some(3)),
-        Some(3),
-        "no labelled host seen"
-    );
-    assert_eq!(first_fleet_size(Some(0), Some(0)), None);
-    assert_eq!(first_fleet_size(None, None), None);
+    intake.cancel();
+    task.await.expect("ends");
 }
 
 #[tokio::test(start_paused = true)]
