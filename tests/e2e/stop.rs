@@ -30,7 +30,6 @@ fn completions(bed: &Bed, instance: &str) -> usize {
         .count()
 }
 
-/// The instance ids of the messages visible in the queue now.
 /// The instances of the messages visible now, received (so hidden again) until `want` are
 /// seen or 10 s pass: one receive can come back empty while moto's counts already show
 /// them (seen in a full run).
