@@ -185,6 +185,14 @@ pub trait Cluster: Send + Sync + 'static {
         deadline: Instant,
     ) -> impl Future<Output = Result<Vec<EnvHost>, ClusterError>> + Send;
 
+    /// How many hosts of the last listing of the whole environment carry an instance id and
+    /// have their agent connected (the hosts that run a drover, as far as the backend can
+    /// tell), whichever call made it: a registration lists every host to find its own.
+    /// `None` before any. A fresh reaper's first wait is drawn from it.
+    fn connected_labelled_last_listed(&self) -> Option<usize> {
+        None
+    }
+
     /// One host by id; `None` when the backend no longer knows it. Cheaper than a listing:
     /// what a registration polls once it knows its host.
     fn host(

@@ -167,6 +167,10 @@ pub struct SweepRecord {
     /// Hosts in the environment's listing, and those of them labelled with an instance.
     pub hosts_listed: usize,
     pub labelled_hosts: usize,
+    /// Of the labelled hosts, those whose agent was connected: the drovers that sweep, which
+    /// the next wait is spread over. Absent (read as 0) in a record of drover 0.1.0.
+    #[serde(default)]
+    pub connected_labelled_hosts: usize,
     /// Every host whose agent was not plainly connected, with the evidence and the decision.
     pub considered: Vec<HostVerdictRecord>,
     /// Instances whose hosts were taken out.

@@ -76,6 +76,13 @@ impl Cluster for LazyRancher {
         self.connect(deadline).await?.hosts(deadline).await
     }
 
+    fn connected_labelled_last_listed(&self) -> Option<usize> {
+        self.inner
+            .rancher
+            .get()
+            .and_then(Rancher1::connected_labelled_last_listed)
+    }
+
     async fn host(
         &self,
         host_id: &str,

@@ -778,9 +778,10 @@ pub fn render_text(s: &Status) -> String {
                 Some(why) => lines.push(format!("refused: {why}")),
                 None => {
                     lines.push(format!(
-                        "{} host(s) listed, {} labelled; reaped {}; failed {}; deferred {}",
+                        "{} host(s) listed, {} labelled ({} connected); reaped {}; failed {}; deferred {}",
                         rec.hosts_listed,
                         rec.labelled_hosts,
+                        rec.connected_labelled_hosts,
                         list_or_dash(&rec.reaped),
                         list_or_dash(&rec.failed),
                         list_or_dash(&rec.deferred)

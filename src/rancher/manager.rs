@@ -12,10 +12,11 @@ use secrecy::SecretString;
 use tokio::time::Instant;
 
 use super::client::{
-    Host, HostEvent, Instance, RancherClient, RancherError, RegistrationToken, ResolvedApi,
+    hosts_of_instance, Host, HostEvent, Instance, RancherClient, RancherError, RegistrationToken,
+    ResolvedApi,
 };
 use crate::cluster::{
-    AgentRegistration, Cluster, ClusterError, ClusterHost, EnvHost, Happened, Step, StepDone,
+    AgentContact, AgentRegistration, Cluster, ClusterError, ClusterHost, EnvHost, Happened, Step, StepDone,
     StepEvent, StepFailed, GONE,
 };
 use crate::retry::{self, poll_until, Check, Pace, RetryError};
@@ -96,6 +97,9 @@ fn next(host: &Host, step: Step) -> Next {
 #[derive(Debug, Clone)]
 pub struct Rancher1 {
     client: RancherClient,
+    /// The connected labelled hosts of the last full listing, whichever call (or clone) made
+    /// it.
+    connected_labelled_last_listed: std::sync::Arc<Mutex<Option<usize>>>,
 }
 
 fn to_cluster_host(h: Host) -> ClusterHost {
@@ -135,7 +139,34 @@ impl StepLog {
 
 impl Rancher1 {
     pub fn new(client: RancherClient) -> Rancher1 {
-        Rancher1 { client }
+        Rancher1 {
+            client,
+            connected_labelled_last_listed: std::sync::Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Every host of the environment, counting the connected labelled ones on the way.
+    async fn list_hosts(&self, deadline: Instant) -> Result<Vec<Host>, ClusterError> {
+        let hosts = retry::until(
+            "listing hosts",
+            deadline,
+            Duration::from_secs(5),
+            RancherError::is_transient,
+            || self.client.hosts(),
+        )
+        .await?;
+        let api = self.client.api();
+        let connected_labelled = hosts
+            .iter()
+            .filter(|h| {
+                h.instance_id().is_some() && h.agent_contact(api) == AgentContact::Connected
+            })
+            .count();
+        *self
+            .connected_labelled_last_listed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(connected_labelled);
+        Ok(hosts)
     }
 
     async fn read_host(
@@ -532,26 +563,12 @@ impl Cluster for Rancher1 {
         instance_id: &str,
         deadline: Instant,
     ) -> Result<Vec<ClusterHost>, ClusterError> {
-        let hosts = retry::until(
-            "listing hosts",
-            deadline,
-            Duration::from_secs(5),
-            RancherError::is_transient,
-            || self.client.find_hosts_by_instance(instance_id),
-        )
-        .await?;
+        let hosts = hosts_of_instance(self.list_hosts(deadline).await?, instance_id);
         Ok(hosts.into_iter().map(to_cluster_host).collect())
     }
 
     async fn hosts(&self, deadline: Instant) -> Result<Vec<EnvHost>, ClusterError> {
-        let hosts = retry::until(
-            "listing hosts",
-            deadline,
-            Duration::from_secs(5),
-            RancherError::is_transient,
-            || self.client.hosts(),
-        )
-        .await?;
+        let hosts = self.list_hosts(deadline).await?;
         let api = self.client.api();
         Ok(hosts
             .into_iter()
@@ -564,6 +581,13 @@ impl Cluster for Rancher1 {
                 hostname: h.hostname,
             })
             .collect())
+    }
+
+    fn connected_labelled_last_listed(&self) -> Option<usize> {
+        *self
+            .connected_labelled_last_listed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn host(

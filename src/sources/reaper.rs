@@ -32,16 +32,26 @@
 //!
 //! Every drover sweeps, with one host listing a sweep, and each waits between its sweeps a
 //! time drawn uniformly from `[interval, N × interval]`, where N is the number of labelled
-//! hosts in its last listing (each of them runs a drover): never less than `interval`, and
-//! the first sweep no sooner than `interval` after the reaper starts. A drover then sweeps
-//! on average every `(N + 1) / 2 × interval`, and the N drovers together
-//! `N / ((N + 1) / 2 × interval) = 2N / (N + 1)` times an interval: one for a single host,
-//! approaching but never reaching 2 for any fleet size. Their sweeps are independent, so
-//! for a large fleet they come close to a Poisson stream of rate `2 / interval`: a host
-//! that died waits for the next sweep about `interval / 2` on average, at most one interval
-//! in 86% of cases (1 - e^-2) and at most three in 99.75% (1 - e^-6). The last listing's N
-//! is kept in the state dir, so that a fleet restarted at once (an upgrade) does not sweep
-//! at once.
+//! hosts in its last listing whose agent is connected (each of them runs a drover; a dead
+//! host, disconnected, runs none, and counting it would slow the survivors down just when
+//! hosts die): never less than `interval`, and the first sweep no sooner than `interval`
+//! after the reaper starts. A drover then sweeps on average every `(N + 1) / 2 × interval`,
+//! and the N drovers together `N / ((N + 1) / 2 × interval) = 2N / (N + 1)` times an
+//! interval: one for a single host, approaching but never reaching 2 for any fleet size.
+//! Their sweeps are independent, so for a large fleet they come close to a Poisson stream of
+//! rate `2 / interval`: a host that died waits for the next sweep about `interval / 2` on
+//! average, at most one interval in 86% of cases (1 - e^-2) and at most three in 99.75%
+//! (1 - e^-6).
+//!
+//! The first wait's N is the registration's own listing of the environment (it lists every
+//! host to find its own), else the last sweep's, kept in the state dir: so neither a fleet
+//! started at once nor one restarted at once (an upgrade) sweeps at once. In a fleet started
+//! at once the k-th host to register sees about k hosts and sweeps within two intervals with
+//! chance `1 / (k - 1)`: the first two intervals hold about `1.6 + ln N` sweeps, not N. The
+//! price: a first wait is uniform over `[interval, N × interval]`, so a fleet's first sweeps
+//! come at about one an interval, not two, and a ghost already there when the whole fleet
+//! starts is found within `N × interval` at the latest (the earliest of N first waits: about
+//! two intervals on average for a large fleet).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -207,6 +217,10 @@ pub struct SweepReport {
     pub warm_error: Option<String>,
     /// Labelled hosts in the listing; `None` when there was none.
     pub labelled: Option<usize>,
+    /// Of those, the ones whose agent is connected: the drovers that sweep beside this one,
+    /// as far as Rancher can tell (a dead host's runs none), which the next wait is spread
+    /// over.
+    pub connected_labelled: Option<usize>,
     pub paged: bool,
     pub dry_run: bool,
 }
@@ -261,6 +275,15 @@ pub fn next_wait<R: Rng>(interval: Duration, labelled: Option<usize>, rng: &mut 
         return interval;
     }
     rng.random_range(interval..=longest)
+}
+
+/// The fleet size the first wait is drawn from: the registration's listing of the
+/// environment (the freshest count), else the last sweep's in the state dir; `None` (a
+/// fleet of [`FLEET_BEFORE_FIRST_LISTING`]) when neither saw a labelled host.
+fn first_fleet_size(registration: Option<usize>, last_sweep: Option<usize>) -> Option<usize> {
+    registration
+        .filter(|n| *n > 0)
+        .or(last_sweep.filter(|n| *n > 0))
 }
 
 /// Bounds an Auto Scaling call; the error as one line.
@@ -426,6 +449,12 @@ where
         };
         let mut report = SweepReport {
             labelled: Some(listing.iter().filter(|h| h.instance_id.is_some()).count()),
+            connected_labelled: Some(
+                listing
+                    .iter()
+                    .filter(|h| h.instance_id.is_some() && h.agent == AgentContact::Connected)
+                    .count(),
+            ),
             ..SweepReport::default()
         };
         // The hosts of each instance, and whether any of them is not disconnected: an
@@ -471,6 +500,7 @@ where
                     let mut refused =
                         SweepReport::refused(format!("{e}; nothing is touched this time"));
                     refused.labelled = report.labelled;
+                    refused.connected_labelled = report.connected_labelled;
                     return (refused, own_group, nothing);
                 }
             };
@@ -782,6 +812,7 @@ where
         tracing::info!(
             hosts = report.hosts.len(),
             labelled = report.labelled.unwrap_or(0),
+            connected_labelled = report.connected_labelled.unwrap_or(0),
             disconnected = report
                 .hosts
                 .iter()
@@ -817,6 +848,7 @@ where
             refused: report.refused.clone(),
             hosts_listed: report.hosts.len(),
             labelled_hosts: report.labelled.unwrap_or(0),
+            connected_labelled_hosts: report.connected_labelled.unwrap_or(0),
             considered: report
                 .hosts
                 .iter()
@@ -886,11 +918,13 @@ pub async fn watch<C, L, P>(
     P: Paging,
 {
     let mut rng = StdRng::from_os_rng();
-    let mut labelled = reaper
-        .records
-        .last_sweep()
-        .map(|s| s.labelled_hosts)
-        .filter(|n| *n > 0);
+    let mut sweepers = first_fleet_size(
+        reaper.cluster.connected_labelled_last_listed(),
+        reaper
+            .records
+            .last_sweep()
+            .map(|s| s.connected_labelled_hosts),
+    );
     let interval = reaper.settings.interval;
     tracing::info!(
         interval = %humantime::format_duration(interval),
@@ -899,11 +933,11 @@ pub async fn watch<C, L, P>(
         "reaper on"
     );
     loop {
-        let wait = next_wait(interval, labelled, &mut rng);
+        let wait = next_wait(interval, sweepers, &mut rng);
         tracing::debug!(
-            "next reaper sweep in {} ({} labelled hosts last seen)",
+            "next reaper sweep in {} ({} connected labelled hosts last seen)",
             crate::retry::rounded(wait),
-            labelled.map_or("no".to_string(), |n| n.to_string())
+            sweepers.map_or("no".to_string(), |n| n.to_string())
         );
         tokio::select! {
             biased;
@@ -918,8 +952,8 @@ pub async fn watch<C, L, P>(
         if let Some(why) = &report.refused {
             tracing::warn!("reaper sweep refused: {why}");
         }
-        if let Some(n) = report.labelled {
-            labelled = Some(n);
+        if let Some(n) = report.connected_labelled {
+            sweepers = Some(n);
         }
     }
 }

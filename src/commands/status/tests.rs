@@ -124,6 +124,7 @@ fn full() -> Status {
                 refused: None,
                 hosts_listed: 12,
                 labelled_hosts: 10,
+                connected_labelled_hosts: 8,
                 considered: vec![HostVerdictRecord {
                     host_id: "1h7".into(),
                     instance_id: Some("i-0000000000000001".into()),
@@ -166,7 +167,7 @@ take-out      i-0a1b2c3d4e5f60718 via sqs, started 2026-12-02T20:00:00Z: taken o
 boot-failure  i-0a1b2c3d4e5f60718 failed at wait-active since 2026-12-02T18:00:00Z, paged
               the host did not become active within 5m
 last-sweep    2026-12-02T19:30:00Z to 2026-12-02T19:30:02Z by i-0a1b2c3d4e5f60718
-              12 host(s) listed, 10 labelled; reaped i-0000000000000001; failed -; deferred -
+              12 host(s) listed, 10 labelled (8 connected); reaped i-0000000000000001; failed -; deferred -
               reaped         1h7      i-0000000000000001    agent disconnected; not known to Auto Scaling
               warm pool completed i-00000000000000aa1
               warm pool not read: throttled

@@ -29,6 +29,8 @@ struct ClusterState {
     hosts: Vec<EnvHost>,
     listings: usize,
     fails: bool,
+    /// What a registration's listing saw before the reaper started.
+    registration_listed: Option<usize>,
 }
 
 #[derive(Clone, Default)]
@@ -64,6 +66,10 @@ impl Cluster for FakeCluster {
         Err(ClusterError::OutOfTime(
             "a sweep lists the environment once, never per instance".into(),
         ))
+    }
+
+    fn connected_labelled_last_listed(&self) -> Option<usize> {
+        lock(&self.0).registration_listed
     }
 
     async fn hosts(&self, _deadline: Instant) -> Result<Vec<EnvHost>, ClusterError> {
@@ -975,30 +981,115 @@ async fn the_first_sweep_waits_an_interval_and_a_stop_ends_the_wait() {
         .expect("the reaper ends cleanly");
 }
 
+/// The minutes of the first `sweeps` sweeps of a reaper started on `bed` (40 intervals each
+/// at most).
+async fn sweep_minutes(bed: &Bed, sweeps: usize) -> Vec<u32> {
+    let intake = CancellationToken::new();
+    let task = tokio::spawn(watch(bed.reaper(), bed.door(), intake.clone()));
+    let mut minutes = Vec::new();
+    for minute in 1..=(40 * 5 * u32::try_from(sweeps).expect("a few") + 1) {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        while bed.cluster.listings() > minutes.len() {
+            minutes.push(minute);
+        }
+        if minutes.len() >= sweeps {
+            break;
+        }
+    }
+    intake.cancel();
+    task.await.expect("ends");
+    assert!(minutes.len() >= sweeps, "sweeps at minutes {minutes:?}");
+    minutes
+}
+
+/// The minute of the first sweep of a reaper started on `bed`.
+async fn first_sweep_minute(bed: &Bed) -> u32 {
+    sweep_minutes(bed, 1).await[0]
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_last_listing_in_the_state_dir_spreads_the_first_sweep() {
     let bed = Bed::new();
     bed.records().save_sweep(&SweepRecord {
-        labelled_hosts: 40,
+        labelled_hosts: 45,
+        connected_labelled_hosts: 40,
         ..SweepRecord::default()
     });
-    let intake = CancellationToken::new();
-    let task = tokio::spawn(watch(bed.reaper(), bed.door(), intake.clone()));
-    let mut first = None;
-    for minute in 1..=(40 * 5 + 1) {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        if bed.cluster.listings() > 0 {
-            first = Some(minute);
-            break;
-        }
-    }
-    let first = first.expect("a first sweep within 40 intervals");
+    let first = first_sweep_minute(&bed).await;
     assert!(
         (5..=200).contains(&first),
         "first sweep after {first} minutes"
     );
-    intake.cancel();
-    task.await.expect("ends");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_reaper_spreads_its_first_sweep_over_what_the_registration_listed() {
+    // A fleet of 40 started at once: no state dir record, but the registration listed 40.
+    // Twenty fresh reapers: were they to assume a fleet of 2, all would sweep within two
+    // intervals (10 minutes); spread over 40 intervals, about one in 39 does.
+    let mut early = 0;
+    for _ in 0..20 {
+        let bed = Bed::new();
+        lock(&bed.cluster.0).registration_listed = Some(40);
+        let first = first_sweep_minute(&bed).await;
+        assert!(
+            (5..=200).contains(&first),
+            "first sweep after {first} minutes"
+        );
+        if first <= 10 {
+            early += 1;
+        }
+    }
+    assert!(
+        early <= 5,
+        "{early} of 20 fresh reapers swept within two intervals"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_wait_is_spread_over_the_connected_labelled_hosts_only() {
+    // Two drovers (this one and a peer) among 38 hosts behind a partition: the survivors of
+    // a mass death, say. The 38 run no drover that can sweep; spread over 40, the second
+    // sweep would come within two intervals of the first about one time in 39.
+    for _ in 0..10 {
+        let bed = Bed::new();
+        bed.cluster
+            .add("1h2", Some("i-peer"), Some(GROUP), AgentContact::Connected);
+        bed.asg.place("i-peer", GROUP, "InService");
+        for k in 0..38 {
+            let instance = format!("i-partitioned{k}");
+            bed.dead(&format!("1h{}", 10 + k), &instance, Some("InService"));
+        }
+        let minutes = sweep_minutes(&bed, 2).await;
+        let gap = minutes[1] - minutes[0];
+        assert!(
+            (5..=11).contains(&gap),
+            "second sweep {gap} minutes after the first"
+        );
+        let record = bed.records().last_sweep().expect("a sweep record");
+        assert_eq!(
+            (record.labelled_hosts, record.connected_labelled_hosts),
+            (40, 2)
+        );
+        assert!(bed.received().is_empty(), "nothing taken out");
+    }
+}
+
+#[test]
+fn the_first_wait_counts_the_registration_listing_before_the_state_dir() {
+    assert_eq!(
+        first_fleet_size(Some(50), Some(3)),
+        Some(50),
+        "the fresher count"
+    );
+    assert_eq!(first_fleet_size(None, Some(3)), Some(3));
+    assert_eq!(
+        first_fleet_size(Some(0), Some(3)),
+        Some(3),
+        "no labelled host seen"
+    );
+    assert_eq!(first_fleet_size(Some(0), Some(0)), None);
+    assert_eq!(first_fleet_size(None, None), None);
 }
 
 #[tokio::test(start_paused = true)]
