@@ -7,8 +7,9 @@
 //!
 //! - no host of a live instance is ever touched (nor any host the rules leave alone: a
 //!   reconnecting agent, a host without both labels, an instance with a connected host);
-//! - every dead host is out within 3 × `interval` of the fleet's start (or of the end of an
-//!   Auto Scaling outage), a warmed instance's action completed within the same;
+//! - every dead host is out within `(N + 1) × interval` of the fleet's start (or of the end
+//!   of an Auto Scaling outage), N the labelled hosts with a connected agent that the peers
+//!   list, a warmed instance's action completed within the same;
 //! - each waiting lifecycle action is completed exactly once, with `CONTINUE`, and no other;
 //! - nothing is touched in a case where Auto Scaling is blind (it knows none of the fleet's
 //!   instances), and nothing before an Auto Scaling outage ends;
@@ -16,22 +17,32 @@
 //! and, as in the other campaigns, no page (no take-out here may fail), no secret in any
 //! output, no panic, and every drover gone within [`STOP_LIMIT`] of SIGTERM with status 0.
 //!
-//! # Why the 3 × interval bound holds by design
+//! # Why the (N + 1) × interval bound holds by design, and why not 3 × interval
 //!
-//! Every case starts its peers fresh (no sweep record), so each one's first sweep comes
-//! between one and two intervals after it is ready, and the dead hosts are dead by then.
-//! The first sweep of any peer takes them all out (fewer than `max_per_sweep`); a peer
-//! killed mid-take-out leaves it to the others' first sweeps, still within two intervals.
-//! A sweep refused when Auto Scaling does not answer this instance keeps the fleet size it
-//! assumed before any listing (2), so the next one comes within two intervals again: an
-//! outage is judged from its end. That leaves one interval for the take-out itself, which
-//! is why the faults drawn here (Rancher errors, slowness, slow transitions; a few Auto
-//! Scaling errors, each retried by the SDK within the call) stay small.
+//! Every case starts its peers fresh (no sweep record), and each draws its first wait from
+//! its registration's listing: uniform over `[interval, N × interval]`, where N counts the
+//! labelled hosts with a connected agent (here the peers' own, a connected host unknown to
+//! Auto Scaling, and a twin's new host: five for three peers). So every peer's first sweep
+//! comes within N intervals of its start, and the dead hosts are dead by then. The first sweep
+//! of any peer takes them all out (fewer than `max_per_sweep`); a peer killed mid-take-out
+//! leaves it to the others' first sweeps, still within N intervals. A sweep refused when
+//! Auto Scaling does not answer keeps the N it drew from, so the next one comes within N
+//! intervals again: an outage is judged from its end. That leaves one interval for the
+//! take-out itself, which is why the faults drawn here (Rancher errors, slowness, slow
+//! transitions; a few Auto Scaling errors, each retried by the SDK within the call) stay
+//! small.
+//!
+//! Issue 13 asked for 3 × interval. That held while a fresh drover assumed a fleet of two
+//! and swept within two intervals, which made a fleet started at once sweep at once (N
+//! listings in two intervals). With the first wait spread as the steady ones are, no fixed
+//! number of intervals holds for every case: the earliest of k first waits comes within
+//! three intervals with chance `1 - ((N - 3) / (N - 1))^k`, 7 in 8 here. The report gives how
+//! many cases were within 3 × interval all the same.
 //!
 //! A peer killed after it removed a host but before it answered the instance's action
-//! leaves the host out (so within the bound) and the action to its own next sweep after
-//! the restart, from its take-out record: no other peer lists a removed host. That action
-//! is held to "exactly once" only, within two intervals of the restart.
+//! leaves the host out (so within the bound) and the action to its own first sweep after the
+//! restart, from its take-out record: no other peer lists a removed host. That action is
+//! held to "exactly once" only, within N intervals of the restart.
 //!
 //! Reaper seeds are drawn apart from the termination and boot campaigns' seeds: seed `n`
 //! here has nothing to do with seed `n` there. Cases share the campaign's Docker engine
@@ -61,13 +72,13 @@ use crate::rancher::{HostSpec, RancherOptions, RancherServer};
 
 /// `reaper.interval` of every drover in a reaper case: long enough that a take-out under the
 /// faults drawn here (Rancher errors and slowness, the AWS SDK's backoff on throttling) fits
-/// in the one interval the 3 × interval bound leaves it (see the module docs).
+/// in the one interval the (N + 1) × interval bound leaves it (see the module docs).
 pub const INTERVAL: Duration = Duration::from_secs(4);
 /// How many `drover run` peers share the environment.
 pub const PEERS: usize = 3;
 /// drover's `lifecycle.drain_timeout`: far more than any take-out here needs.
 const DRAIN: Duration = Duration::from_secs(60);
-/// How long past the 3 × interval bound the harness goes on watching, so that a dead host
+/// How long past the (N + 1) × interval bound the harness goes on watching, so that a dead host
 /// taken out late is told from one never taken out.
 const GRACE: Duration = Duration::from_secs(4);
 /// How long a second completion or a stray take-out would take to show after the end.
@@ -112,7 +123,7 @@ pub enum ReapScene {
     /// the others reap.
     BlindPeer,
     /// Every Auto Scaling call fails (throttled, or 503) from the fleet's start until the
-    /// outage ends: nothing touched before, every dead host out within 3 × interval after.
+    /// outage ends: nothing touched before, every dead host out within (N + 1) × interval after.
     AsgOutage,
     /// A peer's drover SIGKILLed while the first sweeps come (mid-take-out, at times) and
     /// started again.
@@ -359,6 +370,8 @@ pub struct ReapReport {
     /// From the fleet's start (or the outage's end) to the last dead host seen out (a
     /// warmed instance: answered); `None` when there was nothing to take out.
     pub slowest: Option<Duration>,
+    /// What `slowest` was held to: `(N + 1) × interval` (see the module docs).
+    pub bound: Duration,
     /// Take-outs a peer's sweep finished from the record of an earlier, interrupted one.
     pub resumed: usize,
 }
@@ -415,6 +428,7 @@ impl ReapCampaign {
                     took: started.elapsed(),
                     log_tail: String::new(),
                     slowest: None,
+                    bound: Duration::ZERO,
                     resumed: 0,
                 }
             }
@@ -429,6 +443,7 @@ impl ReapCampaign {
         let log_tail = case.log_tails(tail_lines());
         ReapReport {
             slowest: case.slowest(),
+            bound: case.bound(),
             resumed: case
                 .log()
                 .matches("an earlier sweep's unfinished take-out")
@@ -458,6 +473,12 @@ impl Peer {
     fn sweeps(&self) -> usize {
         let log = read_logs(&self.logs);
         log.matches("reaper sweep done").count() + log.matches("reaper sweep refused").count()
+    }
+
+    /// Whether it swept, or began a sweep that took a host out (a killed peer's may not
+    /// have ended).
+    fn swept_or_reaping(&self) -> bool {
+        self.sweeps() > 0 || read_logs(&self.logs).contains("reaping its host")
     }
 }
 
@@ -506,6 +527,9 @@ struct ReapCase {
     one_shot: Option<OneShot>,
     /// The fleet's start: every peer ready (and, after an outage, the outage over).
     clock: Option<Instant>,
+    /// The labelled hosts with a connected agent that every peer's registration lists, which
+    /// its first waits are spread over: the bound is drawn from it (see the module docs).
+    sweepers: usize,
     /// PeerKilled: the peer killed (and started again).
     killed: Option<usize>,
     healed: Option<Instant>,
@@ -738,6 +762,15 @@ impl ReapCase {
             None => None,
         };
 
+        // As the peers will count them: a host of theirs and any other connected labelled one.
+        let sweepers = rancher
+            .hosts()
+            .iter()
+            .filter(|h| {
+                h.labels.contains_key("aws.instance_id")
+                    && h.agent_state.as_deref().is_none_or(|a| a == "active")
+            })
+            .count();
         let case = ReapCase {
             plan: plan.clone(),
             drover: campaign.drover.clone(),
@@ -753,6 +786,7 @@ impl ReapCase {
             live_instances,
             one_shot,
             clock: None,
+            sweepers,
             killed: None,
             healed: None,
         };
@@ -984,12 +1018,7 @@ impl ReapCase {
             }
             self.reap_one_shot();
             self.watch_dead();
-            let swept = self
-                .peers
-                .iter()
-                .enumerate()
-                .filter(|(k, _)| self.killed != Some(*k))
-                .all(|(_, p)| p.sweeps() > 0);
+            let swept = self.sweeps_missing().is_empty();
             let dead_done = self.plan.blind()
                 || self
                     .dead
@@ -1000,9 +1029,10 @@ impl ReapCase {
             if swept && dead_done && shot_done && events_done {
                 break;
             }
-            // The bound and its grace; a restarted peer's next sweep (within two intervals of
-            // its restart) may still have an action to answer.
-            let limit = (clock + INTERVAL * 3).max(restarted.map_or(clock, |r| r + INTERVAL * 2));
+            // The bound and its grace; a restarted peer's first sweep (as late as a fresh
+            // one's, from its restart) may still have an action to answer.
+            let limit = (clock + self.bound())
+                .max(restarted.map_or(clock, |r| r + self.first_sweeps_within()));
             if now > limit + GRACE {
                 break;
             }
@@ -1068,7 +1098,8 @@ impl ReapCase {
         }
         match *marked {
             Some((k, at)) => (now >= at + delay).then_some(k),
-            None => (now >= clock + INTERVAL * 5 / 2).then_some(self.plan.victim),
+            None => (now >= clock + self.first_sweeps_within() + INTERVAL / 2)
+                .then_some(self.plan.victim),
         }
     }
 
@@ -1110,8 +1141,8 @@ impl ReapCase {
             .requests()
             .iter()
             .any(|r| r.method != "GET" && watched.iter().any(|id| names_segment(&r.path, id)));
-        // Never later than the bound: a fleet that never acts meets the one-shot anyway.
-        acted || Instant::now() >= clock + INTERVAL * 2
+        // Never later than the first sweeps: a fleet that never acts meets the one-shot anyway.
+        acted || Instant::now() >= clock + self.first_sweeps_within()
     }
 
     /// Notes how a one-shot drover that exited ended.
@@ -1146,6 +1177,39 @@ impl ReapCase {
                 d.out_at = Some(now);
             }
         }
+    }
+
+    /// The sweeps the case has yet to see, as violations should it end now. Where a refused
+    /// sweep is the evidence (a blind fleet, a blind peer), every peer's (but a killed
+    /// one's); elsewhere one, begun at least: the case ends once the dead are out and its
+    /// scene played, for the peers' first waits are spread over N intervals and waiting for
+    /// the last of them would double a case's time for sweeps that find nothing; but a
+    /// one-shot `drover reap` that took everything out first does not make the case.
+    fn sweeps_missing(&self) -> Vec<String> {
+        if matches!(self.plan.scene, ReapScene::BlindFleet | ReapScene::BlindPeer) {
+            self.peers
+                .iter()
+                .enumerate()
+                .filter(|(k, p)| self.killed != Some(*k) && p.sweeps() == 0)
+                .map(|(k, p)| format!("peer {k} ({}) never swept", p.instance_id))
+                .collect()
+        } else if self.peers.iter().any(Peer::swept_or_reaping) {
+            Vec::new()
+        } else {
+            vec!["no peer swept".to_string()]
+        }
+    }
+
+    /// The latest a peer's first sweep can come after it is ready: its first wait is spread
+    /// over `[interval, N × interval]`, N the connected labelled hosts it listed.
+    fn first_sweeps_within(&self) -> Duration {
+        INTERVAL * u32::try_from(self.sweepers.max(2)).unwrap_or(u32::MAX)
+    }
+
+    /// Every dead host out within this of the fleet's start: the first sweeps, and one
+    /// interval for the take-out itself.
+    fn bound(&self) -> Duration {
+        self.first_sweeps_within() + INTERVAL
     }
 
     /// The latest a dead host was seen out, from the clock.
@@ -1221,7 +1285,8 @@ impl ReapCase {
             }
         } else {
             let clock = self.clock;
-            let bound = INTERVAL * 3;
+            let bound = self.bound();
+            let intervals = self.sweepers.max(2) + 1;
             for d in &self.dead {
                 let what = format!(
                     "dead host {} of {} ({})",
@@ -1233,7 +1298,7 @@ impl ReapCase {
                     (None, _) => v.push(format!("{what} not taken out")),
                     (Some(at), Some(clock)) if at.saturating_duration_since(clock) > bound => {
                         v.push(format!(
-                            "{what} out only {:.1?} after the fleet's start, over 3 × interval ({bound:?})",
+                            "{what} out only {:.1?} after the fleet's start, over {intervals} × interval ({bound:?})",
                             at.saturating_duration_since(clock)
                         ));
                     }
@@ -1326,11 +1391,7 @@ impl ReapCase {
             }
         }
         // Every peer that was to sweep swept (else the case did not test what it meant).
-        for (k, peer) in self.peers.iter().enumerate() {
-            if self.killed != Some(k) && peer.sweeps() == 0 {
-                v.push(format!("peer {k} ({}) never swept", peer.instance_id));
-            }
-        }
+        v.extend(self.sweeps_missing());
         // No take-out failed: nobody paged.
         let pages: Vec<String> = self
             .pager
@@ -1511,8 +1572,14 @@ pub fn markdown(reports: &[ReapReport], seeds: &str) -> String {
         let median = slowest[slowest.len() / 2];
         let p95 = slowest[((slowest.len() * 95).div_ceil(100)).clamp(1, slowest.len()) - 1];
         let per = |d: Duration| d.as_secs_f64() / INTERVAL.as_secs_f64();
+        let within_three = slowest.iter().filter(|d| **d <= INTERVAL * 3).count();
+        let bounds: std::collections::BTreeSet<u64> = reports
+            .iter()
+            .filter(|r| r.slowest.is_some())
+            .map(|r| r.bound.as_secs())
+            .collect();
         out.push_str(&format!(
-            "\nFrom the fleet's start (or an outage's end) to a case's last dead host out (a warmed instance: answered), over {} cases: median {:.1} s ({:.2} × interval), p95 {:.1} s ({:.2} ×), max {:.1} s ({:.2} ×); bound 3 × interval = {} s.\n",
+            "\nFrom the fleet's start (or an outage's end) to a case's last dead host out (a warmed instance: answered), over {} cases: median {:.1} s ({:.2} × interval), p95 {:.1} s ({:.2} ×), max {:.1} s ({:.2} ×); within 3 × interval in {within_three}; bound (N + 1) × interval = {bounds:?} s.\n",
             slowest.len(),
             median.as_secs_f64(),
             per(median),
@@ -1520,7 +1587,6 @@ pub fn markdown(reports: &[ReapReport], seeds: &str) -> String {
             per(p95),
             max.as_secs_f64(),
             per(*max),
-            INTERVAL.as_secs() * 3
         ));
     }
     out
