@@ -22,9 +22,10 @@ pub fn client_config() -> Result<rustls::ClientConfig, String> {
 
 fn build() -> Result<rustls::ClientConfig, String> {
     // The provider the process installed, if any, else the one reqwest would pick.
-    let provider = rustls::crypto::CryptoProvider::get_default()
-        .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let provider = match rustls::crypto::CryptoProvider::get_default() {
+        Some(installed) => installed.clone(),
+        None => default_provider()?,
+    };
     let verifier = rustls_platform_verifier::Verifier::new(provider.clone())
         .map_err(|e| format!("the system's root certificates: {e}"))?;
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -35,6 +36,17 @@ fn build() -> Result<rustls::ClientConfig, String> {
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+#[cfg(feature = "tls")]
+fn default_provider() -> Result<Arc<rustls::crypto::CryptoProvider>, String> {
+    Ok(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+}
+
+/// A build without the `tls` feature (the fuzz targets') has no crypto to offer.
+#[cfg(not(feature = "tls"))]
+fn default_provider() -> Result<Arc<rustls::crypto::CryptoProvider>, String> {
+    Err("this drover was built without TLS (the `tls` feature)".into())
 }
 
 #[cfg(test)]
