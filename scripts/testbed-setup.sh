@@ -99,14 +99,16 @@ fi
 
 if [ "$part" = all ] || [ "$part" = packaging ] || [ "$part" = rootfs ]; then
     # A scratch Debian root (minbase plus systemd and ca-certificates, which the .deb
-    # depends on) that the package tests install the .deb into (dpkg --root, rpm --root),
+    # depends on, and rpm, so that the booted root can upgrade the .rpm under its own
+    # systemd) that the package tests install the .deb into (dpkg --root, rpm --root),
     # run systemd-analyze verify against, and boot (systemd-nspawn); copied per test.
     rootfs=.testbed/rootfs
-    if [ ! -x "$rootfs/usr/bin/systemd-analyze" ] || [ ! -e "$rootfs/etc/ssl/certs/ca-certificates.crt" ]; then
+    if [ ! -x "$rootfs/usr/bin/systemd-analyze" ] || [ ! -e "$rootfs/etc/ssl/certs/ca-certificates.crt" ] \
+        || [ ! -x "$rootfs/usr/bin/rpm" ]; then
         echo "testbed-setup: debootstrapping a scratch Debian root into $rootfs"
         rm -rf "$rootfs" "$rootfs.partial"
         suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
-        if ! debootstrap --variant=minbase --include=systemd,ca-certificates "$suite" "$rootfs.partial" \
+        if ! debootstrap --variant=minbase --include=systemd,ca-certificates,rpm "$suite" "$rootfs.partial" \
             http://deb.debian.org/debian >.testbed/debootstrap.log 2>&1; then
             echo "testbed-setup: debootstrap failed:" >&2
             tail -20 .testbed/debootstrap.log >&2

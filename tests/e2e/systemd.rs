@@ -3,10 +3,13 @@
 //! unit against the test bed. What the unit's comments argue is seen here: READY (and so
 //! `multi-user.target`) only once Rancher shows the host active; the sandbox letting
 //! drover reach the Docker socket and its state dir; `systemctl stop`, an upgrade of the
-//! package (which restarts it) and a reboot leaving the host; a power-off taking it out before `docker.service` stops. And
-//! `drover-oneshot.service`: a register that failed (no Docker yet) started again by systemd,
-//! its stop step run after each failed start and leaving the host, and at power-off taking
-//! the host out before `docker.service` stops.
+//! package (which restarts it) and a reboot leaving the host; a power-off taking it out
+//! before `docker.service` stops. And `drover-oneshot.service`, in a root whose image has
+//! the .rpm instead: a register that failed (no Docker yet) started again by systemd, its
+//! stop step run after each failed start and leaving the host; an upgrade of the .rpm
+//! restarting it and, once drover.service runs instead, a rollback restarting that one,
+//! both leaving the host; and at power-off taking the host out before `docker.service`
+//! stops.
 //!
 //! The bed's Docker engine runs outside the container. Inside, a `docker.service`
 //! stand-in links its socket to `/run/docker.sock` (drover's default) when it starts, and
@@ -25,7 +28,7 @@ use testbed::launch::{AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY};
 use testbed::machine::{Boot, Machine};
 use testbed::rancher::RancherOptions;
 
-use crate::packaging::{debs, scratch_root};
+use crate::packaging::{debs, rpm_in, rpms, scratch_root};
 
 /// Boot, registration, a stop: each well within this.
 const LIMIT: Duration = Duration::from_secs(90);
@@ -80,17 +83,39 @@ fn write(path: &Path, text: &str, mode: u32) {
     testbed::bed::set_mode(path, mode);
 }
 
-/// A host's root as its image and its userdata leave it: the .deb installed (drover.service
-/// enabled by the package), the Docker stand-in enabled, and what the userdata writes: the
-/// config, the secret, and `/etc/default/drover` with the bed's endpoints.
-fn prepare_root(bed: &Bed) -> tempfile::TempDir {
+/// The package an image was baked with.
+#[derive(Debug, Clone, Copy)]
+enum Package {
+    Deb,
+    /// Installed with `--nodeps`: the scratch root is Debian, whose libc rpm's database
+    /// does not know.
+    Rpm,
+}
+
+/// A host's root as its image and its userdata leave it: the package installed
+/// (drover.service enabled by it), the Docker stand-in enabled, and what the userdata
+/// writes: the config, the secret, and the unit's environment file (`/etc/default/drover`
+/// for the .deb, `/etc/sysconfig/drover` for the .rpm) with the bed's endpoints.
+fn prepare_root(bed: &Bed, package: Package) -> tempfile::TempDir {
     let dir = scratch_root();
     let root = dir.path();
-    run(Command::new("dpkg")
-        .arg(format!("--root={}", root.display()))
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["--install"])
-        .arg(&debs().deb));
+    let env_file = match package {
+        Package::Deb => {
+            run(Command::new("dpkg")
+                .arg(format!("--root={}", root.display()))
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["--install"])
+                .arg(&debs().deb));
+            "etc/default/drover"
+        }
+        Package::Rpm => {
+            run(Command::new("rpm")
+                .arg(format!("--root={}", root.display()))
+                .arg("--initdb"));
+            rpm_in(root, &["-i", &rpms().rpm.display().to_string()]);
+            "etc/sysconfig/drover"
+        }
+    };
 
     write(
         &root.join("etc/systemd/system/docker.service"),
@@ -133,7 +158,7 @@ fn prepare_root(bed: &Bed) -> tempfile::TempDir {
     for (name, value) in endpoints.vars() {
         env.push_str(&format!("{name}={value}\n"));
     }
-    write(&root.join("etc/default/drover"), &env, 0o600);
+    write(&root.join(env_file), &env, 0o600);
     dir
 }
 
@@ -370,7 +395,7 @@ async fn drover_service_under_systemd_is_ready_once_registered_leaves_on_stop_up
         ..BedOptions::default()
     })
     .await;
-    let dir = prepare_root(&bed);
+    let dir = prepare_root(&bed, Package::Deb);
     let root = dir.path();
     let name = format!("drover-test-{}", std::process::id());
     let console = bed.dir.path().join("console-1.log");
@@ -515,7 +540,7 @@ const LATE_SOCKET: &str = "engine.sock";
 /// late, and a restart delay of 1 s instead of the unit's 30 s (which would only slow the
 /// test down: what is seen is that it restarts, and what runs between).
 fn prepare_oneshot_root(bed: &Bed) -> tempfile::TempDir {
-    let dir = prepare_root(bed);
+    let dir = prepare_root(bed, Package::Rpm);
     let root = dir.path();
     let wants = root.join("etc/systemd/system/multi-user.target.wants");
     std::fs::remove_file(wants.join("drover.service")).expect("drover.service was enabled");
@@ -539,6 +564,44 @@ fn prepare_oneshot_root(bed: &Bed) -> tempfile::TempDir {
     dir
 }
 
+/// Upgrades (or, with `--oldpackage`, rolls back) the .rpm inside the running machine as an
+/// operator would, with no terminal, and checks that `unit`, active before, was restarted
+/// by the package's scriptlets (a new `InvocationID`) and that the restart left the host
+/// as it was: the machine stays up.
+async fn rpm_change_restarts(
+    bed: &Bed,
+    root: &Path,
+    machine: &Machine,
+    unit: &str,
+    package: &Path,
+    extra: &[&str],
+    host: &str,
+) {
+    let before = machine.unit_property(unit, "InvocationID").await;
+    assert_eq!(machine.active_state(unit).await, "active");
+    std::fs::copy(package, root.join(EXCHANGE).join("drover-change.rpm"))
+        .expect("the package into the root");
+    let mut words = vec!["rpm", "-U", "--nodeps", "--nosignature"];
+    words.extend_from_slice(extra);
+    words.push("/srv/testbed/drover-change.rpm");
+    run_inside(machine, &words).await;
+    let after = machine.unit_property(unit, "InvocationID").await;
+    assert_ne!(
+        before,
+        after,
+        "{words:?} did not restart {unit}\n{}",
+        machine.journal(unit)
+    );
+    assert_eq!(
+        machine.active_state(unit).await,
+        "active",
+        "{}",
+        machine.journal(unit)
+    );
+    assert_eq!(host_state(bed), Some((host.to_string(), "active".into())));
+    assert!(agent_running(bed).await);
+}
+
 /// `NRestarts` of a unit, as systemd counts them.
 async fn restarts(machine: &Machine, unit: &str) -> u32 {
     machine
@@ -549,7 +612,7 @@ async fn restarts(machine: &Machine, unit: &str) -> u32 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oneshot_unit_under_systemd_restarts_a_failed_register_steps_down_after_it_and_takes_the_host_out_at_power_off(
+async fn oneshot_unit_under_systemd_restarts_a_failed_register_steps_down_after_it_restarts_on_rpm_upgrade_and_takes_the_host_out_at_power_off(
 ) {
     let mut bed = Bed::with(BedOptions::default()).await;
     // A register that finds no Docker gives up soon (and pages), as one whose budget is
@@ -623,6 +686,28 @@ async fn oneshot_unit_under_systemd_restarts_a_failed_register_steps_down_after_
     assert_eq!(state, "active", "{}", seen(&machine));
     assert!(agent_running(&bed).await, "{}", seen(&machine));
     assert!(restarts(&machine, unit).await >= 1);
+
+    // This root's image has the .rpm: an upgrade restarts the one-shot unit (its stop step
+    // leaves the host, the machine staying up; its start finds the host again).
+    rpm_change_restarts(&bed, root, &machine, unit, &rpms().rpm_next, &[], &host).await;
+    // drover.service, had the image enabled that one instead (the two conflict), is
+    // restarted too: here by a rollback to the first release.
+    systemctl(&machine, &["start", "drover.service"]).await;
+    assert_eq!(machine.active_state(unit).await, "inactive");
+    rpm_change_restarts(
+        &bed,
+        root,
+        &machine,
+        "drover.service",
+        &rpms().rpm,
+        &["--oldpackage"],
+        &host,
+    )
+    .await;
+    // Back to the one-shot unit, for the power-off.
+    systemctl(&machine, &["start", unit]).await;
+    assert_eq!(machine.active_state("drover.service").await, "inactive");
+    assert_eq!(host_state(&bed), Some((host.clone(), "active".into())));
 
     // Power-off: the stop step takes the host out and stops the agent before
     // docker.service's stop begins.
