@@ -16,8 +16,8 @@ use super::client::{
     ResolvedApi,
 };
 use crate::cluster::{
-    AgentContact, AgentRegistration, Cluster, ClusterError, ClusterHost, EnvHost, Happened, Step, StepDone,
-    StepEvent, StepFailed, GONE,
+    AgentContact, AgentRegistration, Cluster, ClusterError, ClusterHost, EnvHost, Happened, Step,
+    StepDone, StepEvent, StepFailed, GONE,
 };
 use crate::retry::{self, poll_until, Check, Pace, RetryError};
 

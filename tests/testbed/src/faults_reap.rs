@@ -1186,7 +1186,10 @@ impl ReapCase {
     /// the last of them would double a case's time for sweeps that find nothing; but a
     /// one-shot `drover reap` that took everything out first does not make the case.
     fn sweeps_missing(&self) -> Vec<String> {
-        if matches!(self.plan.scene, ReapScene::BlindFleet | ReapScene::BlindPeer) {
+        if matches!(
+            self.plan.scene,
+            ReapScene::BlindFleet | ReapScene::BlindPeer
+        ) {
             self.peers
                 .iter()
                 .enumerate()

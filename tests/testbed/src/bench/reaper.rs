@@ -4,10 +4,11 @@
 //!
 //! - host listings per interval from the whole fleet, counted at the Rancher stand-in (a
 //!   listing is a `GET .../hosts` without `marker=`: one per sweep, the pages after it not
-//!   counted), over a window after a warm-up: a fresh fleet's first sweeps all come in its
-//!   second interval (each drover knows no fleet size yet), and the waits drawn after them
-//!   take about two mean waits, `(N + 1) × interval`, to spread out. That first burst is
-//!   shown apart;
+//!   counted), over a window after a warm-up: a fresh fleet's first waits are drawn from
+//!   what each drover's registration listed (the k-th drover to be ready sees about k
+//!   hosts), and the waits drawn after them take about two mean waits, `(N + 1) × interval`,
+//!   to settle. The listings of the first two intervals are shown apart (a drover that
+//!   assumed a fleet of two swept in them all at once);
 //! - the time from an instance vanishing (its agent `disconnected` and Auto Scaling no
 //!   longer knowing it, at once) to its host `purged`, for instances that die one after
 //!   another at a random moment of the sweeps' cycle, while the listings are counted. Each
@@ -131,9 +132,12 @@ async fn one_fleet(
     let counted = listings(&rancher, window_start, window_end.min(now));
     let window = window_end.min(now).saturating_duration_since(window_start);
     let per_interval = counted as f64 / (window.as_secs_f64() / interval.as_secs_f64());
-    // Each drover waits on average (L + 1) / 2 intervals for the L labelled hosts it last
-    // listed: the fleet's N, and the one vanishing instance's host most of the time.
+    // Each drover waits on average (L + 1) / 2 intervals for the L connected labelled hosts
+    // it last listed: the fleet's N, and the next instance to vanish while it still lives
+    // (0.2 to 1.2 intervals of each cycle of about 1.6): between 2N / (N + 2) and
+    // 2N / (N + 1), nearer the first.
     let expected = 2.0 * n as f64 / (n as f64 + 2.0);
+    let expected_high = 2.0 * n as f64 / (n as f64 + 1.0);
 
     // Anything wrong on the way would make the figures meaningless: say so.
     let staying_touched = rancher
@@ -184,7 +188,7 @@ async fn one_fleet(
             section,
             format!("fleet of {n}: host listings per interval, whole fleet"),
             format!(
-                "{per_interval:.2} ({counted} in {:.0} intervals after {} of warm-up; 2N/(N+2) = {expected:.2})",
+                "{per_interval:.2} ({counted} in {:.0} intervals after {} of warm-up; 2N/(N+2) to 2N/(N+1) = {expected:.2} to {expected_high:.2})",
                 window.as_secs_f64() / interval.as_secs_f64(),
                 (window_start - ready).as_secs_f64() / interval.as_secs_f64()
             ),
