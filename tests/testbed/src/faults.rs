@@ -1123,15 +1123,20 @@ pub trait Outcome {
 }
 
 /// [`Outcome`] for a report with `plan` (`seed`, `trigger`, `faults`), `violations`,
-/// `took` and `log_tail`.
+/// `took` and `log_tail`; its label the trigger and the faults, then whatever `extra` (a
+/// function of the report) adds.
 macro_rules! outcome {
     ($report:ty) => {
+        $crate::faults::outcome!($report, |_: &$report| String::new());
+    };
+    ($report:ty, $extra:expr) => {
         impl $crate::faults::Outcome for $report {
             fn seed(&self) -> u64 {
                 self.plan.seed
             }
             fn label(&self) -> String {
-                format!("{:?}, {:?}", self.plan.trigger, self.plan.faults)
+                let extra: String = ($extra)(self);
+                format!("{:?}, {:?}{extra}", self.plan.trigger, self.plan.faults)
             }
             fn violations(&self) -> &[String] {
                 &self.violations
@@ -1147,7 +1152,11 @@ macro_rules! outcome {
 }
 pub(crate) use outcome;
 
-outcome!(CaseReport);
+// A failing case's kills are part of what it was: the label says how many.
+outcome!(CaseReport, |r: &CaseReport| match r.plan.kills_len() {
+    0 => String::new(),
+    n => format!(", {n} kill(s)"),
+});
 
 /// The summary as Markdown: cases, triggers, faults by kind, violations.
 pub fn markdown(reports: &[CaseReport], seeds: &str) -> String {
@@ -1213,6 +1222,27 @@ pub(crate) fn summary_of<R: Outcome>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_case_is_labelled_with_its_trigger_faults_and_kills() {
+        let mut plan = Plan::from_seed(0);
+        plan.kills = vec![Duration::from_millis(300), Duration::from_secs(1)];
+        let report = CaseReport {
+            plan: plan.clone(),
+            violations: Vec::new(),
+            took: Duration::ZERO,
+            log_tail: String::new(),
+        };
+        let label = report.label();
+        assert!(
+            label.starts_with(&format!("{:?}, ", plan.trigger)),
+            "{label}"
+        );
+        assert!(label.ends_with(", 2 kill(s)"), "{label}");
+        plan.kills.clear();
+        let report = CaseReport { plan, ..report };
+        assert!(!report.label().contains("kill(s)"), "{}", report.label());
+    }
 
     #[test]
     fn a_host_is_named_by_a_whole_path_segment() {
