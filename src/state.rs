@@ -130,6 +130,8 @@ pub struct TakeOutRecord {
     pub source: String,
     pub started_at: String,
     pub taken_out: bool,
+    /// Nothing is left to answer: the lifecycle action was answered (by this drover or
+    /// before it), or none waited for the instance; the timeline says which.
     pub hook_completed: bool,
     /// An incident is open for this instance (resolve it on a later success).
     pub paged: bool,
