@@ -61,6 +61,8 @@ pub struct EnvHost {
     pub instance_id: Option<String>,
     /// The `aws.autoscaling_group` label.
     pub group: Option<String>,
+    /// The `aws.region` label.
+    pub region: Option<String>,
     pub agent: AgentContact,
     pub hostname: Option<String>,
 }

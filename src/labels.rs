@@ -7,13 +7,15 @@ use std::collections::BTreeMap;
 pub const INSTANCE_ID_LABEL: &str = "aws.instance_id";
 /// The group label, which the reaper needs beside the instance id.
 pub const GROUP_LABEL: &str = "aws.autoscaling_group";
+/// The region label: the reaper leaves a host of another region alone.
+pub const REGION_LABEL: &str = "aws.region";
 
 /// The labels drover sets on every host, ahead of the user's.
 pub const AUTOMATIC_LABELS: &[&str] = &[
     INSTANCE_ID_LABEL,
     "aws.instance_type",
     "aws.availability_zone",
-    "aws.region",
+    REGION_LABEL,
     GROUP_LABEL,
     "aws.ami_id",
 ];
@@ -86,7 +88,7 @@ pub fn cattle_host_labels(user: &HostLabels, automatic: &Automatic<'_>) -> Strin
     out.append_pair(INSTANCE_ID_LABEL, automatic.instance_id);
     out.append_pair("aws.instance_type", automatic.instance_type);
     out.append_pair("aws.availability_zone", automatic.availability_zone);
-    out.append_pair("aws.region", automatic.region);
+    out.append_pair(REGION_LABEL, automatic.region);
     if let Some(group) = automatic.autoscaling_group.filter(|g| !g.is_empty()) {
         out.append_pair(GROUP_LABEL, group);
     }

@@ -230,6 +230,7 @@ fn build_reaper(
     let r = &config.reaper;
     let settings = crate::sources::reaper::Settings {
         own_instance: identity.instance_id.clone(),
+        own_region: identity.region.clone(),
         environment: config.rancher.project_id.clone(),
         interval: r.interval,
         max_per_sweep: r.max_per_sweep,

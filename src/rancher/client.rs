@@ -16,7 +16,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::cluster::AgentContact;
-use crate::labels::{GROUP_LABEL, INSTANCE_ID_LABEL};
+use crate::labels::{GROUP_LABEL, INSTANCE_ID_LABEL, REGION_LABEL};
 use crate::secret::{Secret, SecretReader};
 use crate::text::{error_chain, one_line, redact_string_values};
 
@@ -265,6 +265,11 @@ impl Host {
     /// The `aws.autoscaling_group` label.
     pub fn group(&self) -> Option<&str> {
         self.labels.get(GROUP_LABEL).map(String::as_str)
+    }
+
+    /// The `aws.region` label.
+    pub fn region(&self) -> Option<&str> {
+        self.labels.get(REGION_LABEL).map(String::as_str)
     }
 
     /// The agent's contact as `api` reports it. v1 keeps `state` as it is (`active`) and

@@ -577,6 +577,7 @@ impl Cluster for Rancher1 {
                 state: h.effective_state().to_string(),
                 instance_id: h.instance_id().map(str::to_string),
                 group: h.group().map(str::to_string),
+                region: h.region().map(str::to_string),
                 id: h.id,
                 hostname: h.hostname,
             })

@@ -10,9 +10,11 @@
 //! A host is reaped only when all of these hold: it is in this environment's listing, it
 //! carries both `aws.instance_id` and `aws.autoscaling_group`, it is not this instance's,
 //! Rancher shows its agent `disconnected` (not `reconnecting`: a restart or a short
-//! partition), no other host of the same instance is connected, and Auto Scaling either no
-//! longer knows the instance or shows it `Terminating` / `Terminating:Wait`. Anything else
-//! is left alone, and the workflow asks Auto Scaling once more before it acts.
+//! partition), no other host of the same instance is connected, its `aws.region` label (if
+//! any) is this instance's region (Auto Scaling here cannot speak for another's), and Auto
+//! Scaling either no longer knows the instance or shows it `Terminating` /
+//! `Terminating:Wait`. Anything else is left alone, and the workflow asks Auto Scaling once
+//! more before it acts.
 //!
 //! Before anything, a sweep asks Auto Scaling about this very instance: when it does not
 //! know it (wrong region, account or credentials, an instance outside any group) every
@@ -89,6 +91,10 @@ const RESUME_FOR: Duration = Duration::from_secs(48 * 3600);
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub own_instance: String,
+    /// This instance's region. Auto Scaling is asked in it (the sweep's own check makes
+    /// sure), so it can speak only for instances of it: a host labelled with another
+    /// region is left alone, whatever its agent, for "unknown here" is not "gone".
+    pub own_region: String,
     /// The Rancher environment (project) swept, for the page.
     pub environment: String,
     pub interval: Duration,
@@ -471,7 +477,7 @@ where
         }
         let mut to_ask: Vec<String> = Vec::new();
         for h in &listing {
-            let decision = first_look(h, own, &live);
+            let decision = first_look(h, own, &self.settings.own_region, &live);
             if decision.is_none() {
                 if let Some(i) = &h.instance_id {
                     if !to_ask.contains(i) {
@@ -884,7 +890,7 @@ where
 
 /// The decision a host gets from the listing alone; `None`: a candidate, for Auto Scaling
 /// to tell.
-fn first_look(h: &EnvHost, own: &str, live: &HashSet<&str>) -> Option<Decision> {
+fn first_look(h: &EnvHost, own: &str, own_region: &str, live: &HashSet<&str>) -> Option<Decision> {
     let leave = |why: &str| Some(Decision::Leave(why.to_string()));
     let Some(instance) = h.instance_id.as_deref() else {
         return leave("no aws.instance_id label (not a host drover registered)");
@@ -901,7 +907,12 @@ fn first_look(h: &EnvHost, own: &str, live: &HashSet<&str>) -> Option<Decision> 
         AgentContact::Disconnected if live.contains(instance) => {
             leave("another host of the same instance is connected")
         }
-        AgentContact::Disconnected => None,
+        AgentContact::Disconnected => match h.region.as_deref() {
+            Some(region) if region != own_region => leave(&format!(
+                "aws.region {region}, not this instance's {own_region}: Auto Scaling here cannot speak for it"
+            )),
+            _ => None,
+        },
     }
 }
 

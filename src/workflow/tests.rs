@@ -137,6 +137,7 @@ impl Cluster for FakeCluster {
                 state: state.clone(),
                 instance_id: Some(instance.clone()),
                 group: Some(GROUP.into()),
+                region: None,
                 agent: AgentContact::Connected,
                 hostname: None,
             })

@@ -131,6 +131,17 @@ async fn every_kind_of_disconnected_host_under_both_api_versions() {
         });
         bed.rancher
             .lose_agent(&manual_host, Duration::ZERO, Duration::ZERO);
+        // A host of the same environment in another region, dead or behind a partition:
+        // Auto Scaling here knows nothing of its instance, which does not make it gone.
+        let mut elsewhere = labelled("i-0e15e0000000000e1");
+        elsewhere.insert("aws.region".into(), "eu-west-1".into());
+        let elsewhere_host = bed.rancher.add_host(HostSpec {
+            hostname: "elsewhere".into(),
+            labels: elsewhere,
+            ..HostSpec::default()
+        });
+        bed.rancher
+            .lose_agent(&elsewhere_host, Duration::ZERO, Duration::ZERO);
         // This instance's own host, disconnected.
         let own_host = add_active_host(&bed.rancher, &testbed::imds::ImdsOptions::default());
         bed.rancher
@@ -161,6 +172,7 @@ async fn every_kind_of_disconnected_host_under_both_api_versions() {
             ("connected but unknown to Auto Scaling", &connected_host),
             ("reconnecting", &reconnecting_host),
             ("manual, without labels", &manual_host),
+            ("of another region, unknown here", &elsewhere_host),
             ("this host itself", &own_host),
         ] {
             untouched(&bed, id, &format!("{api}: {what}"));
@@ -201,7 +213,16 @@ async fn every_kind_of_disconnected_host_under_both_api_versions() {
         let mut want = vec![gone.as_str(), waiting.as_str(), terminating.as_str()];
         want.sort();
         assert_eq!(reaped, want, "{api}");
-        assert_eq!(record["labelled_hosts"], 7, "{api}: {record}");
+        assert_eq!(record["labelled_hosts"], 8, "{api}: {record}");
+        // Only the one connected but unknown to Auto Scaling: the rest are dead, partitioned
+        // or reconnecting, and sweep nothing.
+        assert_eq!(record["connected_labelled_hosts"], 1, "{api}: {record}");
+        let line = run
+            .stdout
+            .lines()
+            .find(|l| l.contains(&elsewhere_host))
+            .expect("a line for the host of another region");
+        assert!(line.contains("eu-west-1"), "{line}");
         assert_eq!(record["refused"], serde_json::Value::Null);
 
         // The reconnecting agent gives up: the next sweep takes that host out too.

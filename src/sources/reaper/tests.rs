@@ -43,6 +43,7 @@ impl FakeCluster {
             state: "active".into(),
             instance_id: instance.map(str::to_string),
             group: group.map(str::to_string),
+            region: None,
             agent,
             hostname: None,
         });
@@ -293,6 +294,7 @@ impl Bed {
             dir: tempfile::tempdir().expect("state dir"),
             settings: Settings {
                 own_instance: OWN.into(),
+                own_region: "us-east-1".into(),
                 environment: "1a5".into(),
                 interval: INTERVAL,
                 max_per_sweep: 10,
@@ -489,6 +491,37 @@ async fn only_disconnected_hosts_of_gone_or_terminating_instances_are_reaped() {
         .collect();
     assert_eq!(described, [6], "{:?}", bed.asg.calls());
     assert_eq!(bed.cluster.listings(), 1, "one host listing a sweep");
+    assert!(report.succeeded());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_host_of_another_region_is_left_alone() {
+    // One Rancher environment across two regions: Auto Scaling here knows nothing of the
+    // other region's instances, which is not their being gone (a partition between that
+    // region and Rancher looks just like this).
+    let bed = Bed::new();
+    let in_region = |host: &str, instance: &str, region: Option<&str>| {
+        bed.dead(host, instance, None);
+        let mut s = lock(&bed.cluster.0);
+        let h = s.hosts.iter_mut().find(|h| h.id == host).expect("added");
+        h.region = region.map(str::to_string);
+    };
+    in_region("1h2", "i-here-gone", Some("us-east-1"));
+    in_region("1h3", "i-elsewhere", Some("eu-west-1"));
+    in_region("1h4", "i-unlabelled-gone", None);
+
+    let report = bed.sweep().await;
+
+    let mut sent = bed.received();
+    sent.sort();
+    assert_eq!(sent, ["i-here-gone", "i-unlabelled-gone"]);
+    match decision_of(&report, "1h3") {
+        Decision::Leave(why) => assert!(
+            why.contains("eu-west-1") && why.contains("us-east-1"),
+            "{why}"
+        ),
+        other => panic!("1h3: {other:?}"),
+    }
     assert!(report.succeeded());
 }
 
