@@ -67,6 +67,20 @@ pub struct EnvHost {
     pub hostname: Option<String>,
 }
 
+impl EnvHost {
+    /// Labelled with an instance and its agent connected: a host that runs a drover, as far
+    /// as the backend can tell (a dead host's agent is disconnected). The reaper spreads its
+    /// waits over how many a listing holds.
+    pub fn runs_a_drover(&self) -> bool {
+        runs_a_drover(self.instance_id.as_deref(), self.agent)
+    }
+}
+
+/// [`EnvHost::runs_a_drover`] for a backend counting its own hosts as it lists them.
+pub fn runs_a_drover(instance_id: Option<&str>, agent: AgentContact) -> bool {
+    instance_id.is_some() && agent == AgentContact::Connected
+}
+
 /// What the agent needs to join. The URL lets anyone add hosts: a secret.
 #[derive(Debug, Clone)]
 pub struct AgentRegistration {

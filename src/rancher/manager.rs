@@ -16,7 +16,7 @@ use super::client::{
     ResolvedApi,
 };
 use crate::cluster::{
-    AgentContact, AgentRegistration, Cluster, ClusterError, ClusterHost, EnvHost, Happened, Step,
+    runs_a_drover, AgentRegistration, Cluster, ClusterError, ClusterHost, EnvHost, Happened, Step,
     StepDone, StepEvent, StepFailed, GONE,
 };
 use crate::retry::{self, poll_until, Check, Pace, RetryError};
@@ -158,9 +158,7 @@ impl Rancher1 {
         let api = self.client.api();
         let connected_labelled = hosts
             .iter()
-            .filter(|h| {
-                h.instance_id().is_some() && h.agent_contact(api) == AgentContact::Connected
-            })
+            .filter(|h| runs_a_drover(h.instance_id(), h.agent_contact(api)))
             .count();
         *self
             .connected_labelled_last_listed

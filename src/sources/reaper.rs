@@ -92,8 +92,8 @@ const RESUME_FOR: Duration = Duration::from_secs(48 * 3600);
 pub struct Settings {
     pub own_instance: String,
     /// This instance's region. Auto Scaling is asked in it (the sweep's own check makes
-    /// sure), so it can speak only for instances of it: a host labelled with another
-    /// region is left alone, whatever its agent, for "unknown here" is not "gone".
+    /// sure), so it can speak only for instances of it: a disconnected host labelled with
+    /// another region is left alone, for "unknown here" is not "gone".
     pub own_region: String,
     /// The Rancher environment (project) swept, for the page.
     pub environment: String,
@@ -455,12 +455,7 @@ where
         };
         let mut report = SweepReport {
             labelled: Some(listing.iter().filter(|h| h.instance_id.is_some()).count()),
-            connected_labelled: Some(
-                listing
-                    .iter()
-                    .filter(|h| h.instance_id.is_some() && h.agent == AgentContact::Connected)
-                    .count(),
-            ),
+            connected_labelled: Some(listing.iter().filter(|h| h.runs_a_drover()).count()),
             ..SweepReport::default()
         };
         // The hosts of each instance, and whether any of them is not disconnected: an

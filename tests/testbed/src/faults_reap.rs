@@ -471,15 +471,20 @@ struct Peer {
 impl Peer {
     /// Sweeps it logged, ended or refused, over all its runs.
     fn sweeps(&self) -> usize {
-        let log = read_logs(&self.logs);
-        log.matches("reaper sweep done").count() + log.matches("reaper sweep refused").count()
+        sweeps_in(&read_logs(&self.logs))
     }
 
     /// Whether it swept, or began a sweep that took a host out (a killed peer's may not
     /// have ended).
     fn swept_or_reaping(&self) -> bool {
-        self.sweeps() > 0 || read_logs(&self.logs).contains("reaping its host")
+        let log = read_logs(&self.logs);
+        sweeps_in(&log) > 0 || log.contains("reaping its host")
     }
+}
+
+/// Sweeps a drover's log tells of, ended or refused.
+fn sweeps_in(log: &str) -> usize {
+    log.matches("reaper sweep done").count() + log.matches("reaper sweep refused").count()
 }
 
 /// A one-shot drover of a case (`drover reap` from outside the fleet, or a dead host's own
@@ -1203,10 +1208,15 @@ impl ReapCase {
         }
     }
 
-    /// The latest a peer's first sweep can come after it is ready: its first wait is spread
-    /// over `[interval, N × interval]`, N the connected labelled hosts it listed.
+    /// The most intervals a peer's first sweep can come after it is ready: its first wait is
+    /// spread over `[interval, N × interval]`, N the connected labelled hosts it listed (two
+    /// when it listed none).
+    fn first_sweep_intervals(&self) -> u32 {
+        u32::try_from(self.sweepers.max(2)).unwrap_or(u32::MAX)
+    }
+
     fn first_sweeps_within(&self) -> Duration {
-        INTERVAL * u32::try_from(self.sweepers.max(2)).unwrap_or(u32::MAX)
+        INTERVAL * self.first_sweep_intervals()
     }
 
     /// Every dead host out within this of the fleet's start: the first sweeps, and one
@@ -1289,7 +1299,7 @@ impl ReapCase {
         } else {
             let clock = self.clock;
             let bound = self.bound();
-            let intervals = self.sweepers.max(2) + 1;
+            let intervals = self.first_sweep_intervals() + 1;
             for d in &self.dead {
                 let what = format!(
                     "dead host {} of {} ({})",
